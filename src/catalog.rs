@@ -1,0 +1,94 @@
+//! What is on sale: drops, their SKUs and prices, already validated.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use rust_decimal::Decimal;
+
+use crate::domain::{DropId, Quantity, SkuId};
+use crate::schedule::{Round, Timing};
+
+#[derive(Debug, Clone)]
+pub struct Sku {
+    pub id: SkuId,
+    pub name: String,
+    pub price: Decimal,
+    /// Due at once on a presale drop; the rest of the price is due later.
+    pub deposit: Option<Decimal>,
+    /// Units on sale in every round.
+    pub stock: u64,
+}
+
+/// What a reservation of some units of a SKU costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charges {
+    pub unit_price: Decimal,
+    pub amount_due: Decimal,
+    pub deposit_due: Decimal,
+}
+
+impl Sku {
+    pub fn charges(&self, quantity: Quantity) -> Charges {
+        let units = Decimal::from(quantity.get());
+        let amount_due = self.price * units;
+        let deposit_due = match self.deposit {
+            Some(deposit) => deposit * units,
+            None => amount_due,
+        };
+        Charges {
+            unit_price: self.price,
+            amount_due,
+            deposit_due,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Drop {
+    pub id: DropId,
+    pub product: String,
+    /// Units one account may hold per round, over all SKUs.
+    pub per_user_limit: u32,
+    pub pay_within: SignedDuration,
+    pub presale: bool,
+    pub timing: Timing,
+    pub skus: Vec<Sku>,
+}
+
+impl Drop {
+    pub fn round_at(&self, now: Timestamp) -> Round {
+        self.timing.round_at(&self.id, now)
+    }
+
+    pub fn sku(&self, id: &str) -> Option<&Sku> {
+        self.skus.iter().find(|s| s.id.as_str() == id)
+    }
+}
+
+/// All drops, in configuration order, looked up by id.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    drops: Vec<Arc<Drop>>,
+    by_id: HashMap<String, Arc<Drop>>,
+}
+
+impl Catalog {
+    /// Builds a catalog; the caller has checked that drop ids are unique.
+    pub fn new(drops: Vec<Drop>) -> Self {
+        let drops: Vec<Arc<Drop>> = drops.into_iter().map(Arc::new).collect();
+        let by_id = drops
+            .iter()
+            .map(|d| (d.id.as_str().to_owned(), d.clone()))
+            .collect();
+        Self { drops, by_id }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Drop>> {
+        self.by_id.get(id)
+    }
+
+    pub fn drops(&self) -> &[Arc<Drop>] {
+        &self.drops
+    }
+}

@@ -1,0 +1,636 @@
+//! The configuration file of API.md, secrets from the environment, and the
+//! checks that stop start-up with a message naming the drop and the field.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::civil::{Time, Weekday};
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use serde::Deserialize;
+
+use crate::catalog::{Catalog, Drop, Sku};
+use crate::domain::{DropId, SkuId};
+use crate::money::parse_amount;
+use crate::schedule::{Timing, WeeklySchedule};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML: {0}")]
+    Syntax(#[from] toml::de::Error),
+    #[error("drop {drop:?}, field `{field}`: {message}")]
+    Drop {
+        drop: String,
+        field: String,
+        message: String,
+    },
+    #[error("field `{field}`: {message}")]
+    Field { field: String, message: String },
+}
+
+fn drop_error(drop: &str, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Drop {
+        drop: drop.to_owned(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn field_error(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The running server's settings, all checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub auth: Secrets,
+    pub limits: Limits,
+    pub server: ServerSettings,
+    pub catalog: Catalog,
+}
+
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    pub jwt_secret: String,
+    pub admin_token: String,
+    pub payment_secret: String,
+}
+
+/// Admission-control limits; the admin API changes them live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub global_rps: u32,
+    pub global_burst: u32,
+    pub per_user_rps: u32,
+    pub per_user_burst: u32,
+    pub per_ip_rps: u32,
+    pub per_ip_burst: u32,
+    pub max_in_flight: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            global_rps: 50_000,
+            global_burst: 5_000,
+            per_user_rps: 5,
+            per_user_burst: 10,
+            per_ip_rps: 200,
+            per_ip_burst: 400,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// Connection-level protections and background-task periods.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Open connections beyond this are answered 503 and closed at once.
+    pub max_connections: usize,
+    /// A client must finish sending request headers within this time.
+    pub header_read_timeout: Duration,
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests before closing them.
+    pub shutdown_grace: Duration,
+    /// How often the sweeper looks for orders unpaid past `pay_by`.
+    pub sweep_interval: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_body_bytes: 16 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<String>,
+    #[serde(default)]
+    auth: AuthSection,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    drops: Vec<DropSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthSection {
+    jwt_secret: Option<String>,
+    admin_token: Option<String>,
+    payment_secret: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    max_connections: Option<usize>,
+    header_read_timeout: Option<String>,
+    max_body_bytes: Option<usize>,
+    shutdown_grace: Option<String>,
+    sweep_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropSection {
+    id: String,
+    product: String,
+    per_user_limit: i64,
+    pay_within: String,
+    #[serde(default)]
+    presale: bool,
+    schedule: Option<ScheduleSection>,
+    opens_at: Option<String>,
+    closes_at: Option<String>,
+    #[serde(default)]
+    skus: Vec<SkuSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleSection {
+    days: Vec<String>,
+    at: String,
+    time_zone: String,
+    duration: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkuSection {
+    id: String,
+    name: String,
+    price: toml::Value,
+    deposit: Option<toml::Value>,
+    stock: i64,
+}
+
+/// Where secrets come from when the file leaves them out.
+pub enum SecretSource {
+    /// Environment variables only (a config file was given).
+    Environment,
+    /// Environment, else fixed development secrets (the demo, no file given).
+    EnvironmentOrDemo,
+}
+
+const DEMO_SECRET_WARNING: &str = "demo secret: set it in the config file or the environment";
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, SecretSource::Environment)
+    }
+
+    pub fn from_toml(text: &str, secrets: SecretSource) -> Result<Self, ConfigError> {
+        let file: ConfigFile = toml::from_str(text)?;
+        let listen = file.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen = listen.parse().map_err(|_| {
+            field_error(
+                "listen",
+                format!("{listen:?} is not an address like 127.0.0.1:8080"),
+            )
+        })?;
+        if file.drops.is_empty() {
+            return Err(field_error("drops", "at least one drop is needed"));
+        }
+        let mut seen = HashSet::new();
+        let mut drops = Vec::with_capacity(file.drops.len());
+        for section in file.drops {
+            if !seen.insert(section.id.clone()) {
+                return Err(drop_error(&section.id, "id", "two drops have this id"));
+            }
+            drops.push(parse_drop(section)?);
+        }
+        Ok(Self {
+            listen,
+            auth: resolve_secrets(file.auth, secrets)?,
+            limits: check_limits(file.limits)?,
+            server: parse_server(file.server)?,
+            catalog: Catalog::new(drops),
+        })
+    }
+}
+
+fn resolve_secrets(auth: AuthSection, source: SecretSource) -> Result<Secrets, ConfigError> {
+    let pick = |field: &str, env: &str, from_file: Option<String>| {
+        let value = std::env::var(env)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or(from_file);
+        match (value, &source) {
+            (Some(v), _) => Ok(v),
+            (None, SecretSource::EnvironmentOrDemo) => {
+                tracing::warn!(field, "{DEMO_SECRET_WARNING}");
+                Ok(format!("dropgate-demo-{field}"))
+            }
+            (None, SecretSource::Environment) => Err(field_error(
+                format!("auth.{field}"),
+                format!("missing: set it in the config file or in {env}"),
+            )),
+        }
+    };
+    Ok(Secrets {
+        jwt_secret: pick("jwt_secret", "DROPGATE_JWT_SECRET", auth.jwt_secret)?,
+        admin_token: pick("admin_token", "DROPGATE_ADMIN_TOKEN", auth.admin_token)?,
+        payment_secret: pick(
+            "payment_secret",
+            "DROPGATE_PAYMENT_SECRET",
+            auth.payment_secret,
+        )?,
+    })
+}
+
+fn check_limits(limits: Limits) -> Result<Limits, ConfigError> {
+    let fields = [
+        ("global_rps", limits.global_rps),
+        ("global_burst", limits.global_burst),
+        ("per_user_rps", limits.per_user_rps),
+        ("per_user_burst", limits.per_user_burst),
+        ("per_ip_rps", limits.per_ip_rps),
+        ("per_ip_burst", limits.per_ip_burst),
+        ("max_in_flight", limits.max_in_flight),
+    ];
+    for (name, value) in fields {
+        if value == 0 {
+            return Err(field_error(format!("limits.{name}"), "must be at least 1"));
+        }
+    }
+    Ok(limits)
+}
+
+fn parse_server(section: ServerSection) -> Result<ServerSettings, ConfigError> {
+    let defaults = ServerSettings::default();
+    let duration = |field: &str, raw: Option<String>, default: Duration| match raw {
+        None => Ok(default),
+        Some(raw) => parse_positive_duration(&raw)
+            .and_then(|d| d.try_into().map_err(|_| "out of range".to_string()))
+            .map_err(|m| field_error(format!("server.{field}"), m)),
+    };
+    let settings = ServerSettings {
+        max_connections: section.max_connections.unwrap_or(defaults.max_connections),
+        header_read_timeout: duration(
+            "header_read_timeout",
+            section.header_read_timeout,
+            defaults.header_read_timeout,
+        )?,
+        max_body_bytes: section.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+        shutdown_grace: duration(
+            "shutdown_grace",
+            section.shutdown_grace,
+            defaults.shutdown_grace,
+        )?,
+        sweep_interval: duration(
+            "sweep_interval",
+            section.sweep_interval,
+            defaults.sweep_interval,
+        )?,
+    };
+    if settings.max_connections == 0 {
+        return Err(field_error("server.max_connections", "must be at least 1"));
+    }
+    if settings.max_body_bytes == 0 {
+        return Err(field_error("server.max_body_bytes", "must be at least 1"));
+    }
+    Ok(settings)
+}
+
+/// Parses durations such as `"15m"`, `"2h"`, `"1h30m"` or `"500ms"`.
+pub fn parse_positive_duration(raw: &str) -> Result<SignedDuration, String> {
+    let duration: SignedDuration = raw
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration like \"15m\" or \"2h\""))?;
+    if duration <= SignedDuration::ZERO {
+        return Err(format!("{raw:?} must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
+    let name = section.id.clone();
+    let err = |field: &str, message: String| drop_error(&name, field, message);
+    let id = DropId::parse(&section.id).map_err(|e| err("id", e.0))?;
+    if section.product.trim().is_empty() {
+        return Err(err("product", "must not be empty".into()));
+    }
+    let per_user_limit = u32::try_from(section.per_user_limit)
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| {
+            err(
+                "per_user_limit",
+                format!("must be at least 1, got {}", section.per_user_limit),
+            )
+        })?;
+    let pay_within =
+        parse_positive_duration(&section.pay_within).map_err(|m| err("pay_within", m))?;
+    let timing = match (section.schedule, section.opens_at, section.closes_at) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(err(
+                "schedule",
+                "give either a schedule or opens_at/closes_at, not both".into(),
+            ))
+        }
+        (Some(schedule), None, None) => Timing::Weekly(parse_schedule(schedule, &err)?),
+        (None, Some(opens), Some(closes)) => {
+            let opens_at = parse_instant(&opens).map_err(|m| err("opens_at", m))?;
+            let closes_at = parse_instant(&closes).map_err(|m| err("closes_at", m))?;
+            if closes_at <= opens_at {
+                return Err(err("closes_at", "must be after opens_at".into()));
+            }
+            Timing::Window {
+                opens_at,
+                closes_at,
+            }
+        }
+        (None, None, _) => {
+            return Err(err(
+                "schedule",
+                "a schedule or opens_at/closes_at is needed".into(),
+            ))
+        }
+        (None, Some(_), None) => return Err(err("closes_at", "opens_at needs a closes_at".into())),
+    };
+    if section.skus.is_empty() {
+        return Err(err("skus", "at least one SKU is needed".into()));
+    }
+    let mut seen = HashSet::new();
+    let mut skus = Vec::with_capacity(section.skus.len());
+    for (i, sku) in section.skus.into_iter().enumerate() {
+        let at = |field: &str| format!("skus[{i}].{field}");
+        if !seen.insert(sku.id.clone()) {
+            return Err(err(&at("id"), format!("SKU id {:?} appears twice", sku.id)));
+        }
+        let sku_id = SkuId::parse(&sku.id).map_err(|e| err(&at("id"), e.0))?;
+        let price = parse_money(&sku.price).map_err(|m| err(&at("price"), m))?;
+        let deposit = match (&sku.deposit, section.presale) {
+            (None, false) => None,
+            (None, true) => {
+                return Err(err(&at("deposit"), "a presale drop needs a deposit".into()))
+            }
+            (Some(_), false) => {
+                return Err(err(
+                    &at("deposit"),
+                    "only presale drops take a deposit".into(),
+                ))
+            }
+            (Some(raw), true) => {
+                let deposit = parse_money(raw).map_err(|m| err(&at("deposit"), m))?;
+                if deposit > price {
+                    return Err(err(&at("deposit"), "must not exceed the price".into()));
+                }
+                Some(deposit)
+            }
+        };
+        let stock = u64::try_from(sku.stock).map_err(|_| {
+            err(
+                &at("stock"),
+                format!("must not be negative, got {}", sku.stock),
+            )
+        })?;
+        skus.push(Sku {
+            id: sku_id,
+            name: sku.name,
+            price,
+            deposit,
+            stock,
+        });
+    }
+    Ok(Drop {
+        id,
+        product: section.product,
+        per_user_limit,
+        pay_within,
+        presale: section.presale,
+        timing,
+        skus,
+    })
+}
+
+fn parse_schedule(
+    section: ScheduleSection,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<WeeklySchedule, ConfigError> {
+    let time_zone = TimeZone::get(&section.time_zone).map_err(|_| {
+        err(
+            "schedule.time_zone",
+            format!("unknown time zone {:?}", section.time_zone),
+        )
+    })?;
+    if section.days.is_empty() {
+        return Err(err("schedule.days", "at least one day is needed".into()));
+    }
+    let days = section
+        .days
+        .iter()
+        .map(|d| {
+            parse_weekday(d)
+                .ok_or_else(|| err("schedule.days", format!("{d:?} is not a day like \"Mon\"")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let at: Time = section.at.parse().map_err(|_| {
+        err(
+            "schedule.at",
+            format!("{:?} is not a local time like \"10:00\"", section.at),
+        )
+    })?;
+    let duration =
+        parse_positive_duration(&section.duration).map_err(|m| err("schedule.duration", m))?;
+    if duration > SignedDuration::from_hours(24 * 7) {
+        return Err(err("schedule.duration", "must not exceed a week".into()));
+    }
+    Ok(WeeklySchedule {
+        days,
+        at,
+        time_zone,
+        duration,
+    })
+}
+
+fn parse_weekday(raw: &str) -> Option<Weekday> {
+    let day = match raw.to_ascii_lowercase().get(..3)? {
+        "mon" => Weekday::Monday,
+        "tue" => Weekday::Tuesday,
+        "wed" => Weekday::Wednesday,
+        "thu" => Weekday::Thursday,
+        "fri" => Weekday::Friday,
+        "sat" => Weekday::Saturday,
+        "sun" => Weekday::Sunday,
+        _ => return None,
+    };
+    Some(day)
+}
+
+/// Parses an RFC 3339 instant with an offset, e.g. `2026-11-30T10:00:00+08:00`.
+pub fn parse_instant(raw: &str) -> Result<Timestamp, String> {
+    raw.parse()
+        .map_err(|_| format!("{raw:?} is not an RFC 3339 time like \"2026-11-30T10:00:00+08:00\""))
+}
+
+/// Prices are written as strings so no binary fraction creeps in.
+fn parse_money(value: &toml::Value) -> Result<rust_decimal::Decimal, String> {
+    match value {
+        toml::Value::String(s) => parse_amount(s).map_err(|e| e.0),
+        toml::Value::Integer(n) => parse_amount(&n.to_string()).map_err(|e| e.0),
+        other => Err(format!(
+            "write amounts as strings like \"6499.00\", got {other}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        listen = "127.0.0.1:8080"
+        [auth]
+        jwt_secret = "j"
+        admin_token = "a"
+        payment_secret = "p"
+        [limits]
+        global_rps = 50000
+        [[drops]]
+        id = "mi-15-ultra"
+        product = "Xiaomi 15 Ultra"
+        per_user_limit = 2
+        pay_within = "15m"
+        presale = true
+        schedule = { days = ["Mon", "Wed", "Fri"], at = "10:00", time_zone = "Asia/Shanghai", duration = "2h" }
+        [[drops.skus]]
+        id = "mi15u-16-512-black"
+        name = "16GB+512GB Black"
+        price = "6499.00"
+        deposit = "500.00"
+        stock = 5000
+    "#;
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml(text, SecretSource::Environment)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_api_example_loads() {
+        let config = Config::from_toml(GOOD, SecretSource::Environment).unwrap();
+        let drop = config.catalog.get("mi-15-ultra").unwrap();
+        assert_eq!(drop.skus[0].stock, 5000);
+        assert_eq!(drop.pay_within, SignedDuration::from_mins(15));
+        assert_eq!(config.limits.global_rps, 50000);
+        assert_eq!(config.limits.per_user_rps, 5);
+    }
+
+    #[test]
+    fn an_unknown_time_zone_names_drop_and_field() {
+        let msg = error_of(&GOOD.replace("Asia/Shanghai", "Mars/Olympus"));
+        assert!(
+            msg.contains("mi-15-ultra") && msg.contains("schedule.time_zone"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn negative_stock_is_refused() {
+        let msg = error_of(&GOOD.replace("stock = 5000", "stock = -1"));
+        assert!(
+            msg.contains("mi-15-ultra") && msg.contains("skus[0].stock"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_price_with_three_decimals_is_refused() {
+        let msg = error_of(&GOOD.replace("\"6499.00\"", "\"6499.001\""));
+        assert!(
+            msg.contains("skus[0].price") && msg.contains("two decimal"),
+            "{msg}"
+        );
+        let msg = error_of(&GOOD.replace("\"6499.00\"", "6499.5"));
+        assert!(msg.contains("skus[0].price"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_sku_ids_are_refused() {
+        let dup = format!(
+            "{GOOD}\n[[drops.skus]]\nid = \"mi15u-16-512-black\"\nname = \"again\"\nprice = \"1.00\"\ndeposit = \"1.00\"\nstock = 1\n"
+        );
+        let msg = error_of(&dup);
+        assert!(msg.contains("skus[1].id") && msg.contains("twice"), "{msg}");
+    }
+
+    #[test]
+    fn a_schedule_and_a_window_together_are_refused() {
+        let both = GOOD.replace(
+            "presale = true",
+            "presale = true\nopens_at = \"2026-11-30T10:00:00+08:00\"\ncloses_at = \"2026-11-30T12:00:00+08:00\"",
+        );
+        let msg = error_of(&both);
+        assert!(
+            msg.contains("mi-15-ultra") && msg.contains("schedule"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn no_skus_is_refused() {
+        let cut = GOOD.split("[[drops.skus]]").next().unwrap();
+        let msg = error_of(cut);
+        assert!(msg.contains("mi-15-ultra") && msg.contains("skus"), "{msg}");
+    }
+
+    #[test]
+    fn no_drops_is_refused() {
+        let cut = GOOD.split("[[drops]]").next().unwrap();
+        assert!(error_of(cut).contains("drops"));
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let msg = error_of(&GOOD.replace("global_rps = 50000", "global_rps = 0"));
+        assert!(msg.contains("limits.global_rps"), "{msg}");
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(
+            parse_positive_duration("15m").unwrap(),
+            SignedDuration::from_mins(15)
+        );
+        assert_eq!(
+            parse_positive_duration("2h").unwrap(),
+            SignedDuration::from_hours(2)
+        );
+        assert_eq!(
+            parse_positive_duration("500ms").unwrap(),
+            SignedDuration::from_millis(500)
+        );
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("soon").is_err());
+    }
+}

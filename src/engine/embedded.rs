@@ -1,0 +1,141 @@
+//! The embedded engine: rounds kept in process, one lock per round, and the
+//! group-commit order writer as the durability step (no Redis needed).
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+
+use super::round_book::{Decision, Durability, RoundBook};
+use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
+use crate::clock::Clock;
+use crate::domain::SkuId;
+use crate::order::Order;
+use crate::store::{OrderStore, StoreError};
+
+pub struct EmbeddedEngine {
+    /// One book per round. The lock is a std mutex because it is held only
+    /// for an in-memory decision and never across an await.
+    rounds: DashMap<String, Arc<Mutex<RoundBook>>>,
+    store: OrderStore,
+    clock: Arc<dyn Clock>,
+}
+
+impl EmbeddedEngine {
+    /// Rebuilds every round's sold units, holdings and keys from the store,
+    /// so a restart neither resells nor forgets.
+    pub async fn open(store: OrderStore, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let engine = Self {
+            rounds: DashMap::new(),
+            store,
+            clock,
+        };
+        for stored in engine.store.engine_snapshot().await? {
+            let book = engine.book(&stored.order.round_id);
+            lock(&book).restore(&stored.order, stored.idempotency);
+        }
+        Ok(engine)
+    }
+
+    fn book(&self, round_id: &str) -> Arc<Mutex<RoundBook>> {
+        if let Some(book) = self.rounds.get(round_id) {
+            return book.clone();
+        }
+        self.rounds.entry(round_id.to_owned()).or_default().clone()
+    }
+
+    /// Commits a taken reservation and reports the result to any replays.
+    /// Runs as its own task so a client that hangs up cannot leave the
+    /// units taken without a row, or a row without its book entry.
+    async fn commit(
+        store: OrderStore,
+        book: Arc<Mutex<RoundBook>>,
+        attempt: ReserveAttempt,
+        durable: tokio::sync::watch::Sender<Durability>,
+    ) -> Result<ReserveOutcome, EngineError> {
+        let ReserveAttempt {
+            order, idempotency, ..
+        } = attempt;
+        let key = idempotency.as_ref().map(|(k, _)| k.clone());
+        match store.insert(order.clone(), idempotency).await {
+            Ok(()) => {
+                durable.send_replace(Durability::Committed);
+                Ok(ReserveOutcome::Won(order))
+            }
+            Err(e) => {
+                lock(&book).undo(&order, key.as_ref());
+                durable.send_replace(Durability::Failed);
+                Err(EngineError::Unavailable(e.to_string()))
+            }
+        }
+    }
+}
+
+fn lock(book: &Mutex<RoundBook>) -> std::sync::MutexGuard<'_, RoundBook> {
+    // A panic while holding the lock cannot leave a book half-updated (its
+    // updates do not panic part-way), so a poisoned lock is still sound.
+    book.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[async_trait]
+impl InventoryEngine for EmbeddedEngine {
+    async fn reserve(&self, attempt: ReserveAttempt) -> Result<ReserveOutcome, EngineError> {
+        let now = self.clock.now();
+        if now < attempt.opens_at {
+            return Ok(ReserveOutcome::NotOpen {
+                opens_at: attempt.opens_at,
+            });
+        }
+        if now >= attempt.closes_at {
+            return Ok(ReserveOutcome::Closed);
+        }
+        let book = self.book(&attempt.order.round_id);
+        let decision = lock(&book).reserve(&attempt);
+        match decision {
+            Decision::Refused(outcome) => Ok(outcome),
+            Decision::Replay(order, mut durability) => {
+                let settled = durability
+                    .wait_for(|d| *d != Durability::Pending)
+                    .await
+                    .map(|d| *d);
+                match settled {
+                    Ok(Durability::Committed) => Ok(ReserveOutcome::Replayed(order)),
+                    _ => Err(EngineError::Unavailable(
+                        "the first request with this key failed".into(),
+                    )),
+                }
+            }
+            Decision::Taken(durable) => {
+                let commit = Self::commit(self.store.clone(), book, attempt, durable);
+                tokio::spawn(commit)
+                    .await
+                    .map_err(|e| EngineError::Unavailable(e.to_string()))?
+            }
+        }
+    }
+
+    async fn release(&self, order: &Order) -> Result<bool, EngineError> {
+        let Some(book) = self.rounds.get(&order.round_id).map(|b| b.clone()) else {
+            return Ok(false);
+        };
+        let released = lock(&book).release(&order.id);
+        Ok(released)
+    }
+
+    async fn remaining(
+        &self,
+        round_id: &str,
+        sku: &SkuId,
+        allocated: u64,
+    ) -> Result<u64, EngineError> {
+        let sold = match self.rounds.get(round_id).map(|b| b.clone()) {
+            Some(book) => lock(&book).sold(sku),
+            None => 0,
+        };
+        Ok(allocated.saturating_sub(sold))
+    }
+
+    async fn ready(&self) -> bool {
+        self.store.ping().await
+    }
+}

@@ -1,0 +1,76 @@
+//! The inventory engine: the one place that decides reservations.
+//!
+//! Both engines (embedded now, Redis later) implement [`InventoryEngine`]: one
+//! atomic step checks the window, the idempotency key, the per-user limit and
+//! the stock, and hands the winner on durably; release returns a cancelled or
+//! expired order's units exactly once.
+
+mod embedded;
+mod round_book;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+
+pub use embedded::EmbeddedEngine;
+
+use crate::domain::{IdempotencyKey, SkuId};
+use crate::order::Order;
+
+/// One shopper's try for units of one SKU in one round.
+#[derive(Debug, Clone)]
+pub struct ReserveAttempt {
+    /// The order this attempt becomes if it wins (status pending payment).
+    pub order: Order,
+    pub opens_at: Timestamp,
+    pub closes_at: Timestamp,
+    /// Units of the SKU allocated to the round.
+    pub allocated: u64,
+    pub per_user_limit: u32,
+    /// The client's key and a fingerprint of what it asked for.
+    pub idempotency: Option<(IdempotencyKey, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// A new order, durable in the order store.
+    Won(Order),
+    /// The order an earlier request with the same key created.
+    Replayed(Order),
+    NotOpen {
+        opens_at: Timestamp,
+    },
+    Closed,
+    SoldOut,
+    LimitExceeded {
+        limit: u32,
+    },
+    /// The key was used before for a different request.
+    IdempotencyMismatch,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("inventory backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait InventoryEngine: Send + Sync + 'static {
+    /// Decides an attempt in one atomic step; a win is durable on return.
+    async fn reserve(&self, attempt: ReserveAttempt) -> Result<ReserveOutcome, EngineError>;
+
+    /// Returns an order's units to its round, the first time only; true if
+    /// this call returned them. The caller has already ended the order.
+    async fn release(&self, order: &Order) -> Result<bool, EngineError>;
+
+    /// Units of `sku` still for sale in `round_id`, out of `allocated`.
+    async fn remaining(
+        &self,
+        round_id: &str,
+        sku: &SkuId,
+        allocated: u64,
+    ) -> Result<u64, EngineError>;
+
+    /// True while the engine's backends answer.
+    async fn ready(&self) -> bool;
+}

@@ -1,0 +1,141 @@
+//! The HTTP error boundary: every refusal a client can see, with its status,
+//! its code from API.md, and any extra fields, rendered as one JSON shape.
+
+use hyper::StatusCode;
+use jiff::Timestamp;
+use serde_json::{json, Map, Value};
+
+use crate::domain::InvalidValue;
+use crate::engine::{EngineError, ReserveOutcome};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the round opens at {opens_at}")]
+    NotOpen { opens_at: Timestamp },
+    #[error("the round has closed")]
+    Closed,
+    #[error("sold out")]
+    SoldOut,
+    #[error("the purchase limit is {limit} per shopper per round")]
+    LimitExceeded { limit: u32 },
+    #[error("only orders pending payment can be cancelled; this one is {status}")]
+    NotCancellable { status: &'static str },
+    #[error("this order cannot be paid; it is {status}")]
+    NotPayable { status: &'static str },
+    #[error("this transaction id already paid another order")]
+    DuplicateTransaction,
+    #[error("the amount does not match what is due ({due})")]
+    AmountMismatch { due: String },
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyMismatch,
+    #[error("a backend is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            InvalidRequest(_) | AmountMismatch { .. } => StatusCode::BAD_REQUEST,
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            NotFound(_) => StatusCode::NOT_FOUND,
+            NotOpen { .. }
+            | Closed
+            | SoldOut
+            | LimitExceeded { .. }
+            | NotCancellable { .. }
+            | NotPayable { .. }
+            | DuplicateTransaction => StatusCode::CONFLICT,
+            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            InvalidRequest(_) => "invalid_request",
+            Unauthorized(_) => "unauthorized",
+            NotFound(_) => "not_found",
+            NotOpen { .. } => "not_open",
+            Closed => "closed",
+            SoldOut => "sold_out",
+            LimitExceeded { .. } => "limit_exceeded",
+            NotCancellable { .. } => "not_cancellable",
+            NotPayable { .. } => "not_payable",
+            DuplicateTransaction => "duplicate_transaction",
+            AmountMismatch { .. } => "amount_mismatch",
+            PayloadTooLarge { .. } => "payload_too_large",
+            IdempotencyMismatch => "idempotency_mismatch",
+            Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the statuses that invite it.
+    pub fn retry_after(&self) -> Option<u32> {
+        matches!(self, ApiError::Unavailable(_)).then_some(1)
+    }
+
+    pub fn body(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("error".into(), json!(self.code()));
+        body.insert("message".into(), json!(self.to_string()));
+        match self {
+            ApiError::NotOpen { opens_at } => {
+                body.insert("opens_at".into(), json!(opens_at.to_string()));
+            }
+            ApiError::LimitExceeded { limit } => {
+                body.insert("limit".into(), json!(limit));
+            }
+            ApiError::AmountMismatch { due } => {
+                body.insert("amount_due".into(), json!(due));
+            }
+            _ => {}
+        }
+        Value::Object(body)
+    }
+
+    /// The refusal for an engine outcome that is not a win or a replay.
+    pub fn from_refusal(outcome: ReserveOutcome) -> Self {
+        match outcome {
+            ReserveOutcome::NotOpen { opens_at } => ApiError::NotOpen { opens_at },
+            ReserveOutcome::Closed => ApiError::Closed,
+            ReserveOutcome::SoldOut => ApiError::SoldOut,
+            ReserveOutcome::LimitExceeded { limit } => ApiError::LimitExceeded { limit },
+            ReserveOutcome::IdempotencyMismatch => ApiError::IdempotencyMismatch,
+            ReserveOutcome::Won(_) | ReserveOutcome::Replayed(_) => {
+                unreachable!("wins are answered with the order, not an error")
+            }
+        }
+    }
+}
+
+impl From<InvalidValue> for ApiError {
+    fn from(e: InvalidValue) -> Self {
+        ApiError::InvalidRequest(e.0)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        tracing::warn!(error = %e, "engine unavailable");
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "order store failed");
+        ApiError::Unavailable("the order store is unavailable".into())
+    }
+}

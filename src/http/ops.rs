@@ -1,0 +1,29 @@
+//! Endpoints for operators and clients' clocks: liveness, readiness, time.
+
+use hyper::StatusCode;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::json::{json, HttpResponse};
+use crate::app::App;
+
+pub fn healthz() -> HttpResponse {
+    json(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+pub async fn readyz(app: &App) -> Result<HttpResponse, ApiError> {
+    if app.engine.ready().await && app.store.ping().await {
+        Ok(json(StatusCode::OK, &json!({"status": "ready"})))
+    } else {
+        Err(ApiError::Unavailable("a backend does not answer".into()))
+    }
+}
+
+/// The server's clock, so countdowns in client apps agree with the engine.
+pub fn time(app: &App) -> HttpResponse {
+    let now = app.clock.now();
+    json(
+        StatusCode::OK,
+        &json!({"now": now.to_string(), "unix_ms": now.as_millisecond()}),
+    )
+}

@@ -1,0 +1,45 @@
+//! The payment gateway's notification that an order was paid.
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+
+use super::error::ApiError;
+use super::json::{json, read_body, HttpResponse};
+use crate::app::App;
+use crate::lifecycle;
+use crate::payment::{parse_notice, signature_is_valid};
+use crate::store::PayOutcome;
+
+pub async fn notify(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let signature = req
+        .headers()
+        .get("x-signature")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = read_body(req, app.settings.max_body_bytes).await?;
+    if !signature_is_valid(
+        app.secrets.payment_secret.as_bytes(),
+        &body,
+        signature.as_deref(),
+    ) {
+        return Err(ApiError::Unauthorized(
+            "X-Signature does not match the body".into(),
+        ));
+    }
+    let notice = parse_notice(&body)?;
+    match lifecycle::pay(app, notice).await? {
+        PayOutcome::Paid(order) | PayOutcome::AlreadyRecorded(order) => {
+            Ok(json(StatusCode::OK, &order))
+        }
+        PayOutcome::NotFound => Err(ApiError::NotFound("no such order".into())),
+        PayOutcome::AmountMismatch { due } => Err(ApiError::AmountMismatch {
+            due: crate::money::with_cents(due).to_string(),
+        }),
+        PayOutcome::TransactionUsedElsewhere => Err(ApiError::DuplicateTransaction),
+        PayOutcome::NotPayable(order) | PayOutcome::ExpiredNow(order) => {
+            Err(ApiError::NotPayable {
+                status: order.status.as_str(),
+            })
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Shopper endpoints: drops, reserve, and the caller's own orders.
+
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::{Request, StatusCode};
+use jiff::{Timestamp, Unit};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::json::{json, parse, read_body, HttpResponse};
+use super::views::DropView;
+use crate::app::App;
+use crate::auth::Shopper;
+use crate::domain::{IdempotencyKey, OrderId, Quantity};
+use crate::engine::{ReserveAttempt, ReserveOutcome};
+use crate::lifecycle::{self, Cancelled};
+use crate::order::{Order, OrderStatus};
+use crate::schedule::Phase;
+
+pub fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Shopper, ApiError> {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    app.tokens
+        .verify(header)
+        .map_err(|e| ApiError::Unauthorized(e.0.to_owned()))
+}
+
+pub async fn list_drops(app: &App) -> Result<HttpResponse, ApiError> {
+    let mut drops = Vec::with_capacity(app.catalog.drops().len());
+    for drop in app.catalog.drops() {
+        drops.push(DropView::of(app, drop).await?);
+    }
+    Ok(json(StatusCode::OK, &json!({ "drops": drops })))
+}
+
+pub async fn get_drop(app: &App, drop_id: &str) -> Result<HttpResponse, ApiError> {
+    let drop = app.catalog.get(drop_id).ok_or_else(|| no_drop(drop_id))?;
+    Ok(json(StatusCode::OK, &DropView::of(app, drop).await?))
+}
+
+fn no_drop(drop_id: &str) -> ApiError {
+    ApiError::NotFound(format!("no drop {drop_id:?}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReserveBody {
+    sku: String,
+    #[serde(default = "one")]
+    quantity: i64,
+    #[serde(default)]
+    accept_presale_terms: bool,
+}
+
+fn one() -> i64 {
+    1
+}
+
+pub async fn reserve(
+    app: &App,
+    drop_id: &str,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let shopper = authenticate(app, &req)?;
+    let drop = app
+        .catalog
+        .get(drop_id)
+        .ok_or_else(|| no_drop(drop_id))?
+        .clone();
+    let key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(raw) => Some(IdempotencyKey::parse(raw.to_str().unwrap_or(""))?),
+    };
+    let body: ReserveBody = parse(&read_body(req, app.settings.max_body_bytes).await?)?;
+    let quantity = Quantity::new(body.quantity)?;
+    let sku = drop
+        .sku(&body.sku)
+        .ok_or_else(|| ApiError::NotFound(format!("no SKU {:?} in drop {drop_id:?}", body.sku)))?;
+    if drop.presale && !body.accept_presale_terms {
+        return Err(ApiError::InvalidRequest(
+            "this is a presale drop: set accept_presale_terms to true".into(),
+        ));
+    }
+
+    // Orders carry millisecond times, as the order store keeps them.
+    let now = app
+        .clock
+        .now()
+        .round(Unit::Millisecond)
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let round = drop.round_at(now);
+    match round.phase_at(now) {
+        Phase::Upcoming => {
+            return Err(ApiError::NotOpen {
+                opens_at: round.opens_at,
+            })
+        }
+        Phase::Closed => return Err(ApiError::Closed),
+        Phase::Open => {}
+    }
+    let charges = sku.charges(quantity);
+    let order = Order {
+        id: OrderId::generate(),
+        drop_id: drop.id.clone(),
+        round_id: round.id,
+        sku: sku.id.clone(),
+        quantity,
+        user_id: shopper.user,
+        status: OrderStatus::PendingPayment,
+        unit_price: charges.unit_price,
+        amount_due: charges.amount_due,
+        deposit_due: charges.deposit_due,
+        currency: Order::CURRENCY,
+        created_at: now,
+        pay_by: now
+            .saturating_add(drop.pay_within)
+            .map_err(|_| ApiError::Closed)?,
+    };
+    let attempt = ReserveAttempt {
+        order,
+        opens_at: round.opens_at,
+        closes_at: round.closes_at,
+        allocated: sku.stock,
+        per_user_limit: drop.per_user_limit,
+        idempotency: key.map(|k| (k, format!("{}*{}", sku.id, quantity.get()))),
+    };
+    match app.engine.reserve(attempt).await? {
+        ReserveOutcome::Won(order) => Ok(json(StatusCode::CREATED, &order)),
+        ReserveOutcome::Replayed(order) => Ok(json(StatusCode::OK, &order)),
+        refusal => Err(ApiError::from_refusal(refusal)),
+    }
+}
+
+pub async fn list_orders(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let shopper = authenticate(app, req)?;
+    let orders = app.store.list_for_user(shopper.user).await?;
+    Ok(json(StatusCode::OK, &json!({ "orders": orders })))
+}
+
+fn no_order() -> ApiError {
+    ApiError::NotFound("no such order".into())
+}
+
+pub async fn get_order(
+    app: &App,
+    order_id: &str,
+    req: &Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let shopper = authenticate(app, req)?;
+    let id = OrderId::parse(order_id).map_err(|_| no_order())?;
+    match app.store.get(id).await? {
+        // Another shopper's order is answered like a missing one, so ids cannot be probed.
+        Some(order) if order.user_id == shopper.user => Ok(json(StatusCode::OK, &order)),
+        _ => Err(no_order()),
+    }
+}
+
+pub async fn cancel_order(
+    app: &App,
+    order_id: &str,
+    req: &Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let shopper = authenticate(app, req)?;
+    let id = OrderId::parse(order_id).map_err(|_| no_order())?;
+    match lifecycle::cancel(app, id, shopper.user).await? {
+        Cancelled::Now(order) => Ok(json(StatusCode::OK, &order)),
+        Cancelled::NotFound => Err(no_order()),
+        Cancelled::NotCancellable(order) => Err(ApiError::NotCancellable {
+            status: order.status.as_str(),
+        }),
+    }
+}

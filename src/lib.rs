@@ -1,0 +1,55 @@
+//! dropgate: a flash-sale reservation server.
+//!
+//! Shoppers reserve limited stock at timed drops; the inventory engine decides
+//! every reservation in one atomic step and a win is answered only once its
+//! order is durable. See `ARCHITECTURE.md` for the map and the invariants.
+//!
+//! Layout:
+//! - [`config`], [`demo`]: the configuration file and the no-config demo.
+//! - [`domain`], [`money`], [`catalog`], [`schedule`], [`order`]: checked values and the domain.
+//! - [`engine`]: the inventory engine trait and the embedded engine.
+//! - [`store`]: the order store (SQLite) and its group-commit writer.
+//! - [`lifecycle`], [`sweeper`]: cancel, pay, expire; the expiry sweeper.
+//! - [`auth`], [`payment`]: shopper tokens; payment notification signatures.
+//! - [`http`]: the hyper server, routing and handlers.
+//! - [`app`]: the shared state, put together from the configuration.
+
+pub mod app;
+pub mod auth;
+pub mod catalog;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod engine;
+pub mod http;
+pub mod lifecycle;
+pub mod money;
+pub mod order;
+pub mod payment;
+pub mod schedule;
+pub mod store;
+pub mod sweeper;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use app::{App, Database};
+
+/// Serves on `listener` until `shutdown` resolves; then drains in-flight
+/// requests, stops the sweeper and flushes the order writer.
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), store::StoreError> {
+    let (stop_sweeper, stop) = watch::channel(false);
+    let sweeper = tokio::spawn(sweeper::run(app.clone(), stop));
+    http::serve(listener, app.clone(), shutdown).await;
+    let _ = stop_sweeper.send(true);
+    let _ = sweeper.await;
+    app.store.flush().await
+}

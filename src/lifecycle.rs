@@ -1,0 +1,62 @@
+//! An order's fate after the win: cancelled by the shopper, paid through the
+//! gateway, or expired unpaid. The order store decides each transition in one
+//! transaction (so an order has one fate, I5); only an order that this call
+//! moved out of pending payment gives its units back (exactly once).
+
+use crate::app::App;
+use crate::domain::{OrderId, UserId};
+use crate::order::Order;
+use crate::payment::PaymentNotice;
+use crate::store::{CancelOutcome, PayOutcome, StoreError};
+
+pub enum Cancelled {
+    Now(Order),
+    NotFound,
+    NotCancellable(Order),
+}
+
+/// Orders expired per store transaction by the sweeper.
+const EXPIRE_BATCH: usize = 512;
+
+pub async fn cancel(app: &App, id: OrderId, user: UserId) -> Result<Cancelled, StoreError> {
+    Ok(match app.store.cancel(id, user, app.clock.now()).await? {
+        CancelOutcome::Cancelled(order) => {
+            return_stock(app, &order).await;
+            Cancelled::Now(order)
+        }
+        CancelOutcome::NotFound => Cancelled::NotFound,
+        CancelOutcome::NotCancellable(order) => Cancelled::NotCancellable(order),
+    })
+}
+
+pub async fn pay(app: &App, notice: PaymentNotice) -> Result<PayOutcome, StoreError> {
+    let outcome = app.store.pay(notice, app.clock.now()).await?;
+    if let PayOutcome::ExpiredNow(order) = &outcome {
+        return_stock(app, order).await;
+    }
+    Ok(outcome)
+}
+
+/// Expires every order unpaid at its `pay_by` and returns its stock.
+pub async fn expire_due(app: &App) -> Result<usize, StoreError> {
+    let mut total = 0;
+    loop {
+        let expired = app.store.expire_due(app.clock.now(), EXPIRE_BATCH).await?;
+        for order in &expired {
+            return_stock(app, order).await;
+        }
+        total += expired.len();
+        if expired.len() < EXPIRE_BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+async fn return_stock(app: &App, order: &Order) {
+    // The order has ended in the store already. Should the engine fail here,
+    // the units stay held until a restart rebuilds the books from the store:
+    // stock is undersold for a while, never oversold.
+    if let Err(e) = app.engine.release(order).await {
+        tracing::error!(order = %order.id, error = %e, "could not return stock");
+    }
+}

@@ -1,0 +1,157 @@
+//! The order store: orders in SQLite, written through the group-commit
+//! writer, read on a separate connection (WAL lets reads run beside writes).
+
+mod sqlite;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use rusqlite::Connection;
+use rust_decimal::Decimal;
+
+pub use sqlite::{db_time, StoredOrder};
+
+use crate::domain::{IdempotencyKey, OrderId, UserId};
+use crate::order::Order;
+use crate::payment::PaymentNotice;
+use writer::Writer;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(String),
+    #[error("unreadable row in the order store: {0}")]
+    Corrupt(String),
+    #[error("the order writer has stopped")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+pub enum CancelOutcome {
+    Cancelled(Order),
+    /// No such order, or it belongs to someone else.
+    NotFound,
+    NotCancellable(Order),
+}
+
+pub enum PayOutcome {
+    Paid(Order),
+    /// The same transaction was recorded before; nothing changed.
+    AlreadyRecorded(Order),
+    TransactionUsedElsewhere,
+    NotFound,
+    AmountMismatch {
+        due: Decimal,
+    },
+    /// Paid by another transaction, cancelled or expired already.
+    NotPayable(Order),
+    /// Pending but past `pay_by`: this notice expired it, its stock must return.
+    ExpiredNow(Order),
+}
+
+#[derive(Clone)]
+pub struct OrderStore {
+    writer: Writer,
+    /// One read connection; reads are short, and a std mutex is fine because
+    /// it is only taken on blocking threads, never across an await.
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl OrderStore {
+    pub fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
+        }
+        let write_conn = sqlite::open(path)?;
+        let read_conn = sqlite::open(path)?;
+        let writer = Writer::spawn(write_conn).map_err(|e| StoreError::Database(e.to_string()))?;
+        Ok(Self {
+            writer,
+            reader: Arc::new(Mutex::new(read_conn)),
+        })
+    }
+
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            query(&reader.lock().unwrap_or_else(|p| p.into_inner()))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits a new order; returns once it is on disk.
+    pub async fn insert(
+        &self,
+        order: Order,
+        idempotency: Option<(IdempotencyKey, String)>,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .run(move |conn| sqlite::insert(conn, &order, idempotency.as_ref()))
+            .await
+    }
+
+    pub async fn cancel(
+        &self,
+        id: OrderId,
+        user: UserId,
+        now: Timestamp,
+    ) -> Result<CancelOutcome, StoreError> {
+        self.writer
+            .run(move |conn| sqlite::cancel(conn, &id, &user, now))
+            .await
+    }
+
+    pub async fn pay(
+        &self,
+        notice: PaymentNotice,
+        now: Timestamp,
+    ) -> Result<PayOutcome, StoreError> {
+        self.writer
+            .run(move |conn| sqlite::pay(conn, &notice, now))
+            .await
+    }
+
+    pub async fn expire_due(&self, now: Timestamp, max: usize) -> Result<Vec<Order>, StoreError> {
+        self.writer
+            .run(move |conn| sqlite::expire_due(conn, now, max))
+            .await
+    }
+
+    /// Returns once everything queued before it is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.writer.run(|_| Ok(())).await
+    }
+
+    pub async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        self.read(move |conn| sqlite::get(conn, id.as_str())).await
+    }
+
+    pub async fn list_for_user(&self, user: UserId) -> Result<Vec<Order>, StoreError> {
+        self.read(move |conn| sqlite::list_for_user(conn, &user))
+            .await
+    }
+
+    pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
+        self.read(sqlite::engine_snapshot).await
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .is_ok()
+    }
+}
