@@ -10,10 +10,13 @@ use dropgate::{auth, demo, App, Database};
 
 /// A flash-sale reservation server.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// With no command, `dropgate` serves with these options.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -24,7 +27,7 @@ enum Command {
     Token(TokenArgs),
 }
 
-#[derive(Args, Default)]
+#[derive(Args)]
 struct ServeArgs {
     /// Config file (TOML); without one, a demo catalog is served.
     #[arg(long)]
@@ -75,8 +78,9 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
-        None => serve(ServeArgs::default()).await,
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Token(args)) => token(args),
     };

@@ -1,1 +1,4 @@
+//! One integration test binary: real SQLite files in temp dirs, real HTTP.
 
+mod contract;
+mod support;

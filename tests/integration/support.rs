@@ -1,0 +1,286 @@
+//! Shared test fixtures: an in-process server on 127.0.0.1:0 with its own
+//! temp data dir and a manual clock, a small HTTP client, and direct reads
+//! of the SQLite order store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use dropgate::clock::{Clock, ManualClock};
+use dropgate::config::{Config, SecretSource};
+use dropgate::domain::UserId;
+use dropgate::{auth, App, Database};
+
+pub const JWT_SECRET: &str = "test-jwt-secret";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const PAYMENT_SECRET: &str = "test-payment-secret";
+
+/// Logs go to the test output only when TEST_LOG is set.
+pub fn init_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// The config file head every test uses; append drops to it.
+pub fn config_head(server_extra: &str) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+[auth]
+jwt_secret = "{JWT_SECRET}"
+admin_token = "{ADMIN_TOKEN}"
+payment_secret = "{PAYMENT_SECRET}"
+[server]
+sweep_interval = "50ms"
+shutdown_grace = "5s"
+{server_extra}
+"#
+    )
+}
+
+/// A drop with one window and one SKU.
+pub fn window_drop(
+    id: &str,
+    sku: &str,
+    stock: i64,
+    limit: i64,
+    opens: Timestamp,
+    closes: Timestamp,
+) -> String {
+    format!(
+        r#"
+[[drops]]
+id = "{id}"
+product = "Phone {id}"
+per_user_limit = {limit}
+pay_within = "15m"
+opens_at = "{opens}"
+closes_at = "{closes}"
+[[drops.skus]]
+id = "{sku}"
+name = "8GB+256GB"
+price = "1999.00"
+stock = {stock}
+"#
+    )
+}
+
+pub fn hours(n: i64) -> SignedDuration {
+    SignedDuration::from_hours(n)
+}
+
+pub fn token(user: &str) -> String {
+    auth::mint(JWT_SECRET, &UserId::parse(user).unwrap(), 3600, false)
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+}
+
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl Http {
+    pub fn new(addr: SocketAddr) -> Self {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Self {
+            client,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).unwrap();
+        let res = self
+            .client
+            .request(req)
+            .await
+            .expect("request reaches the server");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        self.send(Method::GET, path, &headers, Vec::new()).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &str) -> Reply {
+        self.post_with(path, token, &[], body).await
+    }
+
+    pub async fn post_with(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        extra: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        headers.push(("content-type", "application/json"));
+        headers.extend_from_slice(extra);
+        self.send(Method::POST, path, &headers, body.as_bytes().to_vec())
+            .await
+    }
+
+    /// Reserves `quantity` of `sku` in `drop` as `user`.
+    pub async fn reserve(&self, drop: &str, sku: &str, quantity: i64, user: &str) -> Reply {
+        let body = format!(r#"{{"sku": "{sku}", "quantity": {quantity}}}"#);
+        self.post(
+            &format!("/api/v1/drops/{drop}/reserve"),
+            Some(&token(user)),
+            &body,
+        )
+        .await
+    }
+}
+
+/// A dropgate served in this process, with its own data dir and clock.
+pub struct TestServer {
+    pub http: Http,
+    pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub app: Arc<App>,
+    pub db_path: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<JoinHandle<Result<(), dropgate::store::StoreError>>>,
+    _dir: Option<TempDir>,
+}
+
+impl TestServer {
+    /// Starts on a fresh temp dir with the clock at the real now.
+    pub async fn start(config: &str) -> Self {
+        Self::start_with_clock(config, Timestamp::now()).await
+    }
+
+    /// Starts on a fresh temp dir with the clock at `now`.
+    pub async fn start_with_clock(config: &str, now: Timestamp) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self::start_at(config, &dir.path().join("orders.db"), now).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts on an existing database file, e.g. to restart after a stop.
+    pub async fn start_at(config: &str, db_path: &Path, now: Timestamp) -> Self {
+        init_logging();
+        let config =
+            Config::from_toml(config, SecretSource::Environment).expect("test config is valid");
+        let clock = Arc::new(ManualClock::new(now));
+        let app = App::open(config, &Database::Sqlite(db_path.to_owned()), clock.clone())
+            .await
+            .expect("app opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(dropgate::run(listener, app.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            http: Http::new(addr),
+            addr,
+            clock,
+            app,
+            db_path: db_path.to_owned(),
+            stop: Some(stop),
+            served: Some(served),
+            _dir: None,
+        }
+    }
+
+    /// Shuts down gracefully and waits until the order writer is flushed.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            served.await.unwrap().expect("orders flushed");
+        }
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        open_db(&self.db_path)
+    }
+}
+
+pub fn open_db(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).expect("order store opens")
+}
+
+/// Units in live orders (pending payment or paid), from the database.
+pub fn live_units(db: &rusqlite::Connection, round_like: &str) -> i64 {
+    db.query_row(
+        "SELECT COALESCE(SUM(quantity), 0) FROM orders WHERE round_id LIKE ?1 \
+         AND status IN ('pending_payment', 'paid')",
+        [round_like],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// The most live units any single user holds in one round, from the database.
+pub fn max_units_per_user(db: &rusqlite::Connection) -> i64 {
+    db.query_row(
+        "SELECT COALESCE(MAX(units), 0) FROM (SELECT SUM(quantity) AS units FROM orders \
+         WHERE status IN ('pending_payment', 'paid') GROUP BY round_id, user_id)",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+pub fn order_ids(db: &rusqlite::Connection) -> std::collections::HashSet<String> {
+    let mut stmt = db.prepare("SELECT id FROM orders").unwrap();
+    let ids = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+    ids.map(Result::unwrap).collect()
+}
