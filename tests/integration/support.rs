@@ -123,6 +123,19 @@ impl Http {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Reply {
+        self.try_send(method, path, headers, body)
+            .await
+            .expect("request reaches the server")
+    }
+
+    /// Like `send`, but `None` when the connection fails (server gone).
+    pub async fn try_send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Option<Reply> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -130,20 +143,16 @@ impl Http {
             req = req.header(*name, *value);
         }
         let req = req.body(Full::new(Bytes::from(body))).unwrap();
-        let res = self
-            .client
-            .request(req)
-            .await
-            .expect("request reaches the server");
+        let res = self.client.request(req).await.ok()?;
         let status = res.status().as_u16();
         let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let bytes = res.into_body().collect().await.ok()?.to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
+        Some(Reply {
             status,
             headers,
             body,
-        }
+        })
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
@@ -175,13 +184,34 @@ impl Http {
 
     /// Reserves `quantity` of `sku` in `drop` as `user`.
     pub async fn reserve(&self, drop: &str, sku: &str, quantity: i64, user: &str) -> Reply {
+        self.try_reserve(drop, sku, quantity, user)
+            .await
+            .expect("request reaches the server")
+    }
+
+    pub async fn try_reserve(
+        &self,
+        drop: &str,
+        sku: &str,
+        quantity: i64,
+        user: &str,
+    ) -> Option<Reply> {
         let body = format!(r#"{{"sku": "{sku}", "quantity": {quantity}}}"#);
-        self.post(
-            &format!("/api/v1/drops/{drop}/reserve"),
-            Some(&token(user)),
-            &body,
-        )
-        .await
+        let auth = format!("Bearer {}", token(user));
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let path = format!("/api/v1/drops/{drop}/reserve");
+        self.try_send(Method::POST, &path, &headers, body.into_bytes())
+            .await
+    }
+
+    /// Units of the first SKU still for sale, as the drop endpoint reports.
+    pub async fn remaining(&self, drop: &str) -> u64 {
+        self.get(&format!("/api/v1/drops/{drop}"), None).await.body["skus"][0]["remaining"]
+            .as_u64()
+            .expect("drop has a SKU")
     }
 }
 
