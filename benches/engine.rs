@@ -1,0 +1,140 @@
+//! The embedded engine's reserve: durable (each win committed to a real
+//! SQLite file) uncontended and contended, and the decision alone (a refusal,
+//! which touches no disk).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use jiff::SignedDuration;
+use rust_decimal::Decimal;
+
+use dropgate::clock::{Clock, SystemClock};
+use dropgate::domain::{DropId, OrderId, Quantity, SkuId, UserId};
+use dropgate::engine::{EmbeddedEngine, InventoryEngine, ReserveAttempt, ReserveOutcome};
+use dropgate::order::{Order, OrderStatus};
+use dropgate::store::OrderStore;
+
+fn attempt(user: &str, clock: &dyn Clock) -> ReserveAttempt {
+    let now = clock.now();
+    ReserveAttempt {
+        order: Order {
+            id: OrderId::generate(),
+            drop_id: DropId::parse("bench").unwrap(),
+            round_id: "bench@20261127T020000Z".into(),
+            sku: SkuId::parse("sku").unwrap(),
+            quantity: Quantity::new(1).unwrap(),
+            user_id: UserId::parse(user).unwrap(),
+            status: OrderStatus::PendingPayment,
+            unit_price: Decimal::new(199900, 2),
+            amount_due: Decimal::new(199900, 2),
+            deposit_due: Decimal::new(199900, 2),
+            currency: Order::CURRENCY,
+            created_at: now,
+            pay_by: now + SignedDuration::from_mins(15),
+        },
+        opens_at: now - SignedDuration::from_hours(1),
+        closes_at: now + SignedDuration::from_hours(24),
+        allocated: u64::MAX / 2,
+        per_user_limit: 1,
+        idempotency: None,
+    }
+}
+
+struct Bench {
+    rt: tokio::runtime::Runtime,
+    engine: Arc<EmbeddedEngine>,
+    clock: Arc<SystemClock>,
+    next_user: AtomicU64,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = OrderStore::open_sqlite(&dir.path().join("orders.db")).unwrap();
+        let clock = Arc::new(SystemClock);
+        let engine = Arc::new(
+            rt.block_on(EmbeddedEngine::open(store, clock.clone()))
+                .unwrap(),
+        );
+        Self {
+            rt,
+            engine,
+            clock,
+            next_user: AtomicU64::new(0),
+            _dir: dir,
+        }
+    }
+
+    fn fresh_user(&self) -> String {
+        format!("u{}", self.next_user.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Runs `iters` winning reserves from `tasks` concurrent tasks.
+    async fn win_many(&self, iters: u64, tasks: u64) -> Duration {
+        let per_task = iters.div_ceil(tasks);
+        let users: Vec<Vec<String>> = (0..tasks)
+            .map(|_| (0..per_task).map(|_| self.fresh_user()).collect())
+            .collect();
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for batch in users {
+            let engine = self.engine.clone();
+            let clock = self.clock.clone();
+            handles.push(tokio::spawn(async move {
+                for user in batch {
+                    let outcome = engine
+                        .reserve(attempt(&user, clock.as_ref()))
+                        .await
+                        .unwrap();
+                    assert!(matches!(outcome, ReserveOutcome::Won(_)));
+                }
+            }));
+        }
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        start.elapsed()
+    }
+}
+
+pub fn reserve(c: &mut Criterion) {
+    let bench = Bench::new();
+    let mut group = c.benchmark_group("engine_reserve");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(5));
+    for tasks in [1u64, 64, 512] {
+        group.bench_with_input(
+            BenchmarkId::new("durable_win", format!("{tasks}_concurrent")),
+            &tasks,
+            |b, &tasks| {
+                b.to_async(&bench.rt)
+                    .iter_custom(|iters| bench.win_many(iters, tasks));
+            },
+        );
+    }
+
+    // A shopper at the limit: the whole decision under the round lock, no disk.
+    let holder = bench.fresh_user();
+    bench
+        .rt
+        .block_on(bench.engine.reserve(attempt(&holder, bench.clock.as_ref())))
+        .unwrap();
+    group.bench_function(BenchmarkId::new("refused_at_limit", "uncontended"), |b| {
+        b.to_async(&bench.rt).iter(|| async {
+            let outcome = bench
+                .engine
+                .reserve(attempt(&holder, bench.clock.as_ref()))
+                .await
+                .unwrap();
+            assert!(matches!(outcome, ReserveOutcome::LimitExceeded { .. }));
+        });
+    });
+    group.finish();
+}
