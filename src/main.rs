@@ -8,6 +8,11 @@ use dropgate::config::Config;
 use dropgate::domain::UserId;
 use dropgate::{auth, demo, App, Database};
 
+/// mimalloc rather than glibc's malloc: under a storm many threads allocate
+/// and free small buffers at once, and glibc's arena locks showed in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A flash-sale reservation server.
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]

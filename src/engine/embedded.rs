@@ -43,32 +43,10 @@ impl EmbeddedEngine {
         }
         self.rounds.entry(round_id.to_owned()).or_default().clone()
     }
+}
 
-    /// Commits a taken reservation and reports the result to any replays.
-    /// Runs as its own task so a client that hangs up cannot leave the
-    /// units taken without a row, or a row without its book entry.
-    async fn commit(
-        store: OrderStore,
-        book: Arc<Mutex<RoundBook>>,
-        attempt: ReserveAttempt,
-        durable: tokio::sync::watch::Sender<Durability>,
-    ) -> Result<ReserveOutcome, EngineError> {
-        let ReserveAttempt {
-            order, idempotency, ..
-        } = attempt;
-        let key = idempotency.as_ref().map(|(k, _)| k.clone());
-        match store.insert(order.clone(), idempotency).await {
-            Ok(()) => {
-                durable.send_replace(Durability::Committed);
-                Ok(ReserveOutcome::Won(order))
-            }
-            Err(e) => {
-                lock(&book).undo(&order, key.as_ref());
-                durable.send_replace(Durability::Failed);
-                Err(EngineError::Unavailable(e.to_string()))
-            }
-        }
-    }
+fn unavailable(e: StoreError) -> EngineError {
+    EngineError::Unavailable(e.to_string())
 }
 
 fn lock(book: &Mutex<RoundBook>) -> std::sync::MutexGuard<'_, RoundBook> {
@@ -89,6 +67,9 @@ impl InventoryEngine for EmbeddedEngine {
         if now >= attempt.closes_at {
             return Ok(ReserveOutcome::Closed);
         }
+        // The writer slot comes first: once units are taken below, the order
+        // is queued without waiting, so no cancellation can strand them.
+        let slot = self.store.insert_slot().await.map_err(unavailable)?;
         let book = self.book(&attempt.order.round_id);
         let decision = lock(&book).reserve(&attempt);
         match decision {
@@ -106,10 +87,26 @@ impl InventoryEngine for EmbeddedEngine {
                 }
             }
             Decision::Taken(durable) => {
-                let commit = Self::commit(self.store.clone(), book, attempt, durable);
-                tokio::spawn(commit)
+                let ReserveAttempt { order, idempotency, .. } = attempt;
+                let key = idempotency.as_ref().map(|(k, _)| k.clone());
+                let won = order.clone();
+                // Runs on the writer thread after the commit, even if this
+                // request is gone: replays learn the outcome, and a failed
+                // commit gives the units back.
+                let settle = move |result: &Result<(), StoreError>| match result {
+                    Ok(()) => {
+                        durable.send_replace(Durability::Committed);
+                    }
+                    Err(_) => {
+                        lock(&book).undo(&won, key.as_ref());
+                        durable.send_replace(Durability::Failed);
+                    }
+                };
+                let won = order.clone();
+                slot.insert(order, idempotency, settle)
                     .await
-                    .map_err(|e| EngineError::Unavailable(e.to_string()))?
+                    .map(|()| ReserveOutcome::Won(won))
+                    .map_err(unavailable)
             }
         }
     }

@@ -56,6 +56,25 @@ pub enum PayOutcome {
     ExpiredNow(Order),
 }
 
+/// A place in the writer's queue for one new order. Taken before the
+/// engine decides, so that a win, once decided, is always queued: the
+/// queueing can neither wait nor be cancelled by a client hanging up.
+pub struct InsertSlot(writer::Slot);
+
+impl InsertSlot {
+    /// Queues the order. `settle` runs on the writer thread once the commit
+    /// is on disk (`Ok`) or has failed, whether or not anyone awaits the result.
+    pub fn insert(
+        self,
+        order: Order,
+        idempotency: Option<(IdempotencyKey, String)>,
+        settle: impl FnOnce(&Result<(), StoreError>) + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> {
+        self.0
+            .run(move |conn| sqlite::insert(conn, &order, idempotency.as_ref()), settle)
+    }
+}
+
 #[derive(Clone)]
 pub struct OrderStore {
     writer: Writer,
@@ -92,15 +111,9 @@ impl OrderStore {
         .map_err(|_| StoreError::Closed)?
     }
 
-    /// Commits a new order; returns once it is on disk.
-    pub async fn insert(
-        &self,
-        order: Order,
-        idempotency: Option<(IdempotencyKey, String)>,
-    ) -> Result<(), StoreError> {
-        self.writer
-            .run(move |conn| sqlite::insert(conn, &order, idempotency.as_ref()))
-            .await
+    /// Takes a place in the writer's queue for an order not yet decided.
+    pub async fn insert_slot(&self) -> Result<InsertSlot, StoreError> {
+        self.writer.slot().await.map(InsertSlot)
     }
 
     pub async fn cancel(

@@ -26,10 +26,9 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Checkpoints copy the WAL into the database file with an fsync; at
-    // flash-sale insert rates the default (every 1,000 pages) runs them too
-    // often, and a larger page cache keeps the index pages hot.
+    // flash-sale insert rates the default (every 1,000 pages) runs them too often.
     conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
-    conn.pragma_update(None, "cache_size", -65_536)?;
+
     migrate(&mut conn)?;
     Ok(conn)
 }

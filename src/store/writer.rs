@@ -7,20 +7,55 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 
-/// Told the commit's outcome; sends the job's result to whoever waits on it.
-type Deliver = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// Runs one job's statements inside the batch's transaction.
-type Job = Box<dyn FnOnce(&Connection) -> Deliver + Send>;
-
 /// Jobs committed together at most; bounds the latency one commit adds.
 const MAX_BATCH: usize = 2048;
-/// Jobs that may wait for the writer; a full queue makes callers wait (backpressure).
+/// Jobs that may wait for the writer; a full queue makes callers wait for a
+/// slot (backpressure) before they decide anything.
 const QUEUE_DEPTH: usize = 64 * 1024;
+
+/// A unit of work for the writer: statements run inside the batch's
+/// transaction, then the commit's outcome is reported.
+trait Job: Send {
+    fn execute(&mut self, conn: &Connection);
+    fn settle(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+struct Queued<T, F, S> {
+    statements: Option<F>,
+    outcome: Option<Result<T, StoreError>>,
+    settle: S,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F, S> Job for Queued<T, F, S>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+    S: FnOnce(&Result<T, StoreError>) + Send,
+{
+    fn execute(&mut self, conn: &Connection) {
+        if let Some(statements) = self.statements.take() {
+            self.outcome = Some(statements(conn));
+        }
+    }
+
+    fn settle(self: Box<Self>, commit: Result<(), StoreError>) {
+        let not_run = Err(StoreError::Database("the batch was not run".into()));
+        let result = commit.and(self.outcome.unwrap_or(not_run));
+        (self.settle)(&result);
+        // The waiter may have gone away (client hung up); settle ran anyway.
+        let _ = self.reply.send(result);
+    }
+}
 
 #[derive(Clone)]
 pub struct Writer {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Box<dyn Job>>,
 }
+
+/// A place in the writer's queue. Once held, queueing a job cannot wait or
+/// be cancelled, so a decision taken after getting a slot is always written.
+pub struct Slot(mpsc::OwnedPermit<Box<dyn Job>>);
 
 impl Writer {
     /// Starts the writer thread; it ends when every `Writer` handle is dropped.
@@ -32,57 +67,62 @@ impl Writer {
         Ok(Self { jobs })
     }
 
-    /// Runs `job` in the next group commit and returns its result once that
-    /// commit is on disk; a failed commit fails every job in it.
-    pub async fn run<T, F>(&self, job: F) -> Result<T, StoreError>
+    pub async fn slot(&self) -> Result<Slot, StoreError> {
+        self.jobs.clone().reserve_owned().await.map(Slot).map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs `statements` in the next group commit; returns their result
+    /// once that commit is on disk. A failed commit fails every job in it.
+    pub async fn run<T, F>(&self, statements: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply, result) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let outcome = job(conn);
-            Box::new(move |commit| {
-                // The waiter may have gone away (client disconnected); the
-                // row is committed all the same.
-                let _ = reply.send(commit.and(outcome));
-            })
-        });
-        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
-        result.await.map_err(|_| StoreError::Closed)?
+        self.slot().await?.run(statements, |_| {}).await
     }
 }
 
-fn run(mut conn: Connection, mut queue: mpsc::Receiver<Job>) {
+impl Slot {
+    /// Queues `statements`; `settle` runs on the writer thread with the
+    /// final result whether or not anyone still awaits the returned future.
+    pub fn run<T, F, S>(self, statements: F, settle: S) -> impl std::future::Future<Output = Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        S: FnOnce(&Result<T, StoreError>) + Send + 'static,
+    {
+        let (reply, result) = oneshot::channel();
+        self.0.send(Box::new(Queued {
+            statements: Some(statements),
+            outcome: None,
+            settle,
+            reply,
+        }));
+        async move { result.await.map_err(|_| StoreError::Closed)? }
+    }
+}
+
+fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         commit(&mut conn, &mut batch);
     }
 }
 
-fn commit(conn: &mut Connection, batch: &mut Vec<Job>) {
-    let tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => {
-            // Dropping the jobs tells each waiter the store is unavailable.
-            tracing::error!(error = %e, jobs = batch.len(), "order writer could not begin a transaction");
-            batch.clear();
-            return;
+fn commit(conn: &mut Connection, batch: &mut Vec<Box<dyn Job>>) {
+    let committed = match conn.transaction() {
+        Ok(tx) => {
+            for job in batch.iter_mut() {
+                job.execute(&tx);
+            }
+            tx.commit().map_err(StoreError::from)
         }
+        Err(e) => Err(StoreError::from(e)),
     };
-    let deliveries: Vec<Deliver> = batch.drain(..).map(|job| job(&tx)).collect();
-    let committed = tx.commit().map_err(StoreError::from);
     if let Err(e) = &committed {
-        tracing::error!(error = %e, jobs = deliveries.len(), "order writer commit failed");
+        tracing::error!(error = %e, jobs = batch.len(), "order writer commit failed");
     }
-    for deliver in deliveries {
-        deliver(committed.clone());
+    for job in batch.drain(..) {
+        job.settle(committed.clone());
     }
 }
