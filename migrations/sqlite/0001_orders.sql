@@ -1,7 +1,7 @@
 -- Orders: the table operators and auditors query directly (API.md, "Order store").
 -- Times are UTC RFC 3339 text with milliseconds, so text order is time order.
--- WITHOUT ROWID: the table is the primary-key tree itself, one tree less to
--- write per order (ids are UUIDv7, so inserts append).
+-- Every index here is written on every reservation, the hot path: keep them
+-- few (measured in BENCHMARKS.md).
 CREATE TABLE orders (
     id                  TEXT PRIMARY KEY,
     drop_id             TEXT NOT NULL,
@@ -22,10 +22,9 @@ CREATE TABLE orders (
     payment_method      TEXT,
     paid_at             TEXT,
     ended_at            TEXT
-) WITHOUT ROWID;
+);
 
 CREATE INDEX orders_by_user ON orders (user_id);
-CREATE INDEX orders_by_round ON orders (round_id, status);
 CREATE INDEX orders_unpaid_by_deadline ON orders (pay_by) WHERE status = 'pending_payment';
 CREATE UNIQUE INDEX orders_idempotency ON orders (round_id, user_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
