@@ -349,6 +349,9 @@ fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
         })?;
     let pay_within =
         parse_positive_duration(&section.pay_within).map_err(|m| err("pay_within", m))?;
+    if pay_within > SignedDuration::from_hours(24 * 30) {
+        return Err(err("pay_within", "must not exceed 30 days".into()));
+    }
     let timing = match (section.schedule, section.opens_at, section.closes_at) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
             return Err(err(
@@ -608,6 +611,15 @@ mod tests {
     fn no_drops_is_refused() {
         let cut = GOOD.split("[[drops]]").next().unwrap();
         assert!(error_of(cut).contains("drops"));
+    }
+
+    #[test]
+    fn a_payment_window_beyond_thirty_days_is_refused() {
+        let msg = error_of(&GOOD.replace("pay_within = \"15m\"", "pay_within = \"999999h\""));
+        assert!(
+            msg.contains("mi-15-ultra") && msg.contains("pay_within"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -87,7 +87,9 @@ impl InventoryEngine for EmbeddedEngine {
                 }
             }
             Decision::Taken(durable) => {
-                let ReserveAttempt { order, idempotency, .. } = attempt;
+                let ReserveAttempt {
+                    order, idempotency, ..
+                } = attempt;
                 let key = idempotency.as_ref().map(|(k, _)| k.clone());
                 let won = order.clone();
                 // Runs on the writer thread after the commit, even if this

@@ -115,9 +115,11 @@ pub async fn reserve(
         deposit_due: charges.deposit_due,
         currency: Order::CURRENCY,
         created_at: now,
+        // pay_within is at most 30 days (checked in config), so this only
+        // fails for a clock near the end of time.
         pay_by: now
-            .saturating_add(drop.pay_within)
-            .map_err(|_| ApiError::Closed)?,
+            .checked_add(drop.pay_within)
+            .map_err(|_| ApiError::Unavailable("the clock is out of range".into()))?,
     };
     let attempt = ReserveAttempt {
         order,

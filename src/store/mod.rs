@@ -70,8 +70,10 @@ impl InsertSlot {
         idempotency: Option<(IdempotencyKey, String)>,
         settle: impl FnOnce(&Result<(), StoreError>) + Send + 'static,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> {
-        self.0
-            .run(move |conn| sqlite::insert(conn, &order, idempotency.as_ref()), settle)
+        self.0.run(
+            move |conn| sqlite::insert(conn, &order, idempotency.as_ref()),
+            settle,
+        )
     }
 }
 

@@ -68,7 +68,12 @@ impl Writer {
     }
 
     pub async fn slot(&self) -> Result<Slot, StoreError> {
-        self.jobs.clone().reserve_owned().await.map(Slot).map_err(|_| StoreError::Closed)
+        self.jobs
+            .clone()
+            .reserve_owned()
+            .await
+            .map(Slot)
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Runs `statements` in the next group commit; returns their result
@@ -85,7 +90,11 @@ impl Writer {
 impl Slot {
     /// Queues `statements`; `settle` runs on the writer thread with the
     /// final result whether or not anyone still awaits the returned future.
-    pub fn run<T, F, S>(self, statements: F, settle: S) -> impl std::future::Future<Output = Result<T, StoreError>>
+    pub fn run<T, F, S>(
+        self,
+        statements: F,
+        settle: S,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
