@@ -146,13 +146,24 @@ fn no_order() -> ApiError {
     ApiError::NotFound("no such order".into())
 }
 
+/// The verified caller and the order id in the path; an id that cannot be
+/// one of ours is answered like a missing order.
+fn caller_and_order(
+    app: &App,
+    order_id: &str,
+    req: &Request<Incoming>,
+) -> Result<(Shopper, OrderId), ApiError> {
+    let shopper = authenticate(app, req)?;
+    let id = OrderId::parse(order_id).map_err(|_| no_order())?;
+    Ok((shopper, id))
+}
+
 pub async fn get_order(
     app: &App,
     order_id: &str,
     req: &Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
-    let shopper = authenticate(app, req)?;
-    let id = OrderId::parse(order_id).map_err(|_| no_order())?;
+    let (shopper, id) = caller_and_order(app, order_id, req)?;
     match app.store.get(id).await? {
         // Another shopper's order is answered like a missing one, so ids cannot be probed.
         Some(order) if order.user_id == shopper.user => Ok(json(StatusCode::OK, &order)),
@@ -165,8 +176,7 @@ pub async fn cancel_order(
     order_id: &str,
     req: &Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
-    let shopper = authenticate(app, req)?;
-    let id = OrderId::parse(order_id).map_err(|_| no_order())?;
+    let (shopper, id) = caller_and_order(app, order_id, req)?;
     match lifecycle::cancel(app, id, shopper.user).await? {
         Cancelled::Now(order) => Ok(json(StatusCode::OK, &order)),
         Cancelled::NotFound => Err(no_order()),

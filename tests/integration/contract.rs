@@ -331,6 +331,7 @@ async fn oversized_bodies_are_413() {
         .post(&reserve_path("open"), Some(&token("alice")), &big)
         .await;
     assert_eq!((reply.status, reply.error()), (413, "payload_too_large"));
+    assert_eq!(reply.headers["content-type"], "application/json");
     assert_eq!(order_ids(&s.db()).len(), 0);
 }
 
@@ -374,10 +375,7 @@ async fn nobody_sees_or_cancels_another_shoppers_order() {
         .get(&format!("/api/v1/orders/{id}"), Some(&mallory))
         .await;
     assert_eq!((peek.status, peek.error()), (404, "not_found"));
-    let cancel = s
-        .http
-        .post(&format!("/api/v1/orders/{id}/cancel"), Some(&mallory), "")
-        .await;
+    let cancel = s.http.cancel(&id, "mallory").await;
     assert_eq!((cancel.status, cancel.error()), (404, "not_found"));
     assert_eq!(
         s.http.get("/api/v1/orders", Some(&mallory)).await.body["orders"],
@@ -397,20 +395,13 @@ async fn nobody_sees_or_cancels_another_shoppers_order() {
 #[tokio::test]
 async fn cancel_only_applies_to_pending_orders() {
     let s = server().await;
-    let alice = token("alice");
     let id = s.http.reserve("open", SKU, 2, "alice").await.body["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let cancelled = s
-        .http
-        .post(&format!("/api/v1/orders/{id}/cancel"), Some(&alice), "")
-        .await;
+    let cancelled = s.http.cancel(&id, "alice").await;
     assert_eq!(cancelled.status, 200);
     assert_eq!(cancelled.body["status"], json!("cancelled"));
-    let again = s
-        .http
-        .post(&format!("/api/v1/orders/{id}/cancel"), Some(&alice), "")
-        .await;
+    let again = s.http.cancel(&id, "alice").await;
     assert_eq!((again.status, again.error()), (409, "not_cancellable"));
 }

@@ -127,14 +127,7 @@ async fn a_key_whose_first_request_was_refused_can_be_retried() {
         .await;
     assert_eq!(refused.error(), "sold_out");
     let id = alice_order.body["id"].as_str().unwrap();
-    let cancel = s
-        .http
-        .post(
-            &format!("/api/v1/orders/{id}/cancel"),
-            Some(&token("alice")),
-            "",
-        )
-        .await;
+    let cancel = s.http.cancel(&id, "alice").await;
     assert_eq!(cancel.status, 200);
     let retried = s
         .http
@@ -195,14 +188,7 @@ async fn an_unpaid_order_expires_at_pay_by_and_its_stock_returns_once() {
     assert_eq!(s.http.remaining(DROP).await, 1);
     // More sweeps and a late cancel change nothing.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let cancel = s
-        .http
-        .post(
-            &format!("/api/v1/orders/{id}/cancel"),
-            Some(&token("alice")),
-            "",
-        )
-        .await;
+    let cancel = s.http.cancel(&id, "alice").await;
     assert_eq!((cancel.status, cancel.error()), (409, "not_cancellable"));
     assert_eq!(s.http.remaining(DROP).await, 1);
     assert_eq!(s.http.reserve(DROP, SKU, 1, "bob").await.status, 201);
@@ -224,14 +210,7 @@ async fn a_signed_notification_marks_the_order_paid_once() {
     assert_eq!((again.status, &again.body), (200, &paid.body));
 
     // A paid order cannot be cancelled, never expires, and keeps its stock.
-    let cancel = s
-        .http
-        .post(
-            &format!("/api/v1/orders/{id}/cancel"),
-            Some(&token("alice")),
-            "",
-        )
-        .await;
+    let cancel = s.http.cancel(&id, "alice").await;
     assert_eq!(cancel.error(), "not_cancellable");
     s.clock.advance(SignedDuration::from_hours(1));
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -338,27 +317,14 @@ async fn a_restart_rebuilds_stock_limits_and_keys_from_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("orders.db");
     let mut first = TestServer::start_at(&config(now, 5), &db, now).await;
-    let key = [("idempotency-key", "k1")];
     let keyed = first
         .http
-        .post_with(
-            &reserve_path(),
-            Some(&token("alice")),
-            &key,
-            r#"{"sku": "sku", "quantity": 2}"#,
-        )
+        .reserve_keyed(DROP, "alice", "k1", r#"{"sku": "sku", "quantity": 2}"#)
         .await;
     assert_eq!(keyed.status, 201);
     let bob = first.http.reserve(DROP, SKU, 2, "bob").await;
     let bob_id = bob.body["id"].as_str().unwrap();
-    first
-        .http
-        .post(
-            &format!("/api/v1/orders/{bob_id}/cancel"),
-            Some(&token("bob")),
-            "",
-        )
-        .await;
+    first.http.cancel(&bob_id, "bob").await;
     first.http.reserve(DROP, SKU, 1, "carol").await;
     first.stop().await;
 
@@ -370,12 +336,7 @@ async fn a_restart_rebuilds_stock_limits_and_keys_from_the_store() {
     );
     let replay = second
         .http
-        .post_with(
-            &reserve_path(),
-            Some(&token("alice")),
-            &key,
-            r#"{"sku": "sku", "quantity": 2}"#,
-        )
+        .reserve_keyed(DROP, "alice", "k1", r#"{"sku": "sku", "quantity": 2}"#)
         .await;
     assert_eq!((replay.status, &replay.body), (200, &keyed.body));
     assert_eq!(second.http.reserve(DROP, SKU, 2, "bob").await.status, 201);

@@ -207,6 +207,22 @@ impl Http {
             .await
     }
 
+    /// Reserves with an `Idempotency-Key`; `body` is the raw JSON.
+    pub async fn reserve_keyed(&self, drop: &str, user: &str, key: &str, body: &str) -> Reply {
+        let path = format!("/api/v1/drops/{drop}/reserve");
+        self.post_with(&path, Some(&token(user)), &[("idempotency-key", key)], body)
+            .await
+    }
+
+    pub async fn cancel(&self, order: &str, user: &str) -> Reply {
+        self.post(
+            &format!("/api/v1/orders/{order}/cancel"),
+            Some(&token(user)),
+            "",
+        )
+        .await
+    }
+
     /// Units of the first SKU still for sale, as the drop endpoint reports.
     pub async fn remaining(&self, drop: &str) -> u64 {
         self.get(&format!("/api/v1/drops/{drop}"), None).await.body["skus"][0]["remaining"]
