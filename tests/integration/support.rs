@@ -236,7 +236,6 @@ pub struct TestServer {
     pub http: Http,
     pub addr: SocketAddr,
     pub clock: Arc<ManualClock>,
-    pub app: Arc<App>,
     pub db_path: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     served: Option<JoinHandle<Result<(), dropgate::store::StoreError>>>,
@@ -244,11 +243,6 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts on a fresh temp dir with the clock at the real now.
-    pub async fn start(config: &str) -> Self {
-        Self::start_with_clock(config, Timestamp::now()).await
-    }
-
     /// Starts on a fresh temp dir with the clock at `now`.
     pub async fn start_with_clock(config: &str, now: Timestamp) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -276,7 +270,6 @@ impl TestServer {
             http: Http::new(addr),
             addr,
             clock,
-            app,
             db_path: db_path.to_owned(),
             stop: Some(stop),
             served: Some(served),
