@@ -28,11 +28,13 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     // 16 MiB of page cache keeps the index pages that every insert walks in
     // memory (measured: more than this made each commit slower).
     conn.pragma_update(None, "cache_size", -16_384)?;
-    // Checkpoints copy the WAL into the database file with an fsync; at
-    // flash-sale insert rates the default (every 1,000 pages) runs them too
-    // often. A checkpoint on another thread was measured too: no faster, and
-    // under a steady storm the WAL then grew without bound.
-    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
+    // Checkpoints copy the WAL into the database file with an fsync, in the
+    // committing (writer) thread, stalling the orders waiting on it. Every
+    // 4,096 pages (16 MiB) measured the best balance of throughput and tail
+    // latency against 1,000 (default) and 16,384; see BENCHMARKS.md. A
+    // checkpoint on its own thread was tried too: no faster, and under a
+    // steady storm the WAL then grew without bound.
+    conn.pragma_update(None, "wal_autocheckpoint", 4_096)?;
 
     migrate(&mut conn)?;
     Ok(conn)
