@@ -122,3 +122,25 @@ async fn shutdown_drains_requests_and_every_win_is_a_row() {
         "no row without a 201 after a graceful stop"
     );
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_commit_answers_503_and_gives_the_stock_back() {
+    let now = Timestamp::now();
+    let config = config_head("") + &window_drop("one", "sku", 1, 2, now - hours(1), now + hours(1));
+    let s = TestServer::start_with_clock(&config, now).await;
+    // Another connection holds the write lock past the writer's busy timeout.
+    let blocker = s.db();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let refused = s.http.reserve("one", "sku", 1, "alice").await;
+    assert_eq!((refused.status, refused.error()), (503, "unavailable"));
+    assert_eq!(refused.headers["retry-after"], "1");
+    blocker.execute_batch("ROLLBACK").unwrap();
+
+    assert_eq!(
+        s.http.remaining("one").await,
+        1,
+        "the failed win gave its unit back"
+    );
+    assert_eq!(s.http.reserve("one", "sku", 1, "alice").await.status, 201);
+    assert_eq!(order_ids(&s.db()).len(), 1);
+}

@@ -1,6 +1,7 @@
-//! The real `dropgate` binary killed with SIGKILL in the middle of a storm,
-//! restarted on the same data dir: no 201 is ever lost, and no more than the
-//! stock is ever sold.
+//! The real `dropgate` binary as a child process: killed with SIGKILL in the
+//! middle of a storm and restarted on the same data dir (no 201 is ever lost,
+//! no more than the stock is ever sold), stopped with SIGTERM (drains and
+//! exits cleanly), and its `token` command.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -124,4 +125,89 @@ async fn kill_9_mid_storm_loses_no_win_and_never_oversells() {
         "exactly the stock is sold over both runs"
     );
     assert!(max_units_per_user(&db) <= 2);
+}
+
+fn write_config(dir: &Path, stock: i64) -> std::path::PathBuf {
+    let now = Timestamp::now();
+    let path = dir.join("dropgate.toml");
+    let config =
+        config_head("") + &window_drop("crash", "sku", stock, 2, now - hours(1), now + hours(1));
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_storm_drains_requests_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), 100_000);
+    let data_dir = dir.path().join("data");
+    let won = Arc::new(Mutex::new(Vec::new()));
+    let (mut child, addr) = spawn_dropgate(&config_path, &data_dir);
+    let pid = child.id().to_string();
+    let terminator = {
+        let won = won.clone();
+        tokio::spawn(async move {
+            while won.lock().unwrap().len() < 200 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            assert!(sent.success());
+            tokio::task::spawn_blocking(move || child.wait().unwrap())
+                .await
+                .unwrap()
+        })
+    };
+    storm(addr, 0, won.clone()).await;
+    let exit = terminator.await.unwrap();
+    assert!(exit.success(), "dropgate exited with {exit}");
+
+    let rows = order_ids(&open_db(&data_dir.join("orders.db")));
+    let won = won.lock().unwrap();
+    let lost: Vec<_> = won.iter().filter(|id| !rows.contains(*id)).collect();
+    assert!(lost.is_empty(), "201s without rows after SIGTERM: {lost:?}");
+}
+
+#[test]
+fn the_token_command_mints_a_token_the_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), 1);
+    let output = Command::new(env!("CARGO_BIN_EXE_dropgate"))
+        .args(["token", "--user", "alice", "--ttl", "600", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap();
+    let verifier = dropgate::auth::TokenVerifier::new(JWT_SECRET);
+    let shopper = verifier
+        .verify(Some(&format!("Bearer {}", token.trim())))
+        .unwrap();
+    assert_eq!(shopper.user.as_str(), "alice");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_dropgate"))
+        .args(["token", "--user", "not valid"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+}
+
+#[test]
+fn an_invalid_config_stops_start_up_naming_drop_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), 1);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("pay_within = \"15m\"", "pay_within = \"soon\"");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_dropgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("\"crash\"") && stderr.contains("pay_within"),
+        "{stderr}"
+    );
 }
