@@ -126,12 +126,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         Some(url) => Database::parse(url).map_err(|e| e.to_string())?,
         None => Database::Sqlite(args.data_dir.join("orders.db")),
     };
-    let app = App::open(config.clone(), &database, Arc::new(SystemClock))
+    let listen = config.listen;
+    let app = App::open(config, &database, Arc::new(SystemClock))
         .await
         .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("dropgate listening on http://{addr}");
     if is_demo {

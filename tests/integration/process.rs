@@ -211,3 +211,56 @@ fn an_invalid_config_stops_start_up_naming_drop_and_field() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_server_keeps_accepting_after_running_out_of_file_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), 10);
+    let data_dir = dir.path().join("data");
+    // A descriptor limit far below the connection cap, so accept() fails with EMFILE.
+    let script = format!(
+        "ulimit -n 64 && exec {} serve --config {} --data-dir {}",
+        env!("CARGO_BIN_EXE_dropgate"),
+        config_path.display(),
+        data_dir.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let addr: SocketAddr = first_line
+        .trim()
+        .trim_start_matches("dropgate listening on http://")
+        .parse()
+        .unwrap();
+
+    // More connections than descriptors, but fewer than the listen backlog.
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(flood);
+
+    let http = Http::new(addr);
+    let mut served = false;
+    for _ in 0..100 {
+        if let Some(reply) = http
+            .try_send(hyper::Method::GET, "/healthz", &[], Vec::new())
+            .await
+        {
+            served = reply.status == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(served, "the server stopped accepting after EMFILE");
+}
