@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use dropgate::clock::{Clock, SystemClock};
 use dropgate::domain::{DropId, OrderId, Quantity, SkuId, UserId};
 use dropgate::engine::{EmbeddedEngine, InventoryEngine, ReserveAttempt, ReserveOutcome};
+use dropgate::money::Currency;
 use dropgate::order::{Order, OrderStatus};
 use dropgate::store::OrderStore;
 
@@ -30,7 +31,7 @@ fn attempt(user: &str, clock: &dyn Clock) -> ReserveAttempt {
             unit_price: Decimal::new(199900, 2),
             amount_due: Decimal::new(199900, 2),
             deposit_due: Decimal::new(199900, 2),
-            currency: Order::CURRENCY,
+            currency: Currency::Cny,
             created_at: now,
             pay_by: now + SignedDuration::from_mins(15),
         },

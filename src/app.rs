@@ -8,7 +8,7 @@ use crate::auth::TokenVerifier;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::{Config, Limits, Secrets, ServerSettings};
-use crate::engine::{EmbeddedEngine, InventoryEngine};
+use crate::engine::{EmbeddedEngine, EngineError, InventoryEngine, RedisEngine, RedisOrderWriter};
 use crate::store::{OrderStore, StoreError};
 
 /// Where orders are kept, from `--database`.
@@ -17,12 +17,21 @@ pub enum Database {
     Sqlite(PathBuf),
 }
 
+/// Which inventory engine decides reservations, from `--redis`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineChoice {
+    Embedded,
+    Redis { url: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
     Unsupported(String),
     #[error("order store: {0}")]
     Store(#[from] StoreError),
+    #[error("Redis: {0}")]
+    Redis(#[from] EngineError),
 }
 
 impl Database {
@@ -51,27 +60,52 @@ pub struct App {
     pub secrets: Secrets,
     pub settings: ServerSettings,
     pub limits: Limits,
+    /// In Redis mode, the task that moves winners from Redis into the store.
+    pub redis_writer: Option<RedisOrderWriter>,
 }
 
 impl App {
-    /// Opens the order store, rebuilds the engine from it, and is ready to serve.
+    /// Opens the order store and the engine (the embedded one rebuilt from
+    /// the store), and is ready to serve.
     pub async fn open(
         config: Config,
         database: &Database,
+        choice: &EngineChoice,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StartError> {
         let Database::Sqlite(path) = database;
         let store = OrderStore::open_sqlite(path)?;
-        let engine = EmbeddedEngine::open(store.clone(), clock.clone()).await?;
+        let (engine, redis_writer): (Arc<dyn InventoryEngine>, _) = match choice {
+            EngineChoice::Embedded => {
+                let engine = EmbeddedEngine::open(store.clone(), clock.clone()).await?;
+                (Arc::new(engine), None)
+            }
+            EngineChoice::Redis { url } => {
+                let engine = RedisEngine::open(url, config.catalog.clone(), store.clone()).await?;
+                let consumer = format!("{}:{}", hostname(), config.listen);
+                let writer = RedisOrderWriter::start(url, store.clone(), consumer).await?;
+                (Arc::new(engine), Some(writer))
+            }
+        };
         Ok(Arc::new(Self {
             catalog: config.catalog,
-            engine: Arc::new(engine),
+            engine,
             store,
             clock,
             tokens: TokenVerifier::new(&config.auth.jwt_secret),
             secrets: config.auth,
             settings: config.server,
             limits: config.limits,
+            redis_writer,
         }))
     }
+}
+
+/// Names this instance's order writer in the consumer group.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "dropgate".into())
 }

@@ -80,6 +80,12 @@ identifier!(
 #[serde(transparent)]
 pub struct Quantity(u32);
 
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(i64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Quantity {
     pub fn new(units: i64) -> Result<Self, InvalidValue> {
         match u32::try_from(units) {
@@ -118,6 +124,12 @@ impl IdempotencyKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct OrderId(String);
+
+impl<'de> Deserialize<'de> for OrderId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
 
 impl OrderId {
     pub fn generate() -> Self {

@@ -37,10 +37,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use app::{App, Database};
+pub use app::{App, Database, EngineChoice};
 
 /// Serves on `listener` until `shutdown` resolves; then drains in-flight
-/// requests, stops the sweeper and flushes the order writer.
+/// requests, stops the sweeper, drains Redis's winners into the store (in
+/// Redis mode) and flushes the order writer.
 pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
@@ -51,5 +52,8 @@ pub async fn run(
     http::serve(listener, app.clone(), shutdown).await;
     let _ = stop_sweeper.send(true);
     let _ = sweeper.await;
+    if let Some(writer) = &app.redis_writer {
+        writer.drain_and_stop().await;
+    }
     app.store.flush().await
 }

@@ -18,7 +18,22 @@ pub enum Cancelled {
 /// Orders expired per store transaction by the sweeper.
 const EXPIRE_BATCH: usize = 512;
 
+/// In Redis mode a winner reaches the store through the order writer, which
+/// may lag: an order the store lacks but the engine knows is stored first,
+/// so its fate is decided in the store like any other.
+async fn catch_up(app: &App, id: &OrderId) -> Result<(), StoreError> {
+    if app.store.get(id.clone()).await?.is_some() {
+        return Ok(());
+    }
+    match app.engine.recent_order(id).await {
+        Ok(Some(order)) => app.store.insert_many(vec![(order, None)]).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(StoreError::Database(e.to_string())),
+    }
+}
+
 pub async fn cancel(app: &App, id: OrderId, user: UserId) -> Result<Cancelled, StoreError> {
+    catch_up(app, &id).await?;
     Ok(match app.store.cancel(id, user, app.clock.now()).await? {
         CancelOutcome::Cancelled(order) => {
             return_stock(app, &order).await;
@@ -30,6 +45,7 @@ pub async fn cancel(app: &App, id: OrderId, user: UserId) -> Result<Cancelled, S
 }
 
 pub async fn pay(app: &App, notice: PaymentNotice) -> Result<PayOutcome, StoreError> {
+    catch_up(app, &notice.order_id).await?;
     let outcome = app.store.pay(notice, app.clock.now()).await?;
     if let PayOutcome::ExpiredNow(order) = &outcome {
         return_stock(app, order).await;

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use dropgate::clock::SystemClock;
 use dropgate::config::Config;
 use dropgate::domain::UserId;
-use dropgate::{auth, demo, App, Database};
+use dropgate::{auth, demo, App, Database, EngineChoice};
 
 /// mimalloc rather than glibc's malloc: under a storm many threads allocate
 /// and free small buffers at once, and glibc's arena locks showed in profiles.
@@ -116,18 +116,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .parse()
             .map_err(|_| format!("--listen {listen:?} is not an address"))?;
     }
-    if args.redis.is_some() {
-        return Err(
-            "--redis: the Redis engine is not in this version yet; omit it for the embedded engine"
-                .into(),
-        );
-    }
+    let engine = match args.redis {
+        Some(url) => EngineChoice::Redis { url },
+        None => EngineChoice::Embedded,
+    };
     let database = match &args.database {
         Some(url) => Database::parse(url).map_err(|e| e.to_string())?,
         None => Database::Sqlite(args.data_dir.join("orders.db")),
     };
     let listen = config.listen;
-    let app = App::open(config, &database, Arc::new(SystemClock))
+    let app = App::open(config, &database, &engine, Arc::new(SystemClock))
         .await
         .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(listen)

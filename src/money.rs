@@ -4,7 +4,20 @@ use rust_decimal::Decimal;
 
 use crate::domain::InvalidValue;
 
-pub const CURRENCY: &str = "CNY";
+/// The one currency dropgate sells in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Currency {
+    #[serde(rename = "CNY")]
+    Cny,
+}
+
+impl Currency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Currency::Cny => "CNY",
+        }
+    }
+}
 
 /// Parses a price such as `"6499.00"`: not negative, at most two decimals.
 pub fn parse_amount(raw: &str) -> Result<Decimal, InvalidValue> {
@@ -30,13 +43,18 @@ pub fn with_cents(amount: Decimal) -> Decimal {
     amount
 }
 
-/// `serde` adapter writing an amount as a string with two decimals.
+/// `serde` adapter: an amount as a string with two decimals.
 pub mod as_cents_string {
     use rust_decimal::Decimal;
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(amount: &Decimal, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::with_cents(*amount).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        let raw = String::deserialize(d)?;
+        super::parse_amount(&raw).map_err(serde::de::Error::custom)
     }
 }
 

@@ -3,12 +3,12 @@
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{DropId, OrderId, Quantity, SkuId, UserId};
-use crate::money::{as_cents_string, CURRENCY};
+use crate::money::{as_cents_string, Currency};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     PendingPayment,
@@ -43,7 +43,9 @@ impl OrderStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Serialized as API.md's `Order`; the Redis engine also carries it as JSON
+/// from the reserve script to the order writer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     pub id: OrderId,
     pub drop_id: DropId,
@@ -59,11 +61,7 @@ pub struct Order {
     /// What is due now: the deposit on a presale drop, else the amount due.
     #[serde(with = "as_cents_string")]
     pub deposit_due: Decimal,
-    pub currency: &'static str,
+    pub currency: Currency,
     pub created_at: Timestamp,
     pub pay_by: Timestamp,
-}
-
-impl Order {
-    pub const CURRENCY: &'static str = CURRENCY;
 }

@@ -6,14 +6,19 @@
 //! expired order's units exactly once.
 
 mod embedded;
+mod redis_engine;
+mod redis_keys;
+mod redis_writer;
 mod round_book;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
 
 pub use embedded::EmbeddedEngine;
+pub use redis_engine::RedisEngine;
+pub use redis_writer::RedisOrderWriter;
 
-use crate::domain::{IdempotencyKey, SkuId};
+use crate::domain::{IdempotencyKey, OrderId, SkuId};
 use crate::order::Order;
 
 /// One shopper's try for units of one SKU in one round.
@@ -70,6 +75,12 @@ pub trait InventoryEngine: Send + Sync + 'static {
         sku: &SkuId,
         allocated: u64,
     ) -> Result<u64, EngineError>;
+
+    /// A won order the order store may not hold yet (read-your-writes while
+    /// the Redis order writer lags); the embedded engine writes before it answers.
+    async fn recent_order(&self, _id: &OrderId) -> Result<Option<Order>, EngineError> {
+        Ok(None)
+    }
 
     /// True while the engine's backends answer.
     async fn ready(&self) -> bool;

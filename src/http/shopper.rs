@@ -15,6 +15,7 @@ use crate::auth::Shopper;
 use crate::domain::{IdempotencyKey, OrderId, Quantity};
 use crate::engine::{ReserveAttempt, ReserveOutcome};
 use crate::lifecycle::{self, Cancelled};
+use crate::money::Currency;
 use crate::order::{Order, OrderStatus};
 use crate::schedule::Phase;
 
@@ -113,7 +114,7 @@ pub async fn reserve(
         unit_price: charges.unit_price,
         amount_due: charges.amount_due,
         deposit_due: charges.deposit_due,
-        currency: Order::CURRENCY,
+        currency: Currency::Cny,
         created_at: now,
         // pay_within is at most 30 days (checked in config), so this only
         // fails for a clock near the end of time.
@@ -164,7 +165,13 @@ pub async fn get_order(
     req: &Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     let (shopper, id) = caller_and_order(app, order_id, req)?;
-    match app.store.get(id).await? {
+    let stored = app.store.get(id.clone()).await?;
+    // Read-your-writes: a win the Redis order writer has not stored yet.
+    let order = match stored {
+        Some(order) => Some(order),
+        None => app.engine.recent_order(&id).await?,
+    };
+    match order {
         // Another shopper's order is answered like a missing one, so ids cannot be probed.
         Some(order) if order.user_id == shopper.user => Ok(json(StatusCode::OK, &order)),
         _ => Err(no_order()),

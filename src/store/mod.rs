@@ -118,6 +118,21 @@ impl OrderStore {
         self.writer.slot().await.map(InsertSlot)
     }
 
+    /// Commits orders decided elsewhere (the Redis engine) in one group
+    /// commit; orders already stored are skipped.
+    pub async fn insert_many(
+        &self,
+        orders: Vec<(Order, Option<(IdempotencyKey, String)>)>,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .run(move |conn| {
+                orders
+                    .iter()
+                    .try_for_each(|(order, key)| sqlite::insert(conn, order, key.as_ref()))
+            })
+            .await
+    }
+
     pub async fn cancel(
         &self,
         id: OrderId,
@@ -156,6 +171,12 @@ impl OrderStore {
 
     pub async fn list_for_user(&self, user: UserId) -> Result<Vec<Order>, StoreError> {
         self.read(move |conn| sqlite::list_for_user(conn, &user))
+            .await
+    }
+
+    /// Live orders of one round: what a round Redis lost is rebuilt from.
+    pub async fn live_in_round(&self, round_id: String) -> Result<Vec<Order>, StoreError> {
+        self.read(move |conn| sqlite::live_in_round(conn, &round_id))
             .await
     }
 

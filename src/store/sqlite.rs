@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{CancelOutcome, PayOutcome, StoreError};
 use crate::domain::{DropId, IdempotencyKey, OrderId, Quantity, SkuId, UserId};
-use crate::money::parse_amount;
+use crate::money::{parse_amount, Currency};
 use crate::order::{Order, OrderStatus};
 use crate::payment::PaymentNotice;
 
@@ -86,7 +86,7 @@ fn order_from_row(row: &Row<'_>) -> Result<Order, StoreError> {
         unit_price: money(7)?,
         amount_due: money(8)?,
         deposit_due: money(9)?,
-        currency: Order::CURRENCY,
+        currency: Currency::Cny,
         created_at: time(10)?,
         pay_by: time(11)?,
     })
@@ -109,6 +109,14 @@ fn query_orders(
 
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Order>, StoreError> {
     Ok(query_orders(conn, "WHERE id = ?1", [id])?.pop())
+}
+
+pub fn live_in_round(conn: &Connection, round_id: &str) -> Result<Vec<Order>, StoreError> {
+    query_orders(
+        conn,
+        "WHERE round_id = ?1 AND status IN ('pending_payment', 'paid')",
+        [round_id],
+    )
 }
 
 pub fn list_for_user(conn: &Connection, user: &UserId) -> Result<Vec<Order>, StoreError> {
@@ -149,6 +157,8 @@ pub fn engine_snapshot(conn: &Connection) -> Result<Vec<StoredOrder>, StoreError
     Ok(out)
 }
 
+/// Inserts an order; an order already stored (same id) is left as it is,
+/// so the Redis order writer may deliver the same winner twice.
 pub fn insert(
     conn: &Connection,
     order: &Order,
@@ -157,7 +167,8 @@ pub fn insert(
     let mut stmt = conn.prepare_cached(
         "INSERT INTO orders (id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
          amount_due, deposit_due, currency, created_at, pay_by, idempotency_key, request_fingerprint) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+         ON CONFLICT (id) DO NOTHING",
     )?;
     stmt.execute(params![
         order.id.as_str(),
@@ -170,7 +181,7 @@ pub fn insert(
         order.unit_price.to_string(),
         order.amount_due.to_string(),
         order.deposit_due.to_string(),
-        order.currency,
+        order.currency.as_str(),
         db_time(order.created_at),
         db_time(order.pay_by),
         idempotency.map(|(k, _)| k.as_str()),

@@ -1,5 +1,6 @@
 //! One integration test binary: real SQLite files in temp dirs, real HTTP.
 
+mod conformance;
 mod contract;
 mod lifecycle;
 mod process;

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 pub use dropgate::clock::{Clock, ManualClock};
 use dropgate::config::{Config, SecretSource};
 use dropgate::domain::UserId;
-use dropgate::{auth, App, Database};
+use dropgate::{auth, App, Database, EngineChoice};
 
 pub const JWT_SECRET: &str = "test-jwt-secret";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -236,6 +236,7 @@ pub struct TestServer {
     pub http: Http,
     pub addr: SocketAddr,
     pub clock: Arc<ManualClock>,
+    pub app: Arc<App>,
     pub db_path: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     served: Option<JoinHandle<Result<(), dropgate::store::StoreError>>>,
@@ -243,23 +244,42 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts on a fresh temp dir with the clock at `now`.
+    /// Starts the embedded engine on a fresh temp dir with the clock at `now`.
     pub async fn start_with_clock(config: &str, now: Timestamp) -> Self {
+        Self::start_with_engine(config, now, &EngineChoice::Embedded).await
+    }
+
+    /// Starts on a fresh temp dir with the clock at `now`.
+    pub async fn start_with_engine(config: &str, now: Timestamp, engine: &EngineChoice) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut server = Self::start_at(config, &dir.path().join("orders.db"), now).await;
+        let mut server = Self::start_on(config, &dir.path().join("orders.db"), now, engine).await;
         server._dir = Some(dir);
         server
     }
 
-    /// Starts on an existing database file, e.g. to restart after a stop.
+    /// Starts the embedded engine on an existing database file, e.g. to restart after a stop.
     pub async fn start_at(config: &str, db_path: &Path, now: Timestamp) -> Self {
+        Self::start_on(config, db_path, now, &EngineChoice::Embedded).await
+    }
+
+    pub async fn start_on(
+        config: &str,
+        db_path: &Path,
+        now: Timestamp,
+        engine: &EngineChoice,
+    ) -> Self {
         init_logging();
         let config =
             Config::from_toml(config, SecretSource::Environment).expect("test config is valid");
         let clock = Arc::new(ManualClock::new(now));
-        let app = App::open(config, &Database::Sqlite(db_path.to_owned()), clock.clone())
-            .await
-            .expect("app opens");
+        let app = App::open(
+            config,
+            &Database::Sqlite(db_path.to_owned()),
+            engine,
+            clock.clone(),
+        )
+        .await
+        .expect("app opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -270,6 +290,7 @@ impl TestServer {
             http: Http::new(addr),
             addr,
             clock,
+            app,
             db_path: db_path.to_owned(),
             stop: Some(stop),
             served: Some(served),
@@ -285,6 +306,10 @@ impl TestServer {
         if let Some(served) = self.served.take() {
             served.await.unwrap().expect("orders flushed");
         }
+    }
+
+    pub fn engine(&self) -> &dyn dropgate::engine::InventoryEngine {
+        self.app.engine.as_ref()
     }
 
     pub fn db(&self) -> rusqlite::Connection {
@@ -322,4 +347,84 @@ pub fn order_ids(db: &rusqlite::Connection) -> std::collections::HashSet<String>
     let mut stmt = db.prepare("SELECT id FROM orders").unwrap();
     let ids = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
     ids.map(Result::unwrap).collect()
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `redis-server` on a free loopback port with its files in a temp
+/// dir, AOF on with `appendfsync always`; killed when dropped.
+pub struct RedisServer {
+    child: std::process::Child,
+    pub port: u16,
+    pub dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, &["--appendonly", "yes", "--appendfsync", "always"])
+    }
+
+    /// Starts on `dir` (keeping what an earlier server left there) with extra settings.
+    pub fn start_in(dir: TempDir, settings: &[&str]) -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(settings)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("Redis-mode tests need redis-server on PATH (apt-get install redis-server): {e}"));
+        let server = Self { child, port, dir };
+        server.wait_until_ready();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn engine(&self) -> EngineChoice {
+        EngineChoice::Redis { url: self.url() }
+    }
+
+    fn wait_until_ready(&self) {
+        use std::io::{Read, Write};
+        for _ in 0..200 {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let mut answer = [0u8; 7];
+                if stream.write_all(b"PING\r\n").is_ok()
+                    && stream.read_exact(&mut answer).is_ok()
+                    && &answer == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("redis-server on port {} did not answer PING", self.port);
+    }
+
+    /// Stops the server at once, as a crash would (SIGKILL).
+    pub fn kill(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

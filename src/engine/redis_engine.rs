@@ -1,0 +1,277 @@
+//! The Redis engine: stock, limits and idempotency keys live in Redis and
+//! every decision is one Lua script (`lua/`); winners are appended to the
+//! round's stream in the same script, for the order writer
+//! (`redis_writer.rs`) to put in the order store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::redis_keys::{drop_of, RoundKeys, ROUNDS};
+use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
+use crate::catalog::Catalog;
+use crate::domain::{OrderId, SkuId};
+use crate::order::Order;
+use crate::store::OrderStore;
+
+/// Bounds on every Redis call, so a dead or stalled Redis becomes a fast 503.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+
+struct Scripts {
+    reserve: Script,
+    release: Script,
+    setup_round: Script,
+}
+
+pub struct RedisEngine {
+    /// A multiplexed connection: clones share one socket and pipeline the
+    /// commands of many requests; it reconnects after Redis restarts.
+    conn: ConnectionManager,
+    scripts: Arc<Scripts>,
+    catalog: Catalog,
+    store: OrderStore,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(e.to_string())
+}
+
+/// Connects with the timeouts above; the connection reconnects by itself later.
+pub async fn connect(url: &str) -> Result<ConnectionManager, EngineError> {
+    let client = redis::Client::open(url).map_err(unavailable)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(200));
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(unavailable)
+}
+
+impl RedisEngine {
+    pub async fn open(url: &str, catalog: Catalog, store: OrderStore) -> Result<Self, EngineError> {
+        let conn = connect(url).await?;
+        let engine = Self {
+            conn,
+            scripts: Arc::new(Scripts {
+                reserve: Script::new(include_str!("../../lua/reserve.lua")),
+                release: Script::new(include_str!("../../lua/release.lua")),
+                setup_round: Script::new(include_str!("../../lua/setup_round.lua")),
+            }),
+            catalog,
+            store,
+        };
+        engine.warn_if_wins_could_be_lost().await;
+        Ok(engine)
+    }
+
+    /// A 201 in Redis mode is as durable as Redis's persistence; say so
+    /// loudly when acknowledged wins could vanish with a Redis crash.
+    async fn warn_if_wins_could_be_lost(&self) {
+        let mut conn = self.conn.clone();
+        let setting = |reply: Result<Vec<String>, redis::RedisError>| {
+            reply.ok().and_then(|v| v.get(1).cloned())
+        };
+        let aof = setting(
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("appendonly")
+                .query_async(&mut conn)
+                .await,
+        );
+        let fsync = setting(
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("appendfsync")
+                .query_async(&mut conn)
+                .await,
+        );
+        match (aof.as_deref(), fsync.as_deref()) {
+            (Some("yes"), Some("always")) => tracing::info!("Redis persistence: AOF with appendfsync always"),
+            (Some("yes"), fsync) => tracing::warn!(
+                ?fsync,
+                "Redis AOF is on but not fsynced on every write: a Redis crash can lose up to a second of acknowledged wins"
+            ),
+            _ => tracing::warn!(
+                "Redis has AOF off: a Redis crash or restart loses acknowledged wins not yet in the order store \
+                 (set appendonly yes and appendfsync always)"
+            ),
+        }
+    }
+
+    /// Creates the round in Redis if absent, from the order store: every SKU
+    /// at its stock minus what live orders hold, and those orders' holdings.
+    async fn set_up_round(&self, round_id: &str) -> Result<(), EngineError> {
+        let drop = self
+            .catalog
+            .get(drop_of(round_id))
+            .ok_or_else(|| unavailable(format!("round {round_id} of an unknown drop")))?;
+        let live = self
+            .store
+            .live_in_round(round_id.to_owned())
+            .await
+            .map_err(unavailable)?;
+        let keys = RoundKeys::new(round_id);
+        let mut invocation = self.scripts.setup_round.key(&keys.stock);
+        invocation
+            .key(&keys.held)
+            .key(&keys.live)
+            .arg(drop.skus.len());
+        for sku in &drop.skus {
+            let held: u64 = live
+                .iter()
+                .filter(|o| o.sku == sku.id)
+                .map(|o| u64::from(o.quantity.get()))
+                .sum();
+            invocation
+                .arg(sku.id.as_str())
+                .arg(sku.stock.saturating_sub(held));
+        }
+        for order in &live {
+            invocation.arg(order.id.as_str()).arg(holding(order));
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let _: i64 = conn.sadd(ROUNDS, round_id).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// How the scripts record what a live order holds.
+fn holding(order: &Order) -> String {
+    format!("{}\n{}\n{}", order.sku, order.quantity.get(), order.user_id)
+}
+
+fn parse_order(json: &str) -> Result<Order, EngineError> {
+    serde_json::from_str(json).map_err(|e| unavailable(format!("unreadable order in Redis: {e}")))
+}
+
+#[async_trait]
+impl InventoryEngine for RedisEngine {
+    async fn reserve(&self, attempt: ReserveAttempt) -> Result<ReserveOutcome, EngineError> {
+        let order = &attempt.order;
+        let keys = RoundKeys::new(&order.round_id);
+        let order_json = serde_json::to_string(order).map_err(unavailable)?;
+        let (key, fingerprint) = match &attempt.idempotency {
+            Some((key, fingerprint)) => (key.as_str(), fingerprint.as_str()),
+            None => ("", ""),
+        };
+        let mut invocation = self.scripts.reserve.key(&keys.stock);
+        invocation
+            .key(&keys.held)
+            .key(&keys.keys)
+            .key(&keys.orders)
+            .key(&keys.live)
+            .key(&keys.winners)
+            .arg(attempt.opens_at.as_millisecond())
+            .arg(attempt.closes_at.as_millisecond())
+            .arg(order.sku.as_str())
+            .arg(order.quantity.get())
+            .arg(attempt.per_user_limit)
+            .arg(order.user_id.as_str())
+            .arg(key)
+            .arg(fingerprint)
+            .arg(order.id.as_str())
+            .arg(&order_json);
+        // A round unknown to Redis is set up once, then the attempt retried.
+        for _ in 0..2 {
+            let mut conn = self.conn.clone();
+            let (code, detail): (i64, String) = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            return Ok(match code {
+                1 => ReserveOutcome::Won(attempt.order),
+                2 => ReserveOutcome::Replayed(parse_order(&detail)?),
+                -1 => ReserveOutcome::NotOpen {
+                    opens_at: attempt.opens_at,
+                },
+                -2 => ReserveOutcome::Closed,
+                -3 => ReserveOutcome::SoldOut,
+                -4 => ReserveOutcome::LimitExceeded {
+                    limit: attempt.per_user_limit,
+                },
+                -5 => ReserveOutcome::IdempotencyMismatch,
+                -6 => {
+                    self.set_up_round(&order.round_id).await?;
+                    continue;
+                }
+                other => return Err(unavailable(format!("reserve script returned {other}"))),
+            });
+        }
+        Err(unavailable("the round could not be set up in Redis"))
+    }
+
+    async fn release(&self, order: &Order) -> Result<bool, EngineError> {
+        let keys = RoundKeys::new(&order.round_id);
+        let mut conn = self.conn.clone();
+        let released: i64 = self
+            .scripts
+            .release
+            .key(&keys.stock)
+            .key(&keys.held)
+            .key(&keys.live)
+            .arg(order.id.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(released == 1)
+    }
+
+    async fn remaining(
+        &self,
+        round_id: &str,
+        sku: &SkuId,
+        allocated: u64,
+    ) -> Result<u64, EngineError> {
+        let keys = RoundKeys::new(round_id);
+        let mut conn = self.conn.clone();
+        let left: Option<u64> = conn
+            .hget(&keys.stock, sku.as_str())
+            .await
+            .map_err(unavailable)?;
+        match left {
+            Some(left) => Ok(left),
+            None if self.catalog.get(drop_of(round_id)).is_none() => Ok(allocated),
+            None => {
+                self.set_up_round(round_id).await?;
+                let left: Option<u64> = conn
+                    .hget(&keys.stock, sku.as_str())
+                    .await
+                    .map_err(unavailable)?;
+                Ok(left.unwrap_or(allocated))
+            }
+        }
+    }
+
+    async fn recent_order(&self, id: &OrderId) -> Result<Option<Order>, EngineError> {
+        let mut conn = self.conn.clone();
+        let rounds: Vec<String> = conn.smembers(ROUNDS).await.map_err(unavailable)?;
+        for round in rounds {
+            let json: Option<String> = conn
+                .hget(RoundKeys::new(&round).orders, id.as_str())
+                .await
+                .map_err(unavailable)?;
+            if let Some(json) = json {
+                return parse_order(&json).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn ready(&self) -> bool {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok()
+    }
+}

@@ -1,0 +1,59 @@
+//! Key names of the Redis engine. Every key of a round carries the hash tag
+//! `{<round id>}`, so one round's keys share a Cluster slot and its scripts
+//! run unchanged on Redis Cluster.
+
+/// All rounds ever set up (not per round, so no hash tag): what the order
+/// writer reads streams from.
+pub const ROUNDS: &str = "dg:rounds";
+
+/// The consumer group of the order writers on every round's stream.
+pub const WRITERS_GROUP: &str = "order-writers";
+
+pub struct RoundKeys {
+    pub stock: String,
+    pub held: String,
+    pub keys: String,
+    pub orders: String,
+    pub live: String,
+    pub winners: String,
+}
+
+impl RoundKeys {
+    pub fn new(round_id: &str) -> Self {
+        let key = |name: &str| format!("dg:{{{round_id}}}:{name}");
+        Self {
+            stock: key("stock"),
+            held: key("held"),
+            keys: key("keys"),
+            orders: key("orders"),
+            live: key("live"),
+            winners: key("winners"),
+        }
+    }
+}
+
+/// The drop a round belongs to: round ids are `<drop id>@<opening>`.
+pub fn drop_of(round_id: &str) -> &str {
+    round_id.split('@').next().unwrap_or(round_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_round_carries_its_hash_tag() {
+        let keys = RoundKeys::new("mi@20261127T020000Z");
+        for key in [
+            &keys.stock,
+            &keys.held,
+            &keys.keys,
+            &keys.orders,
+            &keys.live,
+            &keys.winners,
+        ] {
+            assert!(key.contains("{mi@20261127T020000Z}"), "{key}");
+        }
+        assert_eq!(drop_of("mi@20261127T020000Z"), "mi");
+    }
+}

@@ -1,0 +1,245 @@
+//! The Redis-mode order writer. The reserve script appends every winner to
+//! its round's stream; this task reads the streams in a consumer group,
+//! inserts the orders in batches (idempotent on the order id) through the
+//! store's group-commit writer, and acknowledges entries only after that
+//! commit. Acknowledged entries are deleted; an un-acked one never is.
+//!
+//! After a restart the consumer first re-reads its own pending entries; the
+//! pending entries of a consumer that died are claimed (`XAUTOCLAIM`) once
+//! they have sat idle for `CLAIM_IDLE`. Several writers (one per instance)
+//! share the group safely: each entry goes to one of them, and a duplicate
+//! delivery inserts nothing.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+};
+use redis::AsyncCommands;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::redis_engine::connect;
+use super::redis_keys::{RoundKeys, ROUNDS, WRITERS_GROUP};
+use super::EngineError;
+use crate::domain::IdempotencyKey;
+use crate::order::Order;
+use crate::store::OrderStore;
+
+/// Entries read (and committed together) per round per pass.
+const BATCH: usize = 1024;
+/// How long the writer sleeps when every stream is drained.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+/// Pending entries idle this long belong to a consumer presumed dead.
+const CLAIM_IDLE: Duration = Duration::from_secs(30);
+/// How often to look for such entries.
+const CLAIM_EVERY: Duration = Duration::from_secs(5);
+
+pub struct RedisOrderWriter {
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RedisOrderWriter {
+    /// Starts the writer as consumer `consumer` (stable across restarts of
+    /// one instance, so its own pending entries are found again).
+    pub async fn start(
+        url: &str,
+        store: OrderStore,
+        consumer: String,
+    ) -> Result<Self, EngineError> {
+        let conn = connect(url).await?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(conn, store, consumer, stopped));
+        Ok(Self {
+            stop,
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// Puts every winner already in the streams into the store, then stops.
+    pub async fn drain_and_stop(&self) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Consumer {
+    conn: ConnectionManager,
+    store: OrderStore,
+    name: String,
+    /// Rounds whose stream has our consumer group.
+    grouped: HashSet<String>,
+    /// Rounds whose own pending entries were re-read since start.
+    caught_up: HashSet<String>,
+    last_claim: Instant,
+}
+
+async fn run(
+    conn: ConnectionManager,
+    store: OrderStore,
+    name: String,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut consumer = Consumer {
+        conn,
+        store,
+        name,
+        grouped: HashSet::new(),
+        caught_up: HashSet::new(),
+        last_claim: Instant::now(),
+    };
+    loop {
+        let stopping = *stopped.borrow();
+        let moved = match consumer.pass().await {
+            Ok(moved) => moved,
+            Err(e) => {
+                tracing::warn!(error = %e, "order writer pass failed; retrying");
+                if stopping {
+                    // Whatever is left stays in the streams for the next start.
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if moved == 0 {
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(IDLE_POLL) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+    }
+}
+
+impl Consumer {
+    /// Moves one batch from every round's stream into the store.
+    async fn pass(&mut self) -> Result<usize, String> {
+        let rounds: Vec<String> = self
+            .conn
+            .smembers(ROUNDS)
+            .await
+            .map_err(|e| e.to_string())?;
+        let claim = self.last_claim.elapsed() >= CLAIM_EVERY;
+        if claim {
+            self.last_claim = Instant::now();
+        }
+        let mut moved = 0;
+        for round in rounds {
+            let keys = RoundKeys::new(&round);
+            self.ensure_group(&round, &keys.winners).await?;
+            let entries = self.read(&round, &keys.winners).await?;
+            moved += self.write(&keys.winners, entries).await?;
+            if claim {
+                let claimed = self.claim_from_the_dead(&keys.winners).await?;
+                moved += self.write(&keys.winners, claimed).await?;
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn ensure_group(&mut self, round: &str, stream: &str) -> Result<(), String> {
+        if self.grouped.contains(round) {
+            return Ok(());
+        }
+        let created: redis::RedisResult<()> = self
+            .conn
+            .xgroup_create_mkstream(stream, WRITERS_GROUP, "0")
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        self.grouped.insert(round.to_owned());
+        Ok(())
+    }
+
+    /// Our own pending entries first (after a restart), then new ones.
+    async fn read(&mut self, round: &str, stream: &str) -> Result<Vec<StreamId>, String> {
+        let own_pending_first = !self.caught_up.contains(round);
+        let from = if own_pending_first { "0" } else { ">" };
+        let options = StreamReadOptions::default()
+            .group(WRITERS_GROUP, &self.name)
+            .count(BATCH);
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&[stream], &[from], &options)
+            .await
+            .map_err(|e| e.to_string())?;
+        let entries: Vec<StreamId> = reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect();
+        if own_pending_first && entries.is_empty() {
+            self.caught_up.insert(round.to_owned());
+        }
+        Ok(entries)
+    }
+
+    async fn claim_from_the_dead(&mut self, stream: &str) -> Result<Vec<StreamId>, String> {
+        let idle_ms = CLAIM_IDLE.as_millis() as u64;
+        let options = StreamAutoClaimOptions::default().count(BATCH);
+        let reply: StreamAutoClaimReply = self
+            .conn
+            .xautoclaim_options(stream, WRITERS_GROUP, &self.name, idle_ms, "0-0", options)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(reply.claimed)
+    }
+
+    /// Commits the entries' orders, then acknowledges and deletes them.
+    async fn write(&mut self, stream: &str, entries: Vec<StreamId>) -> Result<usize, String> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut orders = Vec::with_capacity(entries.len());
+        let mut ids = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            ids.push(entry.id.clone());
+            match decode(entry) {
+                Some(order) => orders.push(order),
+                // Acknowledged below so it cannot block the stream; logged to be found.
+                None => {
+                    tracing::error!(entry = %entry.id, stream, "unreadable winner entry skipped")
+                }
+            }
+        }
+        self.store
+            .insert_many(orders)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _: i64 = self
+            .conn
+            .xack(stream, WRITERS_GROUP, &ids)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _: i64 = self
+            .conn
+            .xdel(stream, &ids)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ids.len())
+    }
+}
+
+fn decode(entry: &StreamId) -> Option<(Order, Option<(IdempotencyKey, String)>)> {
+    let order: Order = serde_json::from_str(&entry.get::<String>("order")?).ok()?;
+    let key: String = entry.get("key").unwrap_or_default();
+    let fingerprint: String = entry.get("fingerprint").unwrap_or_default();
+    let idempotency = match key.is_empty() {
+        true => None,
+        false => Some((IdempotencyKey::parse(&key).ok()?, fingerprint)),
+    };
+    Some((order, idempotency))
+}

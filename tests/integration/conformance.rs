@@ -1,0 +1,292 @@
+//! One conformance suite, run against both engines: the window, limits,
+//! stock, idempotency, release exactly once, single fate, and a storm whose
+//! invariants are checked from the database. In Redis mode each test starts
+//! its own `redis-server`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+
+use dropgate::domain::{DropId, IdempotencyKey, OrderId, Quantity, SkuId, UserId};
+use dropgate::engine::{ReserveAttempt, ReserveOutcome};
+use dropgate::money::Currency;
+use dropgate::order::{Order, OrderStatus};
+use dropgate::EngineChoice;
+
+use crate::support::*;
+
+/// What a test runs against; holds the Redis server alive while it runs.
+pub enum Backend {
+    Embedded,
+    Redis(RedisServer),
+}
+
+impl Backend {
+    fn choice(&self) -> EngineChoice {
+        match self {
+            Backend::Embedded => EngineChoice::Embedded,
+            Backend::Redis(redis) => redis.engine(),
+        }
+    }
+}
+
+const DROP: &str = "conf";
+const SKU: &str = "sku";
+
+async fn server(backend: &Backend, stock: i64, limit: i64) -> TestServer {
+    let now = Timestamp::now();
+    let config =
+        config_head("") + &window_drop(DROP, SKU, stock, limit, now - hours(1), now + hours(1));
+    TestServer::start_with_engine(&config, now, &backend.choice()).await
+}
+
+/// Stops the server (draining Redis's winners into the store) and opens its database.
+async fn drained_db(server: &mut TestServer) -> rusqlite::Connection {
+    server.stop().await;
+    server.db()
+}
+
+fn attempt(user: &str, opens_at: Timestamp, closes_at: Timestamp) -> ReserveAttempt {
+    let now = Timestamp::now();
+    let round = format!("{DROP}@window-test");
+    ReserveAttempt {
+        order: Order {
+            id: OrderId::generate(),
+            drop_id: DropId::parse(DROP).unwrap(),
+            round_id: round,
+            sku: SkuId::parse(SKU).unwrap(),
+            quantity: Quantity::new(1).unwrap(),
+            user_id: UserId::parse(user).unwrap(),
+            status: OrderStatus::PendingPayment,
+            unit_price: "1999.00".parse().unwrap(),
+            amount_due: "1999.00".parse().unwrap(),
+            deposit_due: "1999.00".parse().unwrap(),
+            currency: Currency::Cny,
+            created_at: now,
+            pay_by: now + SignedDuration::from_mins(15),
+        },
+        opens_at,
+        closes_at,
+        allocated: 10,
+        per_user_limit: 2,
+        idempotency: None::<(IdempotencyKey, String)>,
+    }
+}
+
+async fn the_engine_holds_the_window_by_its_own_clock(backend: Backend) {
+    let s = server(&backend, 10, 2).await;
+    let now = Timestamp::now();
+    let early = attempt("alice", now + hours(1), now + hours(2));
+    assert!(matches!(
+        s.engine().reserve(early).await.unwrap(),
+        ReserveOutcome::NotOpen { .. }
+    ));
+    let late = attempt("alice", now - hours(2), now - hours(1));
+    assert_eq!(
+        s.engine().reserve(late).await.unwrap(),
+        ReserveOutcome::Closed
+    );
+    let open = attempt("alice", now - hours(1), now + hours(1));
+    assert!(matches!(
+        s.engine().reserve(open).await.unwrap(),
+        ReserveOutcome::Won(_)
+    ));
+}
+
+async fn a_shopper_gets_no_more_than_the_limit(backend: Backend) {
+    let s = server(&backend, 10, 2).await;
+    assert_eq!(s.http.reserve(DROP, SKU, 2, "alice").await.status, 201);
+    let over = s.http.reserve(DROP, SKU, 1, "alice").await;
+    assert_eq!((over.status, over.error()), (409, "limit_exceeded"));
+    assert_eq!(over.body["limit"], json!(2));
+    assert_eq!(
+        s.http.reserve(DROP, SKU, 3, "bob").await.error(),
+        "limit_exceeded"
+    );
+    assert_eq!(s.http.remaining(DROP).await, 8);
+}
+
+async fn stock_runs_out_exactly(backend: Backend) {
+    let s = server(&backend, 3, 2).await;
+    assert_eq!(s.http.reserve(DROP, SKU, 2, "alice").await.status, 201);
+    assert_eq!(
+        s.http.reserve(DROP, SKU, 2, "bob").await.error(),
+        "sold_out"
+    );
+    assert_eq!(s.http.reserve(DROP, SKU, 1, "bob").await.status, 201);
+    assert_eq!(
+        s.http.reserve(DROP, SKU, 1, "carol").await.error(),
+        "sold_out"
+    );
+    assert_eq!(s.http.remaining(DROP).await, 0);
+}
+
+async fn a_key_replays_its_order_and_refuses_another_body(backend: Backend) {
+    let mut s = server(&backend, 10, 2).await;
+    let body = r#"{"sku": "sku", "quantity": 1}"#;
+    let first = s.http.reserve_keyed(DROP, "alice", "tap", body).await;
+    assert_eq!(first.status, 201);
+    let replay = s.http.reserve_keyed(DROP, "alice", "tap", body).await;
+    assert_eq!((replay.status, &replay.body), (200, &first.body));
+    let other = s
+        .http
+        .reserve_keyed(DROP, "alice", "tap", r#"{"sku": "sku", "quantity": 2}"#)
+        .await;
+    assert_eq!((other.status, other.error()), (422, "idempotency_mismatch"));
+    assert_eq!(s.http.remaining(DROP).await, 9);
+    let db = drained_db(&mut s).await;
+    assert_eq!(order_ids(&db).len(), 1);
+}
+
+async fn a_won_order_is_readable_at_once(backend: Backend) {
+    let s = server(&backend, 10, 2).await;
+    let won = s.http.reserve(DROP, SKU, 1, "alice").await;
+    let id = won.body["id"].as_str().unwrap();
+    let read = s
+        .http
+        .get(&format!("/api/v1/orders/{id}"), Some(&token("alice")))
+        .await;
+    assert_eq!((read.status, &read.body), (200, &won.body));
+    let other = s
+        .http
+        .get(&format!("/api/v1/orders/{id}"), Some(&token("bob")))
+        .await;
+    assert_eq!(other.status, 404);
+}
+
+async fn cancelling_releases_the_units_once(backend: Backend) {
+    let s = Arc::new(server(&backend, 2, 2).await);
+    let id = s.http.reserve(DROP, SKU, 2, "alice").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut cancels = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        let id = id.clone();
+        cancels.push(tokio::spawn(async move {
+            s.http.cancel(&id, "alice").await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for cancel in cancels {
+        statuses.push(cancel.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 409, 409, 409, 409, 409, 409, 409]);
+    assert_eq!(s.http.remaining(DROP).await, 2);
+    // Releasing again at the engine gives nothing back either.
+    let order: Order = serde_json::from_value(
+        s.http
+            .get(&format!("/api/v1/orders/{id}"), Some(&token("alice")))
+            .await
+            .body,
+    )
+    .unwrap();
+    assert!(!s.engine().release(&order).await.unwrap());
+    assert_eq!(s.http.remaining(DROP).await, 2);
+}
+
+async fn an_order_has_one_fate(backend: Backend) {
+    let mut s = server(&backend, 5, 2).await;
+    let id = s.http.reserve(DROP, SKU, 1, "alice").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let notice =
+        json!({"order_id": id, "transaction_id": "tx-1", "amount": "1999.00", "method": "alipay"})
+            .to_string();
+    let signature = dropgate::payment::sign(PAYMENT_SECRET.as_bytes(), notice.as_bytes());
+    let paid = s
+        .http
+        .post_with(
+            "/api/v1/payments/notify",
+            None,
+            &[("x-signature", &signature)],
+            &notice,
+        )
+        .await;
+    assert_eq!(paid.body["status"], json!("paid"), "{:?}", paid.body);
+    assert_eq!(s.http.cancel(&id, "alice").await.error(), "not_cancellable");
+    s.clock.advance(SignedDuration::from_hours(1));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        s.http.remaining(DROP).await,
+        4,
+        "a paid order keeps its stock"
+    );
+    let db = drained_db(&mut s).await;
+    let status: String = db
+        .query_row("SELECT status FROM orders WHERE id = ?1", [&id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(status, "paid");
+}
+
+async fn a_storm_sells_exactly_the_stock(backend: Backend) {
+    let mut s = server(&backend, 100, 2).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(500));
+    let mut tasks = Vec::new();
+    for user in 0..1000 {
+        for _ in 0..2 {
+            let http = s.http.clone();
+            let gate = gate.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire().await.unwrap();
+                http.reserve(DROP, SKU, 1, &format!("user-{user}")).await
+            }));
+        }
+    }
+    let mut won = Vec::new();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        match reply.status {
+            201 => won.push(reply.body["id"].as_str().unwrap().to_owned()),
+            409 => assert!(["sold_out", "limit_exceeded"].contains(&reply.error())),
+            other => panic!("unexpected {other} {:?}", reply.body),
+        }
+    }
+    assert_eq!(won.len(), 100);
+    let db = drained_db(&mut s).await;
+    assert_eq!(live_units(&db, "conf@%"), 100);
+    assert!(max_units_per_user(&db) <= 2);
+    let rows = order_ids(&db);
+    let unique: HashSet<&String> = won.iter().collect();
+    assert_eq!(unique.len(), 100);
+    assert!(won.iter().all(|id| rows.contains(id)), "every 201 is a row");
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(super::Backend::Embedded).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(super::Backend::Redis(crate::support::RedisServer::start())).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    the_engine_holds_the_window_by_its_own_clock,
+    a_shopper_gets_no_more_than_the_limit,
+    stock_runs_out_exactly,
+    a_key_replays_its_order_and_refuses_another_body,
+    a_won_order_is_readable_at_once,
+    cancelling_releases_the_units_once,
+    an_order_has_one_fate,
+    a_storm_sells_exactly_the_stock,
+);
