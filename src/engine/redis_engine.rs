@@ -135,12 +135,14 @@ impl RedisEngine {
         for order in &live {
             invocation.arg(order.id.as_str()).arg(holding(order));
         }
+        // Registered first: a round whose stock exists but that the order
+        // writer does not know would keep its winners out of the store.
         let mut conn = self.conn.clone();
+        let _: i64 = conn.sadd(ROUNDS, round_id).await.map_err(unavailable)?;
         let _: i64 = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let _: i64 = conn.sadd(ROUNDS, round_id).await.map_err(unavailable)?;
         Ok(())
     }
 }

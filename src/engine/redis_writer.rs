@@ -101,6 +101,10 @@ async fn run(
             Ok(moved) => moved,
             Err(e) => {
                 tracing::warn!(error = %e, "order writer pass failed; retrying");
+                // Redis may have come back empty (restart without
+                // persistence): find out again which groups exist.
+                consumer.grouped.clear();
+                consumer.caught_up.clear();
                 if stopping {
                     // Whatever is left stays in the streams for the next start.
                     return;
@@ -166,8 +170,17 @@ impl Consumer {
 
     /// Our own pending entries first (after a restart), then new ones.
     async fn read(&mut self, round: &str, stream: &str) -> Result<Vec<StreamId>, String> {
-        let own_pending_first = !self.caught_up.contains(round);
-        let from = if own_pending_first { "0" } else { ">" };
+        if !self.caught_up.contains(round) {
+            let pending = self.read_from(stream, "0").await?;
+            if !pending.is_empty() {
+                return Ok(pending);
+            }
+            self.caught_up.insert(round.to_owned());
+        }
+        self.read_from(stream, ">").await
+    }
+
+    async fn read_from(&mut self, stream: &str, from: &str) -> Result<Vec<StreamId>, String> {
         let options = StreamReadOptions::default()
             .group(WRITERS_GROUP, &self.name)
             .count(BATCH);
@@ -176,15 +189,11 @@ impl Consumer {
             .xread_options(&[stream], &[from], &options)
             .await
             .map_err(|e| e.to_string())?;
-        let entries: Vec<StreamId> = reply
+        Ok(reply
             .into_iter()
             .flat_map(|r| r.keys)
             .flat_map(|k| k.ids)
-            .collect();
-        if own_pending_first && entries.is_empty() {
-            self.caught_up.insert(round.to_owned());
-        }
-        Ok(entries)
+            .collect())
     }
 
     async fn claim_from_the_dead(&mut self, stream: &str) -> Result<Vec<StreamId>, String> {

@@ -4,6 +4,7 @@ mod conformance;
 mod contract;
 mod lifecycle;
 mod process;
+mod redis_faults;
 mod server;
 mod storm;
 mod support;

@@ -374,7 +374,11 @@ impl RedisServer {
 
     /// Starts on `dir` (keeping what an earlier server left there) with extra settings.
     pub fn start_in(dir: TempDir, settings: &[&str]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), dir, settings)
+    }
+
+    /// Starts on a given port, e.g. to come back where a killed server was.
+    pub fn start_on(port: u16, dir: TempDir, settings: &[&str]) -> Self {
         let child = std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
             .arg("--dir")
@@ -413,7 +417,17 @@ impl RedisServer {
         panic!("redis-server on port {} did not answer PING", self.port);
     }
 
-    /// Stops the server at once, as a crash would (SIGKILL).
+    /// Sends a signal to the server, e.g. STOP and CONT to stall it.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
+    /// Stops the server at once, as a crash would (SIGKILL), keeping its files.
     pub fn kill(mut self) -> TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
