@@ -12,10 +12,13 @@ pub fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(app: &App) -> Result<HttpResponse, ApiError> {
-    if app.engine.ready().await && app.store.ping().await {
-        Ok(json(StatusCode::OK, &json!({"status": "ready"})))
+    let (engine, database) = tokio::join!(app.engine.ready(), app.store.ping());
+    let state = |up: bool| if up { "up" } else { "down" };
+    let body = json!({"engine": state(engine), "database": state(database)});
+    if engine && database {
+        Ok(json(StatusCode::OK, &body))
     } else {
-        Err(ApiError::Unavailable("a backend does not answer".into()))
+        Err(ApiError::Unavailable(format!("backends: {body}")))
     }
 }
 

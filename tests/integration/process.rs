@@ -19,12 +19,17 @@ const STOCK: i64 = 300;
 
 /// Starts the binary and reads the address it prints once it listens.
 fn spawn_dropgate(config: &Path, data_dir: &Path) -> (Child, SocketAddr) {
+    spawn_dropgate_with(config, data_dir, &[])
+}
+
+fn spawn_dropgate_with(config: &Path, data_dir: &Path, extra: &[String]) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dropgate"))
         .args(["serve", "--config"])
         .arg(config)
         .arg("--data-dir")
         .arg(data_dir)
-        .env("RUST_LOG", "warn")
+        .args(extra)
+        .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -40,6 +45,16 @@ fn spawn_dropgate(config: &Path, data_dir: &Path) -> (Child, SocketAddr) {
         .parse()
         .unwrap();
     (child, addr)
+}
+
+/// Stops a child with SIGTERM (drain, flush) and waits for it.
+fn terminate(mut child: Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert!(child.wait().unwrap().success(), "dropgate exited uncleanly");
 }
 
 /// 150 concurrent shoppers' loops, each reserving one unit per new user,
@@ -75,16 +90,24 @@ async fn storm(addr: SocketAddr, first_user: usize, won: Arc<Mutex<Vec<String>>>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_storm_loses_no_win_and_never_oversells() {
+    kill_9_mid_storm(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_storm_in_redis_mode_loses_no_win_and_never_oversells() {
+    let redis = RedisServer::start();
+    kill_9_mid_storm(&["--redis".into(), redis.url()]).await;
+}
+
+/// Kills dropgate with SIGKILL once 60 units are sold, restarts it on the
+/// same data dir, sells out, stops it gracefully, then reads the store.
+async fn kill_9_mid_storm(engine_args: &[String]) {
     let dir = tempfile::tempdir().unwrap();
-    let now = Timestamp::now();
-    let config_path = dir.path().join("dropgate.toml");
-    let config =
-        config_head("") + &window_drop("crash", "sku", STOCK, 2, now - hours(1), now + hours(1));
-    std::fs::write(&config_path, config).unwrap();
+    let config_path = write_config(dir.path(), STOCK);
     let data_dir = dir.path().join("data");
     let won = Arc::new(Mutex::new(Vec::new()));
 
-    let (mut child, addr) = spawn_dropgate(&config_path, &data_dir);
+    let (mut child, addr) = spawn_dropgate_with(&config_path, &data_dir, engine_args);
     let killer = {
         let won = won.clone();
         tokio::spawn(async move {
@@ -104,12 +127,10 @@ async fn kill_9_mid_storm_loses_no_win_and_never_oversells() {
     );
     let won_before_kill = won.lock().unwrap().len();
     assert!((60..STOCK as usize).contains(&won_before_kill));
-    eprintln!("won before kill: {won_before_kill}");
 
-    let (mut child, addr) = spawn_dropgate(&config_path, &data_dir);
+    let (child, addr) = spawn_dropgate_with(&config_path, &data_dir, engine_args);
     let sold_out = storm(addr, 1_000_000, won.clone()).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    terminate(child);
     assert!(sold_out, "selling resumed after the restart until sold out");
 
     let db = open_db(&data_dir.join("orders.db"));

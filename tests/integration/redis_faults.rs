@@ -152,6 +152,16 @@ async fn a_stalled_redis_gets_a_fast_503_and_service_resumes() {
     assert!(stalled.headers.contains_key("retry-after"));
     // The stated bound: a stalled Redis is answered within 2 s (timeouts are 0.5 s).
     assert!(waited < Duration::from_secs(2), "took {waited:?}");
+    let ready = s.http.get("/readyz", None).await;
+    assert_eq!(ready.status, 503, "readiness reports the stalled Redis");
+    assert!(
+        ready.body["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#""engine":"down""#),
+        "{:?}",
+        ready.body
+    );
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(started.elapsed())).await;
     redis.signal("-CONT");
 
@@ -164,6 +174,7 @@ async fn a_stalled_redis_gets_a_fast_503_and_service_resumes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "reserve never succeeded after SIGCONT");
+    assert_eq!(s.http.get("/readyz", None).await.status, 200);
 }
 
 #[tokio::test]
