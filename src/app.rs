@@ -15,6 +15,7 @@ use crate::store::{OrderStore, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Database {
     Sqlite(PathBuf),
+    Postgres(String),
 }
 
 /// Which inventory engine decides reservations, from `--redis`.
@@ -35,8 +36,11 @@ pub enum StartError {
 }
 
 impl Database {
-    /// Parses `sqlite://PATH`; PostgreSQL arrives with the Redis engine.
+    /// Parses `sqlite://PATH` or `postgres://…` (also `postgresql://…`).
     pub fn parse(url: &str) -> Result<Self, StartError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Database::Postgres(url.to_owned()));
+        }
         if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
                 return Err(StartError::Unsupported(
@@ -46,7 +50,7 @@ impl Database {
             return Ok(Database::Sqlite(PathBuf::from(path)));
         }
         Err(StartError::Unsupported(format!(
-            "--database {url:?}: only sqlite://PATH is supported in this version"
+            "--database {url:?}: expected sqlite://PATH or postgres://…"
         )))
     }
 }
@@ -73,8 +77,10 @@ impl App {
         choice: &EngineChoice,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StartError> {
-        let Database::Sqlite(path) = database;
-        let store = OrderStore::open_sqlite(path)?;
+        let store = match database {
+            Database::Sqlite(path) => OrderStore::open_sqlite(path)?,
+            Database::Postgres(url) => OrderStore::open_postgres(url).await?,
+        };
         let (engine, redis_writer): (Arc<dyn InventoryEngine>, _) = match choice {
             EngineChoice::Embedded => {
                 let engine = EmbeddedEngine::open(store.clone(), clock.clone()).await?;

@@ -1,22 +1,26 @@
-//! The order store: orders in SQLite, written through the group-commit
-//! writer, read on a separate connection (WAL lets reads run beside writes).
+//! The order store: the durable record of every order, in SQLite (embedded,
+//! the default) or PostgreSQL (production), chosen by `--database`. Both keep
+//! the same schema (`migrations/`) and behave the same: every write goes
+//! through a group-commit writer that commits many jobs per transaction, and
+//! every transition out of `pending_payment` is one guarded statement.
 
+mod postgres;
 mod sqlite;
+mod sqlite_store;
 mod writer;
 
+use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
 
 use jiff::Timestamp;
-use rusqlite::Connection;
 use rust_decimal::Decimal;
 
-pub use sqlite::{db_time, StoredOrder};
-
 use crate::domain::{IdempotencyKey, OrderId, UserId};
-use crate::order::Order;
+use crate::order::{Order, OrderStatus};
 use crate::payment::PaymentNotice;
-use writer::Writer;
+use postgres::{PgSlot, PgStore};
+use sqlite_store::{SqliteSlot, SqliteStore};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -28,10 +32,13 @@ pub enum StoreError {
     Closed,
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
-    }
+/// An order with the idempotency key (and request fingerprint) that made it.
+pub type Keyed = (Order, Option<(IdempotencyKey, String)>);
+
+/// A stored order together with the idempotency key that created it.
+pub struct StoredOrder {
+    pub order: Order,
+    pub idempotency: Option<(IdempotencyKey, String)>,
 }
 
 pub enum CancelOutcome {
@@ -56,81 +63,149 @@ pub enum PayOutcome {
     ExpiredNow(Order),
 }
 
+/// What a payment notice does to an order found in the store: the rule
+/// both backends apply inside their transaction.
+pub(crate) enum PayStep {
+    Refuse(PayOutcome),
+    /// Too late: the order's fate is expiry, decided here, once.
+    Expire,
+    Pay,
+}
+
+pub(crate) fn pay_step(order: &Order, notice: &PaymentNotice, now: Timestamp) -> PayStep {
+    if order.status != OrderStatus::PendingPayment {
+        return PayStep::Refuse(PayOutcome::NotPayable(order.clone()));
+    }
+    if now >= order.pay_by {
+        return PayStep::Expire;
+    }
+    if notice.amount != order.deposit_due {
+        return PayStep::Refuse(PayOutcome::AmountMismatch {
+            due: order.deposit_due,
+        });
+    }
+    PayStep::Pay
+}
+
+/// The columns of an order as both backends store them, as text but the quantity.
+pub(crate) struct OrderColumns {
+    pub id: String,
+    pub drop_id: String,
+    pub round_id: String,
+    pub sku: String,
+    pub user_id: String,
+    pub quantity: i64,
+    pub status: String,
+    pub unit_price: String,
+    pub amount_due: String,
+    pub deposit_due: String,
+    pub created_at: String,
+    pub pay_by: String,
+}
+
+/// Column list matching `OrderColumns`, for SELECTs in either backend.
+pub(crate) const ORDER_COLUMNS: &str =
+    "id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
+     amount_due, deposit_due, created_at, pay_by";
+
+impl OrderColumns {
+    pub fn into_order(self) -> Result<Order, StoreError> {
+        let corrupt = |what: &str, value: &str| StoreError::Corrupt(format!("{what} {value:?}"));
+        let time = |raw: &str| raw.parse().map_err(|_| corrupt("time", raw));
+        let money = |raw: &str| crate::money::parse_amount(raw).map_err(|_| corrupt("amount", raw));
+        let checked = |e: crate::domain::InvalidValue| StoreError::Corrupt(e.0);
+        Ok(Order {
+            id: OrderId::from_store(self.id),
+            drop_id: crate::domain::DropId::parse(&self.drop_id).map_err(checked)?,
+            round_id: self.round_id,
+            sku: crate::domain::SkuId::parse(&self.sku).map_err(checked)?,
+            user_id: UserId::parse(&self.user_id).map_err(checked)?,
+            quantity: crate::domain::Quantity::new(self.quantity).map_err(checked)?,
+            status: OrderStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("status", &self.status))?,
+            unit_price: money(&self.unit_price)?,
+            amount_due: money(&self.amount_due)?,
+            deposit_due: money(&self.deposit_due)?,
+            currency: crate::money::Currency::Cny,
+            created_at: time(&self.created_at)?,
+            pay_by: time(&self.pay_by)?,
+        })
+    }
+}
+
+/// UTC with milliseconds and a fixed width, so text order is time order.
+pub fn db_time(t: Timestamp) -> String {
+    format!(
+        "{}.{:03}Z",
+        t.strftime("%Y-%m-%dT%H:%M:%S"),
+        t.subsec_millisecond()
+    )
+}
+
 /// A place in the writer's queue for one new order. Taken before the
 /// engine decides, so that a win, once decided, is always queued: the
 /// queueing can neither wait nor be cancelled by a client hanging up.
-pub struct InsertSlot(writer::Slot);
+pub enum InsertSlot {
+    Sqlite(SqliteSlot),
+    Postgres(PgSlot),
+}
+
+/// The result of a queued insert, awaited after the queueing is done.
+pub type Inserted = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
 impl InsertSlot {
-    /// Queues the order. `settle` runs on the writer thread once the commit
-    /// is on disk (`Ok`) or has failed, whether or not anyone awaits the result.
+    /// Queues the order now (no await). `settle` runs once the commit is
+    /// durable (`Ok`) or has failed, whether or not anyone awaits the result.
     pub fn insert(
         self,
         order: Order,
         idempotency: Option<(IdempotencyKey, String)>,
-        settle: impl FnOnce(&Result<(), StoreError>) + Send + 'static,
-    ) -> impl std::future::Future<Output = Result<(), StoreError>> {
-        self.0.run(
-            move |conn| sqlite::insert(conn, &order, idempotency.as_ref()),
-            settle,
-        )
+        settle: impl FnOnce(&Result<(), StoreError>) + Send + Sync + 'static,
+    ) -> Inserted {
+        match self {
+            InsertSlot::Sqlite(slot) => Box::pin(slot.insert(order, idempotency, settle)),
+            InsertSlot::Postgres(slot) => Box::pin(slot.insert(order, idempotency, settle)),
+        }
     }
 }
 
 #[derive(Clone)]
-pub struct OrderStore {
-    writer: Writer,
-    /// One read connection; reads are short, and a std mutex is fine because
-    /// it is only taken on blocking threads, never across an await.
-    reader: Arc<Mutex<Connection>>,
+pub enum OrderStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever backend this store is.
+macro_rules! dispatch {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            OrderStore::Sqlite(store) => store.$method($($arg),*).await,
+            OrderStore::Postgres(store) => store.$method($($arg),*).await,
+        }
+    };
 }
 
 impl OrderStore {
     pub fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
-        }
-        let write_conn = sqlite::open(path)?;
-        let read_conn = sqlite::open(path)?;
-        let writer = Writer::spawn(write_conn).map_err(|e| StoreError::Database(e.to_string()))?;
-        Ok(Self {
-            writer,
-            reader: Arc::new(Mutex::new(read_conn)),
-        })
+        SqliteStore::open(path).map(OrderStore::Sqlite)
     }
 
-    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            query(&reader.lock().unwrap_or_else(|p| p.into_inner()))
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+    pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        PgStore::open(url).await.map(OrderStore::Postgres)
     }
 
     /// Takes a place in the writer's queue for an order not yet decided.
     pub async fn insert_slot(&self) -> Result<InsertSlot, StoreError> {
-        self.writer.slot().await.map(InsertSlot)
+        match self {
+            OrderStore::Sqlite(store) => store.insert_slot().await.map(InsertSlot::Sqlite),
+            OrderStore::Postgres(store) => store.insert_slot().await.map(InsertSlot::Postgres),
+        }
     }
 
     /// Commits orders decided elsewhere (the Redis engine) in one group
-    /// commit; orders already stored are skipped.
-    pub async fn insert_many(
-        &self,
-        orders: Vec<(Order, Option<(IdempotencyKey, String)>)>,
-    ) -> Result<(), StoreError> {
-        self.writer
-            .run(move |conn| {
-                orders
-                    .iter()
-                    .try_for_each(|(order, key)| sqlite::insert(conn, order, key.as_ref()))
-            })
-            .await
+    /// commit; orders already stored (same id) are left as they are.
+    pub async fn insert_many(&self, orders: Vec<Keyed>) -> Result<(), StoreError> {
+        dispatch!(self.insert_many(orders))
     }
 
     pub async fn cancel(
@@ -139,9 +214,7 @@ impl OrderStore {
         user: UserId,
         now: Timestamp,
     ) -> Result<CancelOutcome, StoreError> {
-        self.writer
-            .run(move |conn| sqlite::cancel(conn, &id, &user, now))
-            .await
+        dispatch!(self.cancel(id, user, now))
     }
 
     pub async fn pay(
@@ -149,45 +222,40 @@ impl OrderStore {
         notice: PaymentNotice,
         now: Timestamp,
     ) -> Result<PayOutcome, StoreError> {
-        self.writer
-            .run(move |conn| sqlite::pay(conn, &notice, now))
-            .await
+        dispatch!(self.pay(notice, now))
     }
 
+    /// Expires up to `max` orders unpaid at `now` and returns them.
     pub async fn expire_due(&self, now: Timestamp, max: usize) -> Result<Vec<Order>, StoreError> {
-        self.writer
-            .run(move |conn| sqlite::expire_due(conn, now, max))
-            .await
+        dispatch!(self.expire_due(now, max))
     }
 
     /// Returns once everything queued before it is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.writer.run(|_| Ok(())).await
+        dispatch!(self.flush())
     }
 
     pub async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        self.read(move |conn| sqlite::get(conn, id.as_str())).await
+        dispatch!(self.get(id))
     }
 
     pub async fn list_for_user(&self, user: UserId) -> Result<Vec<Order>, StoreError> {
-        self.read(move |conn| sqlite::list_for_user(conn, &user))
-            .await
+        dispatch!(self.list_for_user(user))
     }
 
     /// Live orders of one round: what a round Redis lost is rebuilt from.
     pub async fn live_in_round(&self, round_id: String) -> Result<Vec<Order>, StoreError> {
-        self.read(move |conn| sqlite::live_in_round(conn, &round_id))
-            .await
+        dispatch!(self.live_in_round(round_id))
     }
 
+    /// Every live order and every order made with an idempotency key: what
+    /// the embedded engine rebuilds its books from.
     pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
-        self.read(sqlite::engine_snapshot).await
+        dispatch!(self.engine_snapshot())
     }
 
     /// True when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
-        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-            .await
-            .is_ok()
+        dispatch!(self.ping())
     }
 }

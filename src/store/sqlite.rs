@@ -6,16 +6,15 @@ use std::path::Path;
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{CancelOutcome, PayOutcome, StoreError};
-use crate::domain::{DropId, IdempotencyKey, OrderId, Quantity, SkuId, UserId};
-use crate::money::{parse_amount, Currency};
+use super::{
+    db_time, pay_step, CancelOutcome, OrderColumns, PayOutcome, PayStep, StoreError, StoredOrder,
+    ORDER_COLUMNS,
+};
+use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::order::{Order, OrderStatus};
 use crate::payment::PaymentNotice;
 
 const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_orders.sql")];
-
-const ORDER_COLUMNS: &str = "id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
-     amount_due, deposit_due, created_at, pay_by";
 
 /// Opens the database file, creating it and its schema when new.
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -51,45 +50,22 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// UTC with milliseconds and a fixed width, so text order is time order.
-pub fn db_time(t: Timestamp) -> String {
-    format!(
-        "{}.{:03}Z",
-        t.strftime("%Y-%m-%dT%H:%M:%S"),
-        t.subsec_millisecond()
-    )
-}
-
-fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Corrupt(format!("{what} {value:?}"))
-}
-
 fn order_from_row(row: &Row<'_>) -> Result<Order, StoreError> {
-    let text = |i: usize| -> Result<String, StoreError> { Ok(row.get::<_, String>(i)?) };
-    let time = |i: usize| -> Result<Timestamp, StoreError> {
-        let raw = text(i)?;
-        raw.parse().map_err(|_| corrupt("time", &raw))
-    };
-    let money = |i: usize| -> Result<rust_decimal::Decimal, StoreError> {
-        let raw = text(i)?;
-        parse_amount(&raw).map_err(|_| corrupt("amount", &raw))
-    };
-    let status = text(6)?;
-    Ok(Order {
-        id: OrderId::from_store(text(0)?),
-        drop_id: DropId::parse(&text(1)?).map_err(|e| StoreError::Corrupt(e.0))?,
-        round_id: text(2)?,
-        sku: SkuId::parse(&text(3)?).map_err(|e| StoreError::Corrupt(e.0))?,
-        user_id: UserId::parse(&text(4)?).map_err(|e| StoreError::Corrupt(e.0))?,
-        quantity: Quantity::new(row.get(5)?).map_err(|e| StoreError::Corrupt(e.0))?,
-        status: OrderStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
-        unit_price: money(7)?,
-        amount_due: money(8)?,
-        deposit_due: money(9)?,
-        currency: Currency::Cny,
-        created_at: time(10)?,
-        pay_by: time(11)?,
-    })
+    OrderColumns {
+        id: row.get(0)?,
+        drop_id: row.get(1)?,
+        round_id: row.get(2)?,
+        sku: row.get(3)?,
+        user_id: row.get(4)?,
+        quantity: row.get(5)?,
+        status: row.get(6)?,
+        unit_price: row.get(7)?,
+        amount_due: row.get(8)?,
+        deposit_due: row.get(9)?,
+        created_at: row.get(10)?,
+        pay_by: row.get(11)?,
+    }
+    .into_order()
 }
 
 fn query_orders(
@@ -121,12 +97,6 @@ pub fn live_in_round(conn: &Connection, round_id: &str) -> Result<Vec<Order>, St
 
 pub fn list_for_user(conn: &Connection, user: &UserId) -> Result<Vec<Order>, StoreError> {
     query_orders(conn, "WHERE user_id = ?1 ORDER BY id", [user.as_str()])
-}
-
-/// A stored order together with the idempotency key that created it.
-pub struct StoredOrder {
-    pub order: Order,
-    pub idempotency: Option<(IdempotencyKey, String)>,
 }
 
 /// Everything the embedded engine needs to rebuild its books: every live
@@ -246,31 +216,27 @@ pub fn pay(
     let Some(order) = get(conn, notice.order_id.as_str())? else {
         return Ok(PayOutcome::NotFound);
     };
-    if order.status != OrderStatus::PendingPayment {
-        return Ok(PayOutcome::NotPayable(order));
+    match pay_step(&order, notice, now) {
+        PayStep::Refuse(outcome) => Ok(outcome),
+        PayStep::Expire => {
+            end(conn, &order.id, OrderStatus::Expired, now)?;
+            Ok(PayOutcome::ExpiredNow(Order {
+                status: OrderStatus::Expired,
+                ..order
+            }))
+        }
+        PayStep::Pay => {
+            conn.execute(
+                "UPDATE orders SET status = 'paid', transaction_id = ?2, payment_method = ?3, paid_at = ?4 \
+                 WHERE id = ?1 AND status = 'pending_payment'",
+                params![order.id.as_str(), notice.transaction_id, notice.method.as_str(), db_time(now)],
+            )?;
+            Ok(PayOutcome::Paid(Order {
+                status: OrderStatus::Paid,
+                ..order
+            }))
+        }
     }
-    if now >= order.pay_by {
-        // Too late: the order's fate is expiry, decided here, once.
-        end(conn, &order.id, OrderStatus::Expired, now)?;
-        return Ok(PayOutcome::ExpiredNow(Order {
-            status: OrderStatus::Expired,
-            ..order
-        }));
-    }
-    if notice.amount != order.deposit_due {
-        return Ok(PayOutcome::AmountMismatch {
-            due: order.deposit_due,
-        });
-    }
-    conn.execute(
-        "UPDATE orders SET status = 'paid', transaction_id = ?2, payment_method = ?3, paid_at = ?4 \
-         WHERE id = ?1 AND status = 'pending_payment'",
-        params![order.id.as_str(), notice.transaction_id, notice.method.as_str(), db_time(now)],
-    )?;
-    Ok(PayOutcome::Paid(Order {
-        status: OrderStatus::Paid,
-        ..order
-    }))
 }
 
 /// Expires up to `max` orders unpaid at `now` and returns them.

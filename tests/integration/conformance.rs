@@ -1,7 +1,7 @@
 //! One conformance suite, run against both engines: the window, limits,
 //! stock, idempotency, release exactly once, single fate, and a storm whose
-//! invariants are checked from the database. In Redis mode each test starts
-//! its own `redis-server`.
+//! invariants are checked from the database; each engine with each order
+//! store (SQLite, PostgreSQL). Each test starts the servers it needs.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,18 +17,46 @@ use dropgate::EngineChoice;
 
 use crate::support::*;
 
-/// What a test runs against; holds the Redis server alive while it runs.
-pub enum Backend {
-    Embedded,
-    Redis(RedisServer),
+/// What a test runs against: an engine and an order store; holds the
+/// servers it needs alive while it runs.
+pub struct Backend {
+    redis: Option<RedisServer>,
+    postgres: Option<PostgresServer>,
 }
 
 impl Backend {
-    fn choice(&self) -> EngineChoice {
-        match self {
-            Backend::Embedded => EngineChoice::Embedded,
-            Backend::Redis(redis) => redis.engine(),
+    pub fn embedded() -> Self {
+        Self {
+            redis: None,
+            postgres: None,
         }
+    }
+
+    pub fn redis() -> Self {
+        Self {
+            redis: Some(RedisServer::start()),
+            postgres: None,
+        }
+    }
+
+    pub fn redis_postgres() -> Self {
+        Self {
+            redis: Some(RedisServer::start()),
+            postgres: Some(PostgresServer::start()),
+        }
+    }
+
+    pub fn embedded_postgres() -> Self {
+        Self {
+            redis: None,
+            postgres: Some(PostgresServer::start()),
+        }
+    }
+
+    fn choice(&self) -> EngineChoice {
+        self.redis
+            .as_ref()
+            .map_or(EngineChoice::Embedded, RedisServer::engine)
     }
 }
 
@@ -39,13 +67,18 @@ async fn server(backend: &Backend, stock: i64, limit: i64) -> TestServer {
     let now = Timestamp::now();
     let config =
         config_head("") + &window_drop(DROP, SKU, stock, limit, now - hours(1), now + hours(1));
-    TestServer::start_with_engine(&config, now, &backend.choice()).await
+    match &backend.postgres {
+        Some(pg) => {
+            TestServer::start_with_database(&config, &pg.database(), now, &backend.choice()).await
+        }
+        None => TestServer::start_with_engine(&config, now, &backend.choice()).await,
+    }
 }
 
 /// Stops the server (draining Redis's winners into the store) and opens its database.
-async fn drained_db(server: &mut TestServer) -> rusqlite::Connection {
+async fn drained_db(server: &mut TestServer) -> Audit {
     server.stop().await;
-    server.db()
+    server.audit().await
 }
 
 fn attempt(user: &str, opens_at: Timestamp, closes_at: Timestamp) -> ReserveAttempt {
@@ -137,7 +170,7 @@ async fn a_key_replays_its_order_and_refuses_another_body(backend: Backend) {
     assert_eq!((other.status, other.error()), (422, "idempotency_mismatch"));
     assert_eq!(s.http.remaining(DROP).await, 9);
     let db = drained_db(&mut s).await;
-    assert_eq!(order_ids(&db).len(), 1);
+    assert_eq!(db.order_ids().await.len(), 1);
 }
 
 async fn a_won_order_is_readable_at_once(backend: Backend) {
@@ -218,12 +251,7 @@ async fn an_order_has_one_fate(backend: Backend) {
         "a paid order keeps its stock"
     );
     let db = drained_db(&mut s).await;
-    let status: String = db
-        .query_row("SELECT status FROM orders WHERE id = ?1", [&id], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(status, "paid");
+    assert_eq!(db.status_of(&id).await, "paid");
 }
 
 async fn a_storm_sells_exactly_the_stock(backend: Backend) {
@@ -251,9 +279,9 @@ async fn a_storm_sells_exactly_the_stock(backend: Backend) {
     }
     assert_eq!(won.len(), 100);
     let db = drained_db(&mut s).await;
-    assert_eq!(live_units(&db, "conf@%"), 100);
-    assert!(max_units_per_user(&db) <= 2);
-    let rows = order_ids(&db);
+    assert_eq!(db.live_units("conf@%").await, 100);
+    assert!(db.max_units_per_user().await <= 2);
+    let rows = db.order_ids().await;
     let unique: HashSet<&String> = won.iter().collect();
     assert_eq!(unique.len(), 100);
     assert!(won.iter().all(|id| rows.contains(id)), "every 201 is a row");
@@ -261,19 +289,17 @@ async fn a_storm_sells_exactly_the_stock(backend: Backend) {
 
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
-        mod embedded {
+        conformance!(@backend embedded_sqlite, embedded, $($test),*);
+        conformance!(@backend redis_sqlite, redis, $($test),*);
+        conformance!(@backend redis_postgres, redis_postgres, $($test),*);
+        conformance!(@backend embedded_postgres, embedded_postgres, $($test),*);
+    };
+    (@backend $module:ident, $backend:ident, $($test:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $test() {
-                    super::$test(super::Backend::Embedded).await
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(super::Backend::Redis(crate::support::RedisServer::start())).await
+                    super::$test(super::Backend::$backend()).await
                 }
             )*
         }

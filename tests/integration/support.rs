@@ -238,6 +238,7 @@ pub struct TestServer {
     pub clock: Arc<ManualClock>,
     pub app: Arc<App>,
     pub db_path: PathBuf,
+    pub database: Database,
     stop: Option<oneshot::Sender<()>>,
     served: Option<JoinHandle<Result<(), dropgate::store::StoreError>>>,
     _dir: Option<TempDir>,
@@ -268,18 +269,22 @@ impl TestServer {
         now: Timestamp,
         engine: &EngineChoice,
     ) -> Self {
+        Self::start_with_database(config, &Database::Sqlite(db_path.to_owned()), now, engine).await
+    }
+
+    pub async fn start_with_database(
+        config: &str,
+        database: &Database,
+        now: Timestamp,
+        engine: &EngineChoice,
+    ) -> Self {
         init_logging();
         let config =
             Config::from_toml(config, SecretSource::Environment).expect("test config is valid");
         let clock = Arc::new(ManualClock::new(now));
-        let app = App::open(
-            config,
-            &Database::Sqlite(db_path.to_owned()),
-            engine,
-            clock.clone(),
-        )
-        .await
-        .expect("app opens");
+        let app = App::open(config, database, engine, clock.clone())
+            .await
+            .expect("app opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -291,7 +296,11 @@ impl TestServer {
             addr,
             clock,
             app,
-            db_path: db_path.to_owned(),
+            db_path: match database {
+                Database::Sqlite(path) => path.clone(),
+                Database::Postgres(_) => PathBuf::from("(postgres)"),
+            },
+            database: database.clone(),
             stop: Some(stop),
             served: Some(served),
             _dir: None,
@@ -310,6 +319,11 @@ impl TestServer {
 
     pub fn engine(&self) -> &dyn dropgate::engine::InventoryEngine {
         self.app.engine.as_ref()
+    }
+
+    /// Reads the order store directly, whichever database it is.
+    pub async fn audit(&self) -> Audit {
+        Audit::open(&self.database).await
     }
 
     pub fn db(&self) -> rusqlite::Connection {
@@ -441,4 +455,203 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Direct reads of the order store for the invariants, SQLite or PostgreSQL.
+pub enum Audit {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client),
+}
+
+impl Audit {
+    pub async fn open(database: &Database) -> Self {
+        match database {
+            Database::Sqlite(path) => Audit::Sqlite(open_db(path)),
+            Database::Postgres(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                Audit::Postgres(client)
+            }
+        }
+    }
+
+    /// One number from a query with at most one parameter (`$1`).
+    async fn scalar(&self, sql: &str, args: &[&str]) -> i64 {
+        match self {
+            Audit::Sqlite(db) => db
+                .query_row(
+                    &sql.replace("$1", "?1"),
+                    rusqlite::params_from_iter(args),
+                    |r| r.get(0),
+                )
+                .unwrap(),
+            Audit::Postgres(client) => {
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
+                    .iter()
+                    .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                client
+                    .query_one(sql, &params)
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+            }
+        }
+    }
+
+    /// Units in live orders of the rounds matching `round_like`.
+    pub async fn live_units(&self, round_like: &str) -> i64 {
+        self.scalar(
+            "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM orders WHERE round_id LIKE $1 \
+             AND status IN ('pending_payment', 'paid')",
+            &[round_like],
+        )
+        .await
+    }
+
+    /// The most live units one user holds in one round.
+    pub async fn max_units_per_user(&self) -> i64 {
+        self.scalar(
+            "SELECT CAST(COALESCE(MAX(units), 0) AS BIGINT) FROM (SELECT SUM(quantity) AS units \
+             FROM orders WHERE status IN ('pending_payment', 'paid') GROUP BY round_id, user_id) AS per_user",
+            &[],
+        )
+        .await
+    }
+
+    pub async fn order_ids(&self) -> std::collections::HashSet<String> {
+        match self {
+            Audit::Sqlite(db) => order_ids(db),
+            Audit::Postgres(client) => {
+                let rows = client.query("SELECT id FROM orders", &[]).await.unwrap();
+                rows.iter().map(|r| r.get::<_, String>(0)).collect()
+            }
+        }
+    }
+
+    pub async fn status_of(&self, id: &str) -> String {
+        let sql = "SELECT status FROM orders WHERE id = $1";
+        match self {
+            Audit::Sqlite(db) => db
+                .query_row(&sql.replace("$1", "?1"), [id], |r| r.get(0))
+                .unwrap(),
+            Audit::Postgres(client) => client.query_one(sql, &[&id]).await.unwrap().get(0),
+        }
+    }
+}
+
+/// A real PostgreSQL on a free loopback port with its cluster in a temp dir
+/// (initdb, trust auth on loopback only); killed when dropped. PostgreSQL
+/// refuses to run as root, so as root it runs as `nobody`.
+pub struct PostgresServer {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl PostgresServer {
+    pub fn start() -> Self {
+        let bin = postgres_bin_dir();
+        let dir = tempfile::tempdir().unwrap();
+        let as_root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        let run = |program: &str| {
+            let path = bin.join(program);
+            if as_root {
+                let mut command = std::process::Command::new("runuser");
+                command.args(["-u", "nobody", "--"]).arg(path);
+                command
+            } else {
+                std::process::Command::new(path)
+            }
+        };
+        if as_root {
+            std::process::Command::new("chown")
+                .arg("nobody")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+        }
+        let data = dir.path().join("data");
+        let initdb = run("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .output()
+            .expect("initdb runs");
+        assert!(
+            initdb.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        let port = free_port();
+        let child = run("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("postgres starts");
+        let server = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        server.wait_until_ready();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn database(&self) -> Database {
+        Database::Postgres(self.url())
+    }
+
+    fn wait_until_ready(&self) {
+        for _ in 0..400 {
+            let ready = std::process::Command::new(postgres_bin_dir().join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("PostgreSQL on port {} never became ready", self.port);
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn postgres_bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .pop()
+        .filter(|bin| bin.join("initdb").exists())
+        .unwrap_or_else(|| {
+            panic!("PostgreSQL-mode tests need PostgreSQL (apt-get install postgresql)")
+        })
 }

@@ -1,0 +1,153 @@
+//! Orders in SQLite, written through the group-commit writer thread, read
+//! on a separate connection (WAL lets reads run beside writes).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use rusqlite::Connection;
+
+use super::writer::{self, Writer};
+use super::{sqlite, CancelOutcome, Keyed, PayOutcome, StoreError, StoredOrder};
+use crate::domain::{IdempotencyKey, OrderId, UserId};
+use crate::order::Order;
+use crate::payment::PaymentNotice;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// A place in the writer's queue for one new order. Taken before the
+/// engine decides, so that a win, once decided, is always queued: the
+/// queueing can neither wait nor be cancelled by a client hanging up.
+pub struct SqliteSlot(writer::Slot);
+
+impl SqliteSlot {
+    /// Queues the order. `settle` runs on the writer thread once the commit
+    /// is on disk (`Ok`) or has failed, whether or not anyone awaits the result.
+    pub fn insert(
+        self,
+        order: Order,
+        idempotency: Option<(IdempotencyKey, String)>,
+        settle: impl FnOnce(&Result<(), StoreError>) + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> {
+        self.0.run(
+            move |conn| sqlite::insert(conn, &order, idempotency.as_ref()),
+            settle,
+        )
+    }
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: Writer,
+    /// One read connection; reads are short, and a std mutex is fine because
+    /// it is only taken on blocking threads, never across an await.
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
+        }
+        let write_conn = sqlite::open(path)?;
+        let read_conn = sqlite::open(path)?;
+        let writer = Writer::spawn(write_conn).map_err(|e| StoreError::Database(e.to_string()))?;
+        Ok(Self {
+            writer,
+            reader: Arc::new(Mutex::new(read_conn)),
+        })
+    }
+
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            query(&reader.lock().unwrap_or_else(|p| p.into_inner()))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Takes a place in the writer's queue for an order not yet decided.
+    pub async fn insert_slot(&self) -> Result<SqliteSlot, StoreError> {
+        self.writer.slot().await.map(SqliteSlot)
+    }
+
+    /// Commits orders decided elsewhere (the Redis engine) in one group
+    /// commit; orders already stored are skipped.
+    pub async fn insert_many(&self, orders: Vec<Keyed>) -> Result<(), StoreError> {
+        self.writer
+            .run(move |conn| {
+                orders
+                    .iter()
+                    .try_for_each(|(order, key)| sqlite::insert(conn, order, key.as_ref()))
+            })
+            .await
+    }
+
+    pub async fn cancel(
+        &self,
+        id: OrderId,
+        user: UserId,
+        now: Timestamp,
+    ) -> Result<CancelOutcome, StoreError> {
+        self.writer
+            .run(move |conn| sqlite::cancel(conn, &id, &user, now))
+            .await
+    }
+
+    pub async fn pay(
+        &self,
+        notice: PaymentNotice,
+        now: Timestamp,
+    ) -> Result<PayOutcome, StoreError> {
+        self.writer
+            .run(move |conn| sqlite::pay(conn, &notice, now))
+            .await
+    }
+
+    pub async fn expire_due(&self, now: Timestamp, max: usize) -> Result<Vec<Order>, StoreError> {
+        self.writer
+            .run(move |conn| sqlite::expire_due(conn, now, max))
+            .await
+    }
+
+    /// Returns once everything queued before it is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.writer.run(|_| Ok(())).await
+    }
+
+    pub async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        self.read(move |conn| sqlite::get(conn, id.as_str())).await
+    }
+
+    pub async fn list_for_user(&self, user: UserId) -> Result<Vec<Order>, StoreError> {
+        self.read(move |conn| sqlite::list_for_user(conn, &user))
+            .await
+    }
+
+    /// Live orders of one round: what a round Redis lost is rebuilt from.
+    pub async fn live_in_round(&self, round_id: String) -> Result<Vec<Order>, StoreError> {
+        self.read(move |conn| sqlite::live_in_round(conn, &round_id))
+            .await
+    }
+
+    pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
+        self.read(sqlite::engine_snapshot).await
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .is_ok()
+    }
+}
