@@ -241,16 +241,24 @@ async fn a_winner_delivered_twice_is_one_row() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_instances_sharing_redis_and_the_store_never_oversell() {
+async fn two_instances_sharing_redis_and_postgres_never_oversell() {
     let redis = RedisServer::start();
+    let postgres = PostgresServer::start();
     let (config, now) = config(200);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("orders.db");
-    let mut first = TestServer::start_on(&config, &db, now, &redis.engine()).await;
-    let mut second = TestServer::start_on(&config, &db, now, &redis.engine()).await;
+    let database = postgres.database();
+    let mut first = TestServer::start_with_database(&config, &database, now, &redis.engine()).await;
+    let mut second =
+        TestServer::start_with_database(&config, &database, now, &redis.engine()).await;
     let won = Arc::new(Mutex::new(Vec::new()));
     storm_until_sold_out(vec![first.http.clone(), second.http.clone()], won.clone()).await;
     first.stop().await;
     second.stop().await;
-    assert_every_win_stored_and_stock_exact(&open_db(&db), &won.lock().unwrap(), 200);
+    let db = first.audit().await;
+    let won = won.lock().unwrap().clone();
+    let rows = db.order_ids().await;
+    let unique: HashSet<&String> = won.iter().collect();
+    assert_eq!(unique.len(), won.len(), "no order id answered twice");
+    assert!(won.iter().all(|id| rows.contains(id)), "every 201 is a row");
+    assert_eq!(db.live_units("flt@%").await, 200, "exactly the stock sold");
+    assert!(db.max_units_per_user().await <= 2);
 }
