@@ -89,7 +89,9 @@ impl App {
             EngineChoice::Redis { url } => {
                 let engine = RedisEngine::open(url, config.catalog.clone(), store.clone()).await?;
                 let consumer = format!("{}:{}", hostname(), config.listen);
-                let writer = RedisOrderWriter::start(url, store.clone(), consumer).await?;
+                let claim_idle = config.server.claim_idle;
+                let writer =
+                    RedisOrderWriter::start(url, store.clone(), consumer, claim_idle).await?;
                 (Arc::new(engine), Some(writer))
             }
         };

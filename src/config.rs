@@ -107,6 +107,9 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// How often the sweeper looks for orders unpaid past `pay_by`.
     pub sweep_interval: Duration,
+    /// Redis mode: winners a writer read but never acknowledged for this
+    /// long are taken over by another writer (its instance presumably died).
+    pub claim_idle: Duration,
 }
 
 impl Default for ServerSettings {
@@ -117,6 +120,7 @@ impl Default for ServerSettings {
             max_body_bytes: 16 * 1024,
             shutdown_grace: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(1),
+            claim_idle: Duration::from_secs(30),
         }
     }
 }
@@ -151,6 +155,7 @@ struct ServerSection {
     max_body_bytes: Option<usize>,
     shutdown_grace: Option<String>,
     sweep_interval: Option<String>,
+    claim_idle: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,6 +315,7 @@ fn parse_server(section: ServerSection) -> Result<ServerSettings, ConfigError> {
             section.sweep_interval,
             defaults.sweep_interval,
         )?,
+        claim_idle: duration("claim_idle", section.claim_idle, defaults.claim_idle)?,
     };
     if settings.max_connections == 0 {
         return Err(field_error("server.max_connections", "must be at least 1"));

@@ -6,7 +6,7 @@
 //!
 //! After a restart the consumer first re-reads its own pending entries; the
 //! pending entries of a consumer that died are claimed (`XAUTOCLAIM`) once
-//! they have sat idle for `CLAIM_IDLE`. Several writers (one per instance)
+//! they have sat idle for `claim_idle` (`[server] claim_idle`, 30 s by default). Several writers (one per instance)
 //! share the group safely: each entry goes to one of them, and a duplicate
 //! delivery inserts nothing.
 
@@ -33,10 +33,6 @@ use crate::store::OrderStore;
 const BATCH: usize = 1024;
 /// How long the writer sleeps when every stream is drained.
 const IDLE_POLL: Duration = Duration::from_millis(5);
-/// Pending entries idle this long belong to a consumer presumed dead.
-const CLAIM_IDLE: Duration = Duration::from_secs(30);
-/// How often to look for such entries.
-const CLAIM_EVERY: Duration = Duration::from_secs(5);
 
 pub struct RedisOrderWriter {
     stop: watch::Sender<bool>,
@@ -50,10 +46,20 @@ impl RedisOrderWriter {
         url: &str,
         store: OrderStore,
         consumer: String,
+        claim_idle: Duration,
     ) -> Result<Self, EngineError> {
         let conn = connect(url).await?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(conn, store, consumer, stopped));
+        let consumer = Consumer {
+            conn,
+            store,
+            name: consumer,
+            grouped: HashSet::new(),
+            caught_up: HashSet::new(),
+            claim_idle,
+            last_claim: Instant::now(),
+        };
+        let task = tokio::spawn(run(consumer, stopped));
         Ok(Self {
             stop,
             task: Mutex::new(Some(task)),
@@ -78,23 +84,12 @@ struct Consumer {
     grouped: HashSet<String>,
     /// Rounds whose own pending entries were re-read since start.
     caught_up: HashSet<String>,
+    /// Pending entries idle this long belong to a consumer presumed dead.
+    claim_idle: Duration,
     last_claim: Instant,
 }
 
-async fn run(
-    conn: ConnectionManager,
-    store: OrderStore,
-    name: String,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut consumer = Consumer {
-        conn,
-        store,
-        name,
-        grouped: HashSet::new(),
-        caught_up: HashSet::new(),
-        last_claim: Instant::now(),
-    };
+async fn run(mut consumer: Consumer, mut stopped: watch::Receiver<bool>) {
     loop {
         let stopping = *stopped.borrow();
         let moved = match consumer.pass().await {
@@ -133,7 +128,9 @@ impl Consumer {
             .smembers(ROUNDS)
             .await
             .map_err(|e| e.to_string())?;
-        let claim = self.last_claim.elapsed() >= CLAIM_EVERY;
+        // Looking twice per idle period finds a dead consumer's entries soon
+        // after they qualify, without scanning the pending lists constantly.
+        let claim = self.last_claim.elapsed() >= self.claim_idle / 2;
         if claim {
             self.last_claim = Instant::now();
         }
@@ -197,7 +194,7 @@ impl Consumer {
     }
 
     async fn claim_from_the_dead(&mut self, stream: &str) -> Result<Vec<StreamId>, String> {
-        let idle_ms = CLAIM_IDLE.as_millis() as u64;
+        let idle_ms = self.claim_idle.as_millis() as u64;
         let options = StreamAutoClaimOptions::default().count(BATCH);
         let reply: StreamAutoClaimReply = self
             .conn

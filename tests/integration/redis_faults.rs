@@ -262,3 +262,69 @@ async fn two_instances_sharing_redis_and_postgres_never_oversell() {
     assert_eq!(db.live_units("flt@%").await, 200, "exactly the stock sold");
     assert!(db.max_units_per_user().await <= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_writers_unacknowledged_winners_are_claimed_by_a_live_one() {
+    let redis = RedisServer::start();
+    let now = Timestamp::now();
+    let config = config_head(r#"claim_idle = "300ms""#)
+        + &window_drop(DROP, SKU, 10, 2, now - hours(1), now + hours(1));
+    let mut first = TestServer::start_with_engine(&config, now, &redis.engine()).await;
+    let won = first.http.reserve(DROP, SKU, 1, "alice").await;
+    assert_eq!(won.status, 201);
+    first.stop().await;
+
+    // A winner that a writer read and then died without acknowledging.
+    let mut ghost = won.body.clone();
+    ghost["id"] = serde_json::json!(dropgate::domain::OrderId::generate().to_string());
+    ghost["user_id"] = serde_json::json!("ghost");
+    let ghost_id = ghost["id"].as_str().unwrap().to_owned();
+    let stream = format!("dg:{{{}}}:winners", won.body["round_id"].as_str().unwrap());
+    let mut conn = redis_conn(&redis).await;
+    let _: String = conn
+        .xadd(
+            &stream,
+            "*",
+            &[
+                ("order", ghost.to_string().as_str()),
+                ("key", ""),
+                ("fingerprint", ""),
+            ],
+        )
+        .await
+        .unwrap();
+    let options = redis::streams::StreamReadOptions::default()
+        .group("order-writers", "dead-writer")
+        .count(10);
+    let taken: redis::streams::StreamReadReply = conn
+        .xread_options(&[&stream], &[">"], &options)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.keys[0].ids.len(),
+        1,
+        "the dead writer holds the entry"
+    );
+
+    let second = TestServer::start_on(&config, &first.db_path, now, &redis.engine()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !order_ids(&second.db()).contains(&ghost_id) {
+        assert!(
+            Instant::now() < deadline,
+            "the live writer never claimed the dead one's winner"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Acknowledged and trimmed just after the commit that made the row visible.
+    loop {
+        let left: usize = conn.xlen(&stream).await.unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the claimed entry was never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
