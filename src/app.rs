@@ -88,7 +88,12 @@ impl App {
             }
             EngineChoice::Redis { url } => {
                 let engine = RedisEngine::open(url, config.catalog.clone(), store.clone()).await?;
-                let consumer = format!("{}:{}", hostname(), config.listen);
+                // Stable across restarts, so an instance re-reads its own
+                // pending winners; an ephemeral port gives no identity to keep.
+                let consumer = match config.listen.port() {
+                    0 => format!("{}:{}:pid{}", hostname(), config.listen, std::process::id()),
+                    _ => format!("{}:{}", hostname(), config.listen),
+                };
                 let claim_idle = config.server.claim_idle;
                 let writer =
                     RedisOrderWriter::start(url, store.clone(), consumer, claim_idle).await?;

@@ -285,3 +285,40 @@ async fn the_server_keeps_accepting_after_running_out_of_file_descriptors() {
     child.wait().unwrap();
     assert!(served, "the server stopped accepting after EMFILE");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_sharing_redis_and_postgres_never_oversell() {
+    let redis = RedisServer::start();
+    let postgres = PostgresServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), STOCK);
+    let args = [
+        "--redis".to_owned(),
+        redis.url(),
+        "--database".to_owned(),
+        postgres.url(),
+    ];
+    let (first, first_addr) = spawn_dropgate_with(&config_path, &dir.path().join("a"), &args);
+    let (second, second_addr) = spawn_dropgate_with(&config_path, &dir.path().join("b"), &args);
+    let won = Arc::new(Mutex::new(Vec::new()));
+    let (a, b) = tokio::join!(
+        storm(first_addr, 0, won.clone()),
+        storm(second_addr, 500_000, won.clone())
+    );
+    assert!(a && b, "both instances sold until sold out");
+    terminate(first);
+    terminate(second);
+
+    let db = Audit::open(&postgres.database()).await;
+    let rows = db.order_ids().await;
+    let won = won.lock().unwrap().clone();
+    let unique: HashSet<&String> = won.iter().collect();
+    assert_eq!(unique.len(), won.len(), "no order id answered twice");
+    assert!(won.iter().all(|id| rows.contains(id)), "every 201 is a row");
+    assert_eq!(
+        db.live_units("crash@%").await,
+        STOCK,
+        "exactly the stock sold"
+    );
+    assert!(db.max_units_per_user().await <= 2);
+}
