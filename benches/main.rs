@@ -3,6 +3,7 @@
 use criterion::{criterion_group, criterion_main};
 
 mod engine;
+mod redis_client;
 
-criterion_group!(benches, engine::reserve);
+criterion_group!(benches, engine::reserve, redis_client::connections);
 criterion_main!(benches);
