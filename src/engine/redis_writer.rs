@@ -11,7 +11,8 @@
 //! delivery inserts nothing.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
@@ -34,9 +35,13 @@ const BATCH: usize = 1024;
 /// How long the writer sleeps when every stream is drained.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
+/// How often the writer measures its lag.
+const LAG_EVERY: Duration = Duration::from_millis(250);
+
 pub struct RedisOrderWriter {
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
+    lag: Arc<AtomicU64>,
 }
 
 impl RedisOrderWriter {
@@ -50,7 +55,10 @@ impl RedisOrderWriter {
     ) -> Result<Self, EngineError> {
         let conn = connect(url).await?;
         let (stop, stopped) = watch::channel(false);
+        let lag = Arc::new(AtomicU64::new(0));
         let consumer = Consumer {
+            lag: lag.clone(),
+            last_lag: Instant::now() - LAG_EVERY,
             conn,
             store,
             name: consumer,
@@ -63,7 +71,14 @@ impl RedisOrderWriter {
         Ok(Self {
             stop,
             task: Mutex::new(Some(task)),
+            lag,
         })
+    }
+
+    /// Winners in the streams not yet stored and acknowledged, as last
+    /// measured (every 250 ms): how far the order store is behind Redis.
+    pub fn lag(&self) -> u64 {
+        self.lag.load(Ordering::Relaxed)
     }
 
     /// Puts every winner already in the streams into the store, then stops.
@@ -87,6 +102,8 @@ struct Consumer {
     /// Pending entries idle this long belong to a consumer presumed dead.
     claim_idle: Duration,
     last_claim: Instant,
+    lag: Arc<AtomicU64>,
+    last_lag: Instant,
 }
 
 async fn run(mut consumer: Consumer, mut stopped: watch::Receiver<bool>) {
@@ -133,6 +150,18 @@ impl Consumer {
         let claim = self.last_claim.elapsed() >= self.claim_idle / 2;
         if claim {
             self.last_claim = Instant::now();
+        }
+        if self.last_lag.elapsed() >= LAG_EVERY {
+            self.last_lag = Instant::now();
+            let mut lag = 0u64;
+            for round in &rounds {
+                lag += self
+                    .conn
+                    .xlen::<_, u64>(RoundKeys::new(round).winners)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            self.lag.store(lag, Ordering::Relaxed);
         }
         let mut moved = 0;
         for round in rounds {

@@ -14,7 +14,10 @@ pub fn healthz() -> HttpResponse {
 pub async fn readyz(app: &App) -> Result<HttpResponse, ApiError> {
     let (engine, database) = tokio::join!(app.engine.ready(), app.store.ping());
     let state = |up: bool| if up { "up" } else { "down" };
-    let body = json!({"engine": state(engine), "database": state(database)});
+    let mut body = json!({"engine": state(engine), "database": state(database)});
+    if let Some(writer) = &app.redis_writer {
+        body["order_writer_lag"] = json!(writer.lag());
+    }
     if engine && database {
         Ok(json(StatusCode::OK, &body))
     } else {

@@ -267,7 +267,7 @@ async fn two_instances_sharing_redis_and_postgres_never_oversell() {
 async fn a_dead_writers_unacknowledged_winners_are_claimed_by_a_live_one() {
     let redis = RedisServer::start();
     let now = Timestamp::now();
-    let config = config_head(r#"claim_idle = "300ms""#)
+    let config = config_head(r#"claim_idle = "1s""#)
         + &window_drop(DROP, SKU, 10, 2, now - hours(1), now + hours(1));
     let mut first = TestServer::start_with_engine(&config, now, &redis.engine()).await;
     let won = first.http.reserve(DROP, SKU, 1, "alice").await;
@@ -307,6 +307,20 @@ async fn a_dead_writers_unacknowledged_winners_are_claimed_by_a_live_one() {
     );
 
     let second = TestServer::start_on(&config, &first.db_path, now, &redis.engine()).await;
+    // Until it is claimed, the stranded winner shows as the writer's lag.
+    let mut seen = false;
+    for _ in 0..30 {
+        let lag = second.http.get("/readyz", None).await.body["order_writer_lag"].clone();
+        if lag == serde_json::json!(1) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        seen,
+        "readiness never showed the winner not yet stored as lag"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !order_ids(&second.db()).contains(&ghost_id) {
         assert!(
