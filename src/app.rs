@@ -88,12 +88,11 @@ impl App {
             }
             EngineChoice::Redis { url } => {
                 let engine = RedisEngine::open(url, config.catalog.clone(), store.clone()).await?;
-                // Stable across restarts, so an instance re-reads its own
-                // pending winners; an ephemeral port gives no identity to keep.
-                let consumer = match config.listen.port() {
-                    0 => format!("{}:{}:pid{}", hostname(), config.listen, std::process::id()),
-                    _ => format!("{}:{}", hostname(), config.listen),
-                };
+                // Stable across restarts, so a restarted instance re-reads its
+                // own pending winners at once. Two instances with one name
+                // (same host and listen address) are still safe: a winner
+                // delivered to both is inserted once.
+                let consumer = format!("{}:{}", hostname(), config.listen);
                 let claim_idle = config.server.claim_idle;
                 let writer =
                     RedisOrderWriter::start(url, store.clone(), consumer, claim_idle).await?;

@@ -3,7 +3,6 @@
 //! flushed, a winner delivered twice to the writer, two instances sharing
 //! one Redis. Invariants are checked from the order store afterwards.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,16 +58,6 @@ async fn storm_until_sold_out(servers: Vec<Http>, won: Arc<Mutex<Vec<String>>>) 
     }
 }
 
-fn assert_every_win_stored_and_stock_exact(db: &rusqlite::Connection, won: &[String], stock: i64) {
-    let rows = order_ids(db);
-    let unique: HashSet<&String> = won.iter().collect();
-    assert_eq!(unique.len(), won.len(), "no order id answered twice");
-    let lost: Vec<_> = won.iter().filter(|id| !rows.contains(*id)).collect();
-    assert!(lost.is_empty(), "201s missing from the store: {lost:?}");
-    assert_eq!(live_units(db, "flt@%"), stock, "exactly the stock sold");
-    assert!(max_units_per_user(db) <= 2);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_with_aof_always_loses_no_win_and_never_oversells() {
     let redis = RedisServer::start();
@@ -89,7 +78,11 @@ async fn redis_killed_with_aof_always_loses_no_win_and_never_oversells() {
     );
     storm.await.unwrap();
     s.stop().await;
-    assert_every_win_stored_and_stock_exact(&s.db(), &won.lock().unwrap(), 300);
+    let won = won.lock().unwrap().clone();
+    s.audit()
+        .await
+        .assert_sold_exactly(&won, "flt@%", 300, 2)
+        .await;
     drop(redis);
 }
 
@@ -253,14 +246,12 @@ async fn two_instances_sharing_redis_and_postgres_never_oversell() {
     storm_until_sold_out(vec![first.http.clone(), second.http.clone()], won.clone()).await;
     first.stop().await;
     second.stop().await;
-    let db = first.audit().await;
     let won = won.lock().unwrap().clone();
-    let rows = db.order_ids().await;
-    let unique: HashSet<&String> = won.iter().collect();
-    assert_eq!(unique.len(), won.len(), "no order id answered twice");
-    assert!(won.iter().all(|id| rows.contains(id)), "every 201 is a row");
-    assert_eq!(db.live_units("flt@%").await, 200, "exactly the stock sold");
-    assert!(db.max_units_per_user().await <= 2);
+    first
+        .audit()
+        .await
+        .assert_sold_exactly(&won, "flt@%", 200, 2)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -531,6 +531,32 @@ impl Audit {
         }
     }
 
+    /// The invariants after a storm: no order id answered twice, every 201
+    /// a row, exactly `stock` units live in the rounds matching `round_like`
+    /// (I1: nothing oversold or lost), nobody above `limit` (I2).
+    pub async fn assert_sold_exactly(
+        &self,
+        won: &[String],
+        round_like: &str,
+        stock: i64,
+        limit: i64,
+    ) {
+        let unique: std::collections::HashSet<&String> = won.iter().collect();
+        assert_eq!(unique.len(), won.len(), "no order id answered twice");
+        let rows = self.order_ids().await;
+        let lost: Vec<_> = won.iter().filter(|id| !rows.contains(*id)).collect();
+        assert!(lost.is_empty(), "201s missing from the store: {lost:?}");
+        assert_eq!(
+            self.live_units(round_like).await,
+            stock,
+            "exactly the stock sold"
+        );
+        assert!(
+            self.max_units_per_user().await <= limit,
+            "nobody above the limit"
+        );
+    }
+
     pub async fn status_of(&self, id: &str) -> String {
         let sql = "SELECT status FROM orders WHERE id = $1";
         match self {
