@@ -1,4 +1,5 @@
-//! One integration test binary: real SQLite files in temp dirs, real HTTP.
+//! One integration test binary: real HTTP, real SQLite files in temp dirs,
+//! and a real redis-server and PostgreSQL that the tests start themselves.
 
 mod conformance;
 mod contract;
