@@ -131,31 +131,11 @@ pub fn connections(c: &mut Criterion) {
         BenchmarkId::new("multiplexed_clone", format!("{TASKS}_tasks")),
         |b| {
             b.to_async(&rt).iter_custom(|iters| {
-                let (script, conn, counter) =
-                    (script.clone(), multiplexed.clone(), counter.clone());
-                async move {
-                    let start = Instant::now();
-                    let tasks: Vec<_> = (0..TASKS)
-                        .map(|_| {
-                            let (script, mut conn, counter) =
-                                (script.clone(), conn.clone(), counter.clone());
-                            tokio::spawn(async move {
-                                for _ in 0..iters.div_ceil(TASKS) {
-                                    reserve(
-                                        &script,
-                                        &mut conn,
-                                        counter.fetch_add(1, Ordering::Relaxed),
-                                    )
-                                    .await;
-                                }
-                            })
-                        })
-                        .collect();
-                    for task in tasks {
-                        task.await.unwrap();
-                    }
-                    start.elapsed()
-                }
+                let (script, conn) = (script.clone(), multiplexed.clone());
+                spread(iters, counter.clone(), move |n| {
+                    let (script, mut conn) = (script.clone(), conn.clone());
+                    async move { reserve(&script, &mut conn, n).await }
+                })
             });
         },
     );
@@ -163,33 +143,39 @@ pub fn connections(c: &mut Criterion) {
         BenchmarkId::new("deadpool_checkout", format!("{TASKS}_tasks")),
         |b| {
             b.to_async(&rt).iter_custom(|iters| {
-                let (script, pool, counter) = (script.clone(), pool.clone(), counter.clone());
-                async move {
-                    let start = Instant::now();
-                    let tasks: Vec<_> = (0..TASKS)
-                        .map(|_| {
-                            let (script, pool, counter) =
-                                (script.clone(), pool.clone(), counter.clone());
-                            tokio::spawn(async move {
-                                for _ in 0..iters.div_ceil(TASKS) {
-                                    let mut conn = pool.get().await.unwrap();
-                                    reserve(
-                                        &script,
-                                        &mut conn,
-                                        counter.fetch_add(1, Ordering::Relaxed),
-                                    )
-                                    .await;
-                                }
-                            })
-                        })
-                        .collect();
-                    for task in tasks {
-                        task.await.unwrap();
+                let (script, pool) = (script.clone(), pool.clone());
+                spread(iters, counter.clone(), move |n| {
+                    let (script, pool) = (script.clone(), pool.clone());
+                    async move {
+                        let mut conn = pool.get().await.unwrap();
+                        reserve(&script, &mut conn, n).await
                     }
-                    start.elapsed()
-                }
+                })
             });
         },
     );
     group.finish();
+}
+
+/// Makes `iters` calls of `call` from `TASKS` concurrent tasks; the time taken.
+async fn spread<F, Fut>(iters: u64, counter: Arc<AtomicU64>, call: F) -> Duration
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (call, counter) = (call.clone(), counter.clone());
+            tokio::spawn(async move {
+                for _ in 0..iters.div_ceil(TASKS) {
+                    call(counter.fetch_add(1, Ordering::Relaxed)).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    start.elapsed()
 }

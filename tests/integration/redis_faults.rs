@@ -30,6 +30,23 @@ async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// Waits until the order writer has stored, acknowledged and trimmed every
+/// entry of `stream`.
+async fn wait_until_drained(conn: &mut redis::aio::MultiplexedConnection, stream: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: usize = conn.xlen(stream).await.unwrap();
+        if left == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer never drained {stream}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// 100 shopper loops, each a new user per request, until sold out; 503s
 /// (Redis down) are retried after a pause. Returns every 201's order id.
 async fn storm_until_sold_out(servers: Vec<Http>, won: Arc<Mutex<Vec<String>>>) {
@@ -210,18 +227,7 @@ async fn a_winner_delivered_twice_is_one_row() {
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left: usize = conn.xlen(&stream).await.unwrap();
-        if left == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the writer never drained the stream"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_drained(&mut conn, &stream).await;
     s.stop().await;
     let rows: i64 = s
         .db()
@@ -321,15 +327,8 @@ async fn a_dead_writers_unacknowledged_winners_are_claimed_by_a_live_one() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Acknowledged and trimmed just after the commit that made the row visible.
-    loop {
-        let left: usize = conn.xlen(&stream).await.unwrap();
-        if left == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the claimed entry was never acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_drained(&mut conn, &stream).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lag = second.http.get("/readyz", None).await.body["order_writer_lag"].clone();
+    assert_eq!(lag, serde_json::json!(0));
 }
