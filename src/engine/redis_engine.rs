@@ -20,6 +20,8 @@ use crate::store::OrderStore;
 /// Bounds on every Redis call, so a dead or stalled Redis becomes a fast 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Bound on the order-store read that sets up a round Redis does not know.
+const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Scripts {
     reserve: Script,
@@ -111,10 +113,11 @@ impl RedisEngine {
             .catalog
             .get(drop_of(round_id))
             .ok_or_else(|| unavailable(format!("round {round_id} of an unknown drop")))?;
-        let live = self
-            .store
-            .live_in_round(round_id.to_owned())
+        // A stalled database must not hang the requests waiting on this.
+        let read = self.store.live_in_round(round_id.to_owned());
+        let live = tokio::time::timeout(STORE_TIMEOUT, read)
             .await
+            .map_err(|_| unavailable("the order store did not answer in time"))?
             .map_err(unavailable)?;
         let keys = RoundKeys::new(round_id);
         let mut invocation = self.scripts.setup_round.key(&keys.stock);
