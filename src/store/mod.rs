@@ -41,6 +41,33 @@ pub struct StoredOrder {
     pub idempotency: Option<(IdempotencyKey, String)>,
 }
 
+/// Every live order and every order made with an idempotency key, with the
+/// key columns last: what the embedded engine rebuilds its books from.
+pub(crate) fn snapshot_sql() -> String {
+    format!(
+        "SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders \
+         WHERE status IN ('pending_payment', 'paid') OR idempotency_key IS NOT NULL"
+    )
+}
+
+impl StoredOrder {
+    /// An order with the key columns it was stored with.
+    pub(crate) fn new(
+        order: Order,
+        key: Option<String>,
+        fingerprint: Option<String>,
+    ) -> Result<Self, StoreError> {
+        let idempotency = match (key, fingerprint) {
+            (Some(key), Some(fingerprint)) => Some((
+                IdempotencyKey::parse(&key).map_err(|e| StoreError::Corrupt(e.0))?,
+                fingerprint,
+            )),
+            _ => None,
+        };
+        Ok(Self { order, idempotency })
+    }
+}
+
 pub enum CancelOutcome {
     Cancelled(Order),
     /// No such order, or it belongs to someone else.

@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use super::{
-    db_time, pay_step, CancelOutcome, Keyed, OrderColumns, PayOutcome, PayStep, StoreError,
-    StoredOrder, ORDER_COLUMNS,
+    db_time, pay_step, snapshot_sql, CancelOutcome, Keyed, OrderColumns, PayOutcome, PayStep,
+    StoreError, StoredOrder, ORDER_COLUMNS,
 };
 use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::order::{Order, OrderStatus};
@@ -228,27 +228,10 @@ impl PgStore {
     }
 
     pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
-        let sql = format!(
-            "SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders \
-             WHERE status IN ('pending_payment', 'paid') OR idempotency_key IS NOT NULL"
-        );
-        let mut out = Vec::new();
-        for row in self.reader.query(&sql, &[]).await? {
-            let key: Option<String> = row.try_get(12)?;
-            let fingerprint: Option<String> = row.try_get(13)?;
-            let idempotency = match (key, fingerprint) {
-                (Some(k), Some(f)) => Some((
-                    IdempotencyKey::parse(&k).map_err(|e| StoreError::Corrupt(e.0))?,
-                    f,
-                )),
-                _ => None,
-            };
-            out.push(StoredOrder {
-                order: order_from_row(&row)?,
-                idempotency,
-            });
-        }
-        Ok(out)
+        let rows = self.reader.query(&snapshot_sql(), &[]).await?;
+        rows.iter()
+            .map(|row| StoredOrder::new(order_from_row(row)?, row.try_get(12)?, row.try_get(13)?))
+            .collect()
     }
 
     pub async fn ping(&self) -> bool {

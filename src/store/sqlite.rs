@@ -7,8 +7,8 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    db_time, pay_step, CancelOutcome, OrderColumns, PayOutcome, PayStep, StoreError, StoredOrder,
-    ORDER_COLUMNS,
+    db_time, pay_step, snapshot_sql, CancelOutcome, OrderColumns, PayOutcome, PayStep, StoreError,
+    StoredOrder, ORDER_COLUMNS,
 };
 use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::order::{Order, OrderStatus};
@@ -102,27 +102,15 @@ pub fn list_for_user(conn: &Connection, user: &UserId) -> Result<Vec<Order>, Sto
 /// Everything the embedded engine needs to rebuild its books: every live
 /// order (it holds stock) and every order made with an idempotency key.
 pub fn engine_snapshot(conn: &Connection) -> Result<Vec<StoredOrder>, StoreError> {
-    let sql = format!(
-        "SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders \
-         WHERE status IN ('pending_payment', 'paid') OR idempotency_key IS NOT NULL"
-    );
-    let mut stmt = conn.prepare(&sql)?;
+    let mut stmt = conn.prepare(&snapshot_sql())?;
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        let key: Option<String> = row.get(12)?;
-        let fingerprint: Option<String> = row.get(13)?;
-        let idempotency = match (key, fingerprint) {
-            (Some(k), Some(f)) => Some((
-                IdempotencyKey::parse(&k).map_err(|e| StoreError::Corrupt(e.0))?,
-                f,
-            )),
-            _ => None,
-        };
-        out.push(StoredOrder {
-            order: order_from_row(row)?,
-            idempotency,
-        });
+        out.push(StoredOrder::new(
+            order_from_row(row)?,
+            row.get(12)?,
+            row.get(13)?,
+        )?);
     }
     Ok(out)
 }

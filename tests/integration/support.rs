@@ -335,26 +335,28 @@ pub fn open_db(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(path).expect("order store opens")
 }
 
-/// Units in live orders (pending payment or paid), from the database.
-pub fn live_units(db: &rusqlite::Connection, round_like: &str) -> i64 {
-    db.query_row(
-        "SELECT COALESCE(SUM(quantity), 0) FROM orders WHERE round_id LIKE ?1 \
-         AND status IN ('pending_payment', 'paid')",
-        [round_like],
-        |r| r.get(0),
-    )
-    .unwrap()
+/// Units in live orders (pending payment or paid) of the rounds matching `$1`.
+/// Written once for SQLite and PostgreSQL alike (`$1` is a parameter in both).
+const LIVE_UNITS_SQL: &str = "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM orders \
+     WHERE round_id LIKE $1 AND status IN ('pending_payment', 'paid')";
+
+/// The most live units any single user holds in one round.
+const MAX_UNITS_PER_USER_SQL: &str = "SELECT CAST(COALESCE(MAX(units), 0) AS BIGINT) FROM (SELECT SUM(quantity) \
+     AS units FROM orders WHERE status IN ('pending_payment', 'paid') GROUP BY round_id, user_id) AS per_user";
+
+fn sqlite_scalar(db: &rusqlite::Connection, sql: &str, args: &[&str]) -> i64 {
+    db.query_row(sql, rusqlite::params_from_iter(args), |r| r.get(0))
+        .unwrap()
 }
 
-/// The most live units any single user holds in one round, from the database.
+/// Units in live orders (pending payment or paid), from an SQLite file.
+pub fn live_units(db: &rusqlite::Connection, round_like: &str) -> i64 {
+    sqlite_scalar(db, LIVE_UNITS_SQL, &[round_like])
+}
+
+/// The most live units any single user holds in one round, from an SQLite file.
 pub fn max_units_per_user(db: &rusqlite::Connection) -> i64 {
-    db.query_row(
-        "SELECT COALESCE(MAX(units), 0) FROM (SELECT SUM(quantity) AS units FROM orders \
-         WHERE status IN ('pending_payment', 'paid') GROUP BY round_id, user_id)",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap()
+    sqlite_scalar(db, MAX_UNITS_PER_USER_SQL, &[])
 }
 
 pub fn order_ids(db: &rusqlite::Connection) -> std::collections::HashSet<String> {
@@ -480,13 +482,7 @@ impl Audit {
     /// One number from a query with at most one parameter (`$1`).
     async fn scalar(&self, sql: &str, args: &[&str]) -> i64 {
         match self {
-            Audit::Sqlite(db) => db
-                .query_row(
-                    &sql.replace("$1", "?1"),
-                    rusqlite::params_from_iter(args),
-                    |r| r.get(0),
-                )
-                .unwrap(),
+            Audit::Sqlite(db) => sqlite_scalar(db, sql, args),
             Audit::Postgres(client) => {
                 let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
                     .iter()
@@ -503,22 +499,12 @@ impl Audit {
 
     /// Units in live orders of the rounds matching `round_like`.
     pub async fn live_units(&self, round_like: &str) -> i64 {
-        self.scalar(
-            "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM orders WHERE round_id LIKE $1 \
-             AND status IN ('pending_payment', 'paid')",
-            &[round_like],
-        )
-        .await
+        self.scalar(LIVE_UNITS_SQL, &[round_like]).await
     }
 
     /// The most live units one user holds in one round.
     pub async fn max_units_per_user(&self) -> i64 {
-        self.scalar(
-            "SELECT CAST(COALESCE(MAX(units), 0) AS BIGINT) FROM (SELECT SUM(quantity) AS units \
-             FROM orders WHERE status IN ('pending_payment', 'paid') GROUP BY round_id, user_id) AS per_user",
-            &[],
-        )
-        .await
+        self.scalar(MAX_UNITS_PER_USER_SQL, &[]).await
     }
 
     pub async fn order_ids(&self) -> std::collections::HashSet<String> {
@@ -560,9 +546,7 @@ impl Audit {
     pub async fn status_of(&self, id: &str) -> String {
         let sql = "SELECT status FROM orders WHERE id = $1";
         match self {
-            Audit::Sqlite(db) => db
-                .query_row(&sql.replace("$1", "?1"), [id], |r| r.get(0))
-                .unwrap(),
+            Audit::Sqlite(db) => db.query_row(sql, [id], |r| r.get(0)).unwrap(),
             Audit::Postgres(client) => client.query_one(sql, &[&id]).await.unwrap().get(0),
         }
     }
