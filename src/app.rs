@@ -5,9 +5,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::auth::TokenVerifier;
-use crate::catalog::Catalog;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::admission::Admission;
+use crate::catalog::LiveCatalog;
+use crate::sold_out::SoldOutMarks;
 use crate::clock::Clock;
-use crate::config::{Config, Limits, Secrets, ServerSettings};
+use crate::catalog::Catalog;
+use crate::config::{drop_from_json, Config, Secrets, ServerSettings};
 use crate::engine::{EmbeddedEngine, EngineError, InventoryEngine, RedisEngine, RedisOrderWriter};
 use crate::store::{OrderStore, StoreError};
 
@@ -56,14 +61,18 @@ impl Database {
 }
 
 pub struct App {
-    pub catalog: Catalog,
+    catalog: LiveCatalog,
     pub engine: Arc<dyn InventoryEngine>,
     pub store: OrderStore,
     pub clock: Arc<dyn Clock>,
     pub tokens: TokenVerifier,
     pub secrets: Secrets,
     pub settings: ServerSettings,
-    pub limits: Limits,
+    pub admission: Admission,
+    /// SKUs the engine said are sold out, refused here without asking it again.
+    pub sold_out: SoldOutMarks,
+    /// Connections open now; the server counts them, `/metrics` shows them.
+    pub connections: AtomicUsize,
     /// In Redis mode, the task that moves winners from Redis into the store.
     pub redis_writer: Option<RedisOrderWriter>,
 }
@@ -81,13 +90,14 @@ impl App {
             Database::Sqlite(path) => OrderStore::open_sqlite(path)?,
             Database::Postgres(url) => OrderStore::open_postgres(url).await?,
         };
+        let catalog = LiveCatalog::new(config.catalog);
         let (engine, redis_writer): (Arc<dyn InventoryEngine>, _) = match choice {
             EngineChoice::Embedded => {
                 let engine = EmbeddedEngine::open(store.clone(), clock.clone()).await?;
                 (Arc::new(engine), None)
             }
             EngineChoice::Redis { url } => {
-                let engine = RedisEngine::open(url, config.catalog.clone(), store.clone()).await?;
+                let engine = RedisEngine::open(url, catalog.clone(), store.clone()).await?;
                 // Stable across restarts, so a restarted instance re-reads its
                 // own pending winners at once. Two instances with one name
                 // (same host and listen address) are still safe: a winner
@@ -99,17 +109,62 @@ impl App {
                 (Arc::new(engine), Some(writer))
             }
         };
-        Ok(Arc::new(Self {
-            catalog: config.catalog,
+        let app = Arc::new(Self {
+            catalog,
             engine,
             store,
             clock,
             tokens: TokenVerifier::new(&config.auth.jwt_secret),
             secrets: config.auth,
             settings: config.server,
-            limits: config.limits,
+            admission: Admission::new(config.limits),
+            sold_out: SoldOutMarks::default(),
+            connections: AtomicUsize::new(0),
             redis_writer,
-        }))
+        });
+        app.load_saved_drops().await?;
+        Ok(app)
+    }
+}
+
+impl App {
+    /// Adds the drops operators created (here or on another instance) that
+    /// this instance does not have yet.
+    pub async fn load_saved_drops(&self) -> Result<(), StoreError> {
+        for definition in self.store.saved_drops().await? {
+            match drop_from_json(definition.as_bytes()) {
+                Ok(drop) if self.catalog.get(drop.id.as_str()).is_none() => {
+                    tracing::info!(drop = %drop.id, "drop created by an operator loaded");
+                    // Lost a race with another loader: it is there either way.
+                    let _ = self.catalog.add(drop);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "a stored drop no longer passes the checks"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The catalog as it stands now (operators may add drops at any time).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.snapshot()
+    }
+
+    pub fn live_catalog(&self) -> &LiveCatalog {
+        &self.catalog
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Won orders not yet in the order store: the Redis stream's backlog, or
+    /// in embedded mode the jobs queued for the writer's next commit.
+    pub fn writer_lag(&self) -> u64 {
+        match &self.redis_writer {
+            Some(writer) => writer.lag(),
+            None => self.store.queued() as u64,
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
@@ -90,5 +92,50 @@ impl Catalog {
 
     pub fn drops(&self) -> &[Arc<Drop>] {
         &self.drops
+    }
+}
+
+/// The catalog as it stands now. Operators add drops while the server runs,
+/// so readers take a snapshot (one atomic load, no lock) and writers swap in
+/// a new catalog.
+#[derive(Clone, Default)]
+pub struct LiveCatalog(Arc<ArcSwap<Catalog>>);
+
+/// A drop with this id is already on sale.
+#[derive(Debug, thiserror::Error)]
+#[error("a drop with id {0:?} exists")]
+pub struct DropExists(pub String);
+
+impl LiveCatalog {
+    pub fn new(catalog: Catalog) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(catalog)))
+    }
+
+    pub fn snapshot(&self) -> Arc<Catalog> {
+        self.0.load_full()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Drop>> {
+        self.0.load().get(id).cloned()
+    }
+
+    /// Adds a drop unless its id is taken.
+    pub fn add(&self, drop: Drop) -> Result<Arc<Drop>, DropExists> {
+        let drop = Arc::new(drop);
+        let mut taken = false;
+        self.0.rcu(|current| {
+            taken = current.get(drop.id.as_str()).is_some();
+            if taken {
+                return current.clone();
+            }
+            let mut next = Catalog::clone(current);
+            next.by_id.insert(drop.id.as_str().to_owned(), drop.clone());
+            next.drops.push(drop.clone());
+            Arc::new(next)
+        });
+        if taken {
+            return Err(DropExists(drop.id.as_str().to_owned()));
+        }
+        Ok(drop)
     }
 }

@@ -2,14 +2,14 @@
 //! checks that stop start-up with a message naming the drop and the field.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jiff::civil::{Time, Weekday};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, Drop, Sku};
 use crate::domain::{DropId, SkuId};
@@ -68,7 +68,7 @@ pub struct Secrets {
 }
 
 /// Admission-control limits; the admin API changes them live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub global_rps: u32,
@@ -94,6 +94,34 @@ impl Default for Limits {
     }
 }
 
+/// The largest rate or burst accepted; beyond it a limit means "no limit"
+/// and is more likely a typo than a wish.
+pub const MAX_RATE: u32 = 10_000_000;
+/// The largest in-flight cap accepted: far past what one engine can serve.
+pub const MAX_IN_FLIGHT: u32 = 1_000_000;
+
+impl Limits {
+    /// Refuses a limit of 0 (nothing would get through) and absurd ones,
+    /// naming the field.
+    pub fn check(self) -> Result<Self, (&'static str, String)> {
+        let fields = [
+            ("global_rps", self.global_rps, MAX_RATE),
+            ("global_burst", self.global_burst, MAX_RATE),
+            ("per_user_rps", self.per_user_rps, MAX_RATE),
+            ("per_user_burst", self.per_user_burst, MAX_RATE),
+            ("per_ip_rps", self.per_ip_rps, MAX_RATE),
+            ("per_ip_burst", self.per_ip_burst, MAX_RATE),
+            ("max_in_flight", self.max_in_flight, MAX_IN_FLIGHT),
+        ];
+        for (name, value, max) in fields {
+            if value == 0 || value > max {
+                return Err((name, format!("must be from 1 to {max}, not {value}")));
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// Connection-level protections and background-task periods.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -110,6 +138,10 @@ pub struct ServerSettings {
     /// Redis mode: winners a writer read but never acknowledged for this
     /// long are taken over by another writer (its instance presumably died).
     pub claim_idle: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` is believed. From anyone
+    /// else the header is ignored, or a client could pick its own address
+    /// and slip past the per-address bucket.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for ServerSettings {
@@ -121,6 +153,7 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(1),
             claim_idle: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -156,6 +189,8 @@ struct ServerSection {
     shutdown_grace: Option<String>,
     sweep_interval: Option<String>,
     claim_idle: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,21 +307,9 @@ fn resolve_secrets(auth: AuthSection, source: SecretSource) -> Result<Secrets, C
 }
 
 fn check_limits(limits: Limits) -> Result<Limits, ConfigError> {
-    let fields = [
-        ("global_rps", limits.global_rps),
-        ("global_burst", limits.global_burst),
-        ("per_user_rps", limits.per_user_rps),
-        ("per_user_burst", limits.per_user_burst),
-        ("per_ip_rps", limits.per_ip_rps),
-        ("per_ip_burst", limits.per_ip_burst),
-        ("max_in_flight", limits.max_in_flight),
-    ];
-    for (name, value) in fields {
-        if value == 0 {
-            return Err(field_error(format!("limits.{name}"), "must be at least 1"));
-        }
-    }
-    Ok(limits)
+    limits
+        .check()
+        .map_err(|(field, message)| field_error(format!("limits.{field}"), message))
 }
 
 fn parse_server(section: ServerSection) -> Result<ServerSettings, ConfigError> {
@@ -316,6 +339,18 @@ fn parse_server(section: ServerSection) -> Result<ServerSettings, ConfigError> {
             defaults.sweep_interval,
         )?,
         claim_idle: duration("claim_idle", section.claim_idle, defaults.claim_idle)?,
+        trusted_proxies: section
+            .trusted_proxies
+            .iter()
+            .map(|raw| {
+                raw.parse().map_err(|_| {
+                    field_error(
+                        "server.trusted_proxies",
+                        format!("{raw:?} is not an IP address"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
     };
     if settings.max_connections == 0 {
         return Err(field_error("server.max_connections", "must be at least 1"));
@@ -335,6 +370,14 @@ pub fn parse_positive_duration(raw: &str) -> Result<SignedDuration, String> {
         return Err(format!("{raw:?} must be longer than zero"));
     }
     Ok(duration)
+}
+
+/// A drop sent as JSON by an operator, in the shape of a `[[drops]]` table,
+/// checked exactly like one in the config file.
+pub fn drop_from_json(json: &[u8]) -> Result<Drop, ConfigError> {
+    let section: DropSection = serde_json::from_slice(json)
+        .map_err(|e| field_error("drop", format!("not a drop definition: {e}")))?;
+    parse_drop(section)
 }
 
 fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {

@@ -14,6 +14,7 @@
 //! - [`http`]: the hyper server, routing and handlers.
 //! - [`app`]: the shared state, put together from the configuration.
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod catalog;
@@ -29,7 +30,10 @@ pub mod order;
 pub mod payment;
 pub mod schedule;
 pub mod store;
+pub mod sold_out;
 pub mod sweeper;
+pub mod telemetry;
+pub mod upkeep;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,11 +51,14 @@ pub async fn run(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), store::StoreError> {
-    let (stop_sweeper, stop) = watch::channel(false);
-    let sweeper = tokio::spawn(sweeper::run(app.clone(), stop));
+    let (stop_background, stop) = watch::channel(false);
+    telemetry::recorder();
+    let sweeper = tokio::spawn(sweeper::run(app.clone(), stop.clone()));
+    let upkeep = tokio::spawn(upkeep::run(app.clone(), stop));
     http::serve(listener, app.clone(), shutdown).await;
-    let _ = stop_sweeper.send(true);
+    let _ = stop_background.send(true);
     let _ = sweeper.await;
+    let _ = upkeep.await;
     if let Some(writer) = &app.redis_writer {
         writer.drain_and_stop().await;
     }

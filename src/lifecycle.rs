@@ -3,7 +3,10 @@
 //! transaction (so an order has one fate, I5); only an order that this call
 //! moved out of pending payment gives its units back (exactly once).
 
+use std::time::Instant;
+
 use crate::app::App;
+use crate::telemetry;
 use crate::domain::{OrderId, UserId};
 use crate::order::Order;
 use crate::payment::PaymentNotice;
@@ -72,7 +75,12 @@ async fn return_stock(app: &App, order: &Order) {
     // The order has ended in the store already. Should the engine fail here,
     // the units stay held until a restart rebuilds the books from the store:
     // stock is undersold for a while, never oversold.
-    if let Err(e) = app.engine.release(order).await {
-        tracing::error!(order = %order.id, error = %e, "could not return stock");
+    let started = Instant::now();
+    let released = app.engine.release(order).await;
+    telemetry::engine_call("release", started.elapsed());
+    match released {
+        Ok(true) => app.sold_out.clear(&order.round_id, order.sku.as_str()),
+        Ok(false) => {}
+        Err(e) => tracing::error!(order = %order.id, error = %e, "could not return stock"),
     }
 }

@@ -145,7 +145,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
 fn print_demo_help(app: &App, addr: std::net::SocketAddr) {
     let drop = app
-        .catalog
+        .live_catalog()
         .get(demo::DEMO_DROP)
         .expect("the demo has its drop");
     let round = drop.round_at(jiff::Timestamp::now());

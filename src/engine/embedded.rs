@@ -11,7 +11,7 @@ use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
 use crate::clock::Clock;
 use crate::domain::SkuId;
 use crate::order::Order;
-use crate::store::{OrderStore, StoreError};
+use crate::store::{OrderStore, Restock, StoreError};
 
 pub struct EmbeddedEngine {
     /// One book per round. The lock is a std mutex because it is held only
@@ -33,6 +33,11 @@ impl EmbeddedEngine {
         for stored in engine.store.engine_snapshot().await? {
             let book = engine.book(&stored.order.round_id);
             lock(&book).restore(&stored.order, stored.idempotency);
+        }
+        for restock in engine.store.restocks(None).await? {
+            let sku = SkuId::parse(&restock.sku)
+                .map_err(|e| StoreError::Database(format!("restock of SKU {:?}: {}", restock.sku, e.0)))?;
+            lock(&engine.book(&restock.round_id)).restock(sku, restock.units);
         }
         Ok(engine)
     }
@@ -127,11 +132,29 @@ impl InventoryEngine for EmbeddedEngine {
         sku: &SkuId,
         allocated: u64,
     ) -> Result<u64, EngineError> {
-        let sold = match self.rounds.get(round_id).map(|b| b.clone()) {
-            Some(book) => lock(&book).sold(sku),
-            None => 0,
+        let (sold, restocked) = match self.rounds.get(round_id).map(|b| b.clone()) {
+            Some(book) => {
+                let book = lock(&book);
+                (book.sold(sku), book.restocked(sku))
+            }
+            None => (0, 0),
         };
-        Ok(allocated.saturating_sub(sold))
+        Ok((allocated + restocked).saturating_sub(sold))
+    }
+
+    async fn restock(&self, round_id: &str, sku: &SkuId, units: u64) -> Result<(), EngineError> {
+        // Stored first: a restart rebuilds the round with these units.
+        let restock = Restock {
+            round_id: round_id.to_owned(),
+            sku: sku.as_str().to_owned(),
+            units,
+        };
+        self.store
+            .add_restock(restock, self.clock.now())
+            .await
+            .map_err(unavailable)?;
+        lock(&self.book(round_id)).restock(sku.clone(), units);
+        Ok(())
     }
 
     async fn ready(&self) -> bool {

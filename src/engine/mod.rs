@@ -76,6 +76,10 @@ pub trait InventoryEngine: Send + Sync + 'static {
         allocated: u64,
     ) -> Result<u64, EngineError>;
 
+    /// Adds `units` of `sku` to a round for sale at once, recorded in the
+    /// order store first so that a rebuilt round has them too.
+    async fn restock(&self, round_id: &str, sku: &SkuId, units: u64) -> Result<(), EngineError>;
+
     /// A won order the order store may not hold yet (read-your-writes while
     /// the Redis order writer lags); the embedded engine writes before it answers.
     async fn recent_order(&self, _id: &OrderId) -> Result<Option<Order>, EngineError> {

@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use jiff::Timestamp;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::redis_keys::{drop_of, RoundKeys, ROUNDS};
 use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
-use crate::catalog::Catalog;
+use crate::catalog::LiveCatalog;
 use crate::domain::{OrderId, SkuId};
 use crate::order::Order;
-use crate::store::OrderStore;
+use crate::store::{OrderStore, Restock, StoreError};
 
 /// Bounds on every Redis call, so a dead or stalled Redis becomes a fast 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -34,7 +35,7 @@ pub struct RedisEngine {
     /// commands of many requests; it reconnects after Redis restarts.
     conn: ConnectionManager,
     scripts: Arc<Scripts>,
-    catalog: Catalog,
+    catalog: LiveCatalog,
     store: OrderStore,
 }
 
@@ -56,7 +57,7 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, EngineError> {
 }
 
 impl RedisEngine {
-    pub async fn open(url: &str, catalog: Catalog, store: OrderStore) -> Result<Self, EngineError> {
+    pub async fn open(url: &str, catalog: LiveCatalog, store: OrderStore) -> Result<Self, EngineError> {
         let conn = connect(url).await?;
         let engine = Self {
             conn,
@@ -114,8 +115,12 @@ impl RedisEngine {
             .get(drop_of(round_id))
             .ok_or_else(|| unavailable(format!("round {round_id} of an unknown drop")))?;
         // A stalled database must not hang the requests waiting on this.
-        let read = self.store.live_in_round(round_id.to_owned());
-        let live = tokio::time::timeout(STORE_TIMEOUT, read)
+        let read = async {
+            let live = self.store.live_in_round(round_id.to_owned()).await?;
+            let restocks = self.store.restocks(Some(round_id.to_owned())).await?;
+            Ok::<_, StoreError>((live, restocks))
+        };
+        let (live, restocks) = tokio::time::timeout(STORE_TIMEOUT, read)
             .await
             .map_err(|_| unavailable("the order store did not answer in time"))?
             .map_err(unavailable)?;
@@ -131,9 +136,14 @@ impl RedisEngine {
                 .filter(|o| o.sku == sku.id)
                 .map(|o| u64::from(o.quantity.get()))
                 .sum();
+            let restocked: u64 = restocks
+                .iter()
+                .filter(|r| r.sku == sku.id.as_str())
+                .map(|r| r.units)
+                .sum();
             invocation
                 .arg(sku.id.as_str())
-                .arg(sku.stock.saturating_sub(held));
+                .arg((sku.stock + restocked).saturating_sub(held));
         }
         for order in &live {
             invocation.arg(order.id.as_str()).arg(holding(order));
@@ -255,6 +265,29 @@ impl InventoryEngine for RedisEngine {
                 Ok(left.unwrap_or(allocated))
             }
         }
+    }
+
+    async fn restock(&self, round_id: &str, sku: &SkuId, units: u64) -> Result<(), EngineError> {
+        // The round must exist in Redis before the restock is stored: a
+        // round set up from the store afterwards would count the units twice.
+        self.set_up_round(round_id).await?;
+        let restock = Restock {
+            round_id: round_id.to_owned(),
+            sku: sku.as_str().to_owned(),
+            units,
+        };
+        let stored = self.store.add_restock(restock, Timestamp::now());
+        tokio::time::timeout(STORE_TIMEOUT, stored)
+            .await
+            .map_err(|_| unavailable("the order store did not answer in time"))?
+            .map_err(unavailable)?;
+        let keys = RoundKeys::new(round_id);
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .hincr(&keys.stock, sku.as_str(), units)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn recent_order(&self, id: &OrderId) -> Result<Option<Order>, EngineError> {

@@ -41,6 +41,8 @@ pub enum Decision {
 #[derive(Default)]
 pub struct RoundBook {
     sold: HashMap<SkuId, u64>,
+    /// Units operators added to the round, on top of the catalog's stock.
+    restocked: HashMap<SkuId, u64>,
     held_by_user: HashMap<UserId, u32>,
     live: HashMap<OrderId, Holding>,
     keys: HashMap<(UserId, IdempotencyKey), KeyedOrder>,
@@ -66,7 +68,7 @@ impl RoundBook {
             });
         }
         let sold = self.sold.get(&order.sku).copied().unwrap_or(0);
-        if sold + u64::from(units) > attempt.allocated {
+        if sold + u64::from(units) > attempt.allocated + self.restocked(&order.sku) {
             return Decision::Refused(ReserveOutcome::SoldOut);
         }
         let (durable, durability) = watch::channel(Durability::Pending);
@@ -115,6 +117,15 @@ impl RoundBook {
 
     pub fn sold(&self, sku: &SkuId) -> u64 {
         self.sold.get(sku).copied().unwrap_or(0)
+    }
+
+    pub fn restocked(&self, sku: &SkuId) -> u64 {
+        self.restocked.get(sku).copied().unwrap_or(0)
+    }
+
+    /// Adds units to the round (an operator's restock, or one read back at start).
+    pub fn restock(&mut self, sku: SkuId, units: u64) {
+        *self.restocked.entry(sku).or_default() += units;
     }
 
     fn hold(&mut self, order: &Order) {

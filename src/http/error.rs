@@ -5,6 +5,7 @@ use hyper::StatusCode;
 use jiff::Timestamp;
 use serde_json::{json, Map, Value};
 
+use crate::admission::{Layer, Rejection};
 use crate::domain::InvalidValue;
 use crate::engine::{EngineError, ReserveOutcome};
 use crate::store::StoreError;
@@ -37,8 +38,22 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyMismatch,
+    #[error("a drop with this id exists")]
+    DropExists,
+    #[error("too many requests ({}); retry after {retry_after} s", layer_text(*.layer))]
+    RateLimited { layer: Layer, retry_after: u32 },
+    #[error("the server is at capacity; retry shortly")]
+    Overloaded,
     #[error("a backend is unavailable: {0}")]
     Unavailable(String),
+}
+
+fn layer_text(layer: Layer) -> &'static str {
+    match layer {
+        Layer::Ip => "from this address",
+        Layer::User => "from this account",
+        Layer::Global | Layer::InFlight => "for the whole sale",
+    }
 }
 
 impl ApiError {
@@ -54,10 +69,12 @@ impl ApiError {
             | LimitExceeded { .. }
             | NotCancellable { .. }
             | NotPayable { .. }
-            | DuplicateTransaction => StatusCode::CONFLICT,
+            | DuplicateTransaction
+            | DropExists => StatusCode::CONFLICT,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Overloaded | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -77,13 +94,47 @@ impl ApiError {
             AmountMismatch { .. } => "amount_mismatch",
             PayloadTooLarge { .. } => "payload_too_large",
             IdempotencyMismatch => "idempotency_mismatch",
+            DropExists => "drop_exists",
+            RateLimited { .. } => "rate_limited",
+            Overloaded => "overloaded",
+            Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The outcome label of `dropgate_requests_total` for this refusal.
+    pub fn outcome(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            InvalidRequest(_)
+            | NotFound(_)
+            | AmountMismatch { .. }
+            | PayloadTooLarge { .. }
+            | IdempotencyMismatch => "invalid",
+            Unauthorized(_) => "unauthorized",
+            NotOpen { .. } => "not_open",
+            Closed => "closed",
+            SoldOut => "sold_out",
+            LimitExceeded { .. } => "limit_exceeded",
+            NotCancellable { .. } | NotPayable { .. } | DuplicateTransaction | DropExists => {
+                "conflict"
+            }
+            RateLimited { layer, .. } => match layer {
+                Layer::Ip => "rate_limited_ip",
+                Layer::User => "rate_limited_user",
+                Layer::Global | Layer::InFlight => "rate_limited_global",
+            },
+            Overloaded => "overloaded",
             Unavailable(_) => "unavailable",
         }
     }
 
     /// Seconds a client should wait before retrying, for the statuses that invite it.
     pub fn retry_after(&self) -> Option<u32> {
-        matches!(self, ApiError::Unavailable(_)).then_some(1)
+        match self {
+            ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ApiError::Overloaded | ApiError::Unavailable(_) => Some(1),
+            _ => None,
+        }
     }
 
     pub fn body(&self) -> Value {
@@ -96,6 +147,10 @@ impl ApiError {
             }
             ApiError::LimitExceeded { limit } => {
                 body.insert("limit".into(), json!(limit));
+            }
+            ApiError::RateLimited { layer, retry_after } => {
+                body.insert("layer".into(), json!(layer.as_str()));
+                body.insert("retry_after".into(), json!(retry_after));
             }
             ApiError::AmountMismatch { due } => {
                 body.insert("amount_due".into(), json!(due));
@@ -116,6 +171,18 @@ impl ApiError {
             ReserveOutcome::Won(_) | ReserveOutcome::Replayed(_) => {
                 unreachable!("wins are answered with the order, not an error")
             }
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        match r.layer {
+            Layer::InFlight => ApiError::Overloaded,
+            layer => ApiError::RateLimited {
+                layer,
+                retry_after: r.retry_after_secs(),
+            },
         }
     }
 }

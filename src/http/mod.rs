@@ -1,6 +1,8 @@
 //! The HTTP/1.1 server on hyper: accept loop, connection cap, header-read
 //! timeout, graceful shutdown. Routing and handlers live in the submodules.
 
+mod admin;
+mod client_ip;
 mod error;
 mod json;
 mod ops;
@@ -11,6 +13,7 @@ mod views;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +23,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::App;
 
@@ -47,7 +50,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; retrying");
@@ -60,17 +63,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let open = OpenConnection::count(app.clone(), permit);
         let app = app.clone();
+        let peer = peer.ip();
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(router::handle(&app, req).await) }
+            async move { Ok::<_, Infallible>(router::handle(&app, peer, req).await) }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(permit);
+            drop(open);
         });
     }
 
@@ -84,6 +89,29 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             ?grace,
             "some connections were still busy when the shutdown grace ran out"
         );
+    }
+}
+
+/// An accepted connection: it holds a place under the cap and is counted in
+/// the open-connections gauge until dropped.
+struct OpenConnection {
+    app: Arc<App>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl OpenConnection {
+    fn count(app: Arc<App>, permit: OwnedSemaphorePermit) -> Self {
+        app.connections.fetch_add(1, Ordering::Relaxed);
+        Self {
+            app,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.app.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,11 +1,16 @@
-//! Endpoints for operators and clients' clocks: liveness, readiness, time.
+//! Endpoints for operators and clients' clocks: liveness, readiness,
+//! metrics, time.
 
-use hyper::StatusCode;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
 use serde_json::json;
 
 use super::error::ApiError;
 use super::json::{json, HttpResponse};
 use crate::app::App;
+use crate::telemetry;
 
 pub fn healthz() -> HttpResponse {
     json(StatusCode::OK, &json!({"status": "ok"}))
@@ -15,9 +20,7 @@ pub async fn readyz(app: &App) -> Result<HttpResponse, ApiError> {
     let (engine, database) = tokio::join!(app.engine.ready(), app.store.ping());
     let state = |up: bool| if up { "up" } else { "down" };
     let mut body = json!({"engine": state(engine), "database": state(database)});
-    if let Some(writer) = &app.redis_writer {
-        body["order_writer_lag"] = json!(writer.lag());
-    }
+    body["order_writer_lag"] = json!(app.writer_lag());
     if engine && database {
         Ok(json(StatusCode::OK, &body))
     } else {
@@ -32,4 +35,14 @@ pub fn time(app: &App) -> HttpResponse {
         StatusCode::OK,
         &json!({"now": now.to_string(), "unix_ms": now.as_millisecond()}),
     )
+}
+
+/// Every metric in Prometheus text format.
+pub async fn metrics(app: &App) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(telemetry::render(app).await)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }

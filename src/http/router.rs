@@ -1,36 +1,162 @@
-//! Routing: one match on method and path segments.
+//! Routing: one match on method and path segments, then the per-address
+//! bucket for shopper-facing endpoints, then the handler; every answer is
+//! counted and timed by endpoint and outcome.
+
+use std::net::IpAddr;
+use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::{Method, Request};
+use hyper::{Method, Request, StatusCode};
 
+use super::client_ip::client_ip;
 use super::error::ApiError;
 use super::json::{error, HttpResponse};
-use super::{ops, payments, shopper};
+use super::{admin, ops, payments, shopper};
 use crate::app::App;
+use crate::telemetry;
 
-pub async fn handle(app: &App, req: Request<Incoming>) -> HttpResponse {
-    route(app, req).await.unwrap_or_else(|e| error(&e))
+enum Route<'a> {
+    Healthz,
+    Readyz,
+    Metrics,
+    Time,
+    Drops,
+    Drop(&'a str),
+    Reserve(&'a str),
+    Orders,
+    Order(&'a str),
+    Cancel(&'a str),
+    PaymentNotify,
+    GetLimits,
+    PutLimits,
+    CreateDrop,
+    Stats(&'a str),
+    Restock(&'a str),
+    Unknown,
 }
 
-async fn route(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let method = req.method().clone();
+impl Route<'_> {
+    fn of<'a>(method: &Method, segments: &[&'a str]) -> Route<'a> {
+        match (method, segments) {
+            (&Method::GET, ["healthz"]) => Route::Healthz,
+            (&Method::GET, ["readyz"]) => Route::Readyz,
+            (&Method::GET, ["metrics"]) => Route::Metrics,
+            (&Method::GET, ["api", "v1", "time"]) => Route::Time,
+            (&Method::GET, ["api", "v1", "drops"]) => Route::Drops,
+            (&Method::GET, ["api", "v1", "drops", drop]) => Route::Drop(drop),
+            (&Method::POST, ["api", "v1", "drops", drop, "reserve"]) => Route::Reserve(drop),
+            (&Method::GET, ["api", "v1", "orders"]) => Route::Orders,
+            (&Method::GET, ["api", "v1", "orders", order]) => Route::Order(order),
+            (&Method::POST, ["api", "v1", "orders", order, "cancel"]) => Route::Cancel(order),
+            (&Method::POST, ["api", "v1", "payments", "notify"]) => Route::PaymentNotify,
+            (&Method::GET, ["admin", "v1", "limits"]) => Route::GetLimits,
+            (&Method::PUT, ["admin", "v1", "limits"]) => Route::PutLimits,
+            (&Method::POST, ["admin", "v1", "drops"]) => Route::CreateDrop,
+            (&Method::GET, ["admin", "v1", "drops", drop, "stats"]) => Route::Stats(drop),
+            (&Method::POST, ["admin", "v1", "drops", drop, "restock"]) => Route::Restock(drop),
+            _ => Route::Unknown,
+        }
+    }
+
+    /// The `endpoint` label in metrics.
+    fn name(&self) -> &'static str {
+        match self {
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::Time => "time",
+            Route::Drops => "list_drops",
+            Route::Drop(_) => "get_drop",
+            Route::Reserve(_) => "reserve",
+            Route::Orders => "list_orders",
+            Route::Order(_) => "get_order",
+            Route::Cancel(_) => "cancel_order",
+            Route::PaymentNotify => "payment_notify",
+            Route::GetLimits => "admin_get_limits",
+            Route::PutLimits => "admin_put_limits",
+            Route::CreateDrop => "admin_create_drop",
+            Route::Stats(_) => "admin_stats",
+            Route::Restock(_) => "admin_restock",
+            Route::Unknown => "unknown",
+        }
+    }
+
+    /// Endpoints shoppers' apps call, which the per-address bucket guards.
+    /// Operators, probes, scrapers and the payment gateway (which signs
+    /// its calls) are not shoppers.
+    fn shopper_facing(&self) -> bool {
+        matches!(
+            self,
+            Route::Time
+                | Route::Drops
+                | Route::Drop(_)
+                | Route::Reserve(_)
+                | Route::Orders
+                | Route::Order(_)
+                | Route::Cancel(_)
+                | Route::Unknown
+        )
+    }
+}
+
+pub async fn handle(app: &App, peer: IpAddr, req: Request<Incoming>) -> HttpResponse {
+    let started = Instant::now();
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (method, segments.as_slice()) {
-        (Method::GET, ["healthz"]) => Ok(ops::healthz()),
-        (Method::GET, ["readyz"]) => ops::readyz(app).await,
-        (Method::GET, ["api", "v1", "time"]) => Ok(ops::time(app)),
-        (Method::GET, ["api", "v1", "drops"]) => shopper::list_drops(app).await,
-        (Method::GET, ["api", "v1", "drops", drop]) => shopper::get_drop(app, drop).await,
-        (Method::POST, ["api", "v1", "drops", drop, "reserve"]) => {
-            shopper::reserve(app, drop, req).await
-        }
-        (Method::GET, ["api", "v1", "orders"]) => shopper::list_orders(app, &req).await,
-        (Method::GET, ["api", "v1", "orders", order]) => shopper::get_order(app, order, &req).await,
-        (Method::POST, ["api", "v1", "orders", order, "cancel"]) => {
-            shopper::cancel_order(app, order, &req).await
-        }
-        (Method::POST, ["api", "v1", "payments", "notify"]) => payments::notify(app, req).await,
-        _ => Err(ApiError::NotFound(format!("no endpoint {path}"))),
+    let route = Route::of(req.method(), &segments);
+    let endpoint = route.name();
+    let result = match admit(app, &route, peer, &req) {
+        Ok(()) => dispatch(app, route, &path, req).await,
+        Err(e) => Err(e),
+    };
+    let outcome = match &result {
+        Ok(response) => success(endpoint, response.status()),
+        Err(e) => e.outcome(),
+    };
+    telemetry::request(endpoint, outcome, started.elapsed());
+    result.unwrap_or_else(|e| error(&e))
+}
+
+/// The per-address bucket, before any parsing of the request.
+fn admit(app: &App, route: &Route<'_>, peer: IpAddr, req: &Request<Incoming>) -> Result<(), ApiError> {
+    if !route.shopper_facing() {
+        return Ok(());
+    }
+    let ip = client_ip(peer, req.headers(), &app.settings.trusted_proxies);
+    Ok(app.admission.check_ip(ip)?)
+}
+
+fn success(endpoint: &'static str, status: StatusCode) -> &'static str {
+    match (endpoint, status) {
+        ("reserve", StatusCode::CREATED) => "won",
+        ("reserve", _) => "replayed",
+        _ => "ok",
+    }
+}
+
+async fn dispatch(
+    app: &App,
+    route: Route<'_>,
+    path: &str,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    match route {
+        Route::Healthz => Ok(ops::healthz()),
+        Route::Readyz => ops::readyz(app).await,
+        Route::Metrics => Ok(ops::metrics(app).await),
+        Route::Time => Ok(ops::time(app)),
+        Route::Drops => shopper::list_drops(app).await,
+        Route::Drop(drop) => shopper::get_drop(app, drop).await,
+        Route::Reserve(drop) => shopper::reserve(app, drop, req).await,
+        Route::Orders => shopper::list_orders(app, &req).await,
+        Route::Order(order) => shopper::get_order(app, order, &req).await,
+        Route::Cancel(order) => shopper::cancel_order(app, order, &req).await,
+        Route::PaymentNotify => payments::notify(app, req).await,
+        Route::GetLimits => admin::get_limits(app, &req),
+        Route::PutLimits => admin::put_limits(app, req).await,
+        Route::CreateDrop => admin::create_drop(app, req).await,
+        Route::Stats(drop) => admin::stats(app, drop, &req).await,
+        Route::Restock(drop) => admin::restock(app, drop, req).await,
+        Route::Unknown => Err(ApiError::NotFound(format!("no endpoint {path}"))),
     }
 }

@@ -6,6 +6,7 @@ use hyper::{Request, StatusCode};
 use jiff::{Timestamp, Unit};
 use serde::Deserialize;
 use serde_json::json;
+use std::time::Instant;
 
 use super::error::ApiError;
 use super::json::{json, parse, read_body, HttpResponse};
@@ -18,28 +19,33 @@ use crate::lifecycle::{self, Cancelled};
 use crate::money::Currency;
 use crate::order::{Order, OrderStatus};
 use crate::schedule::Phase;
+use crate::telemetry;
 
+/// Verifies the shopper's token, then spends a token from their bucket.
 pub fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Shopper, ApiError> {
     let header = req
         .headers()
         .get(AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    app.tokens
+    let shopper = app
+        .tokens
         .verify(header)
-        .map_err(|e| ApiError::Unauthorized(e.0.to_owned()))
+        .map_err(|e| ApiError::Unauthorized(e.0.to_owned()))?;
+    app.admission.check_user(&shopper.user)?;
+    Ok(shopper)
 }
 
 pub async fn list_drops(app: &App) -> Result<HttpResponse, ApiError> {
-    let mut drops = Vec::with_capacity(app.catalog.drops().len());
-    for drop in app.catalog.drops() {
+    let mut drops = Vec::with_capacity(app.catalog().drops().len());
+    for drop in app.catalog().drops() {
         drops.push(DropView::of(app, drop).await?);
     }
     Ok(json(StatusCode::OK, &json!({ "drops": drops })))
 }
 
 pub async fn get_drop(app: &App, drop_id: &str) -> Result<HttpResponse, ApiError> {
-    let drop = app.catalog.get(drop_id).ok_or_else(|| no_drop(drop_id))?;
-    Ok(json(StatusCode::OK, &DropView::of(app, drop).await?))
+    let drop = app.catalog().get(drop_id).cloned().ok_or_else(|| no_drop(drop_id))?;
+    Ok(json(StatusCode::OK, &DropView::of(app, &drop).await?))
 }
 
 fn no_drop(drop_id: &str) -> ApiError {
@@ -67,10 +73,9 @@ pub async fn reserve(
 ) -> Result<HttpResponse, ApiError> {
     let shopper = authenticate(app, &req)?;
     let drop = app
-        .catalog
+        .live_catalog()
         .get(drop_id)
-        .ok_or_else(|| no_drop(drop_id))?
-        .clone();
+        .ok_or_else(|| no_drop(drop_id))?;
     let key = match req.headers().get("idempotency-key") {
         None => None,
         Some(raw) => Some(IdempotencyKey::parse(raw.to_str().unwrap_or(""))?),
@@ -102,11 +107,14 @@ pub async fn reserve(
         Phase::Closed => return Err(ApiError::Closed),
         Phase::Open => {}
     }
+    if app.sold_out.refuses(&round.id, sku.id.as_str()) {
+        return Err(ApiError::SoldOut);
+    }
     let charges = sku.charges(quantity);
     let order = Order {
         id: OrderId::generate(),
         drop_id: drop.id.clone(),
-        round_id: round.id,
+        round_id: round.id.clone(),
         sku: sku.id.clone(),
         quantity,
         user_id: shopper.user,
@@ -130,9 +138,21 @@ pub async fn reserve(
         per_user_limit: drop.per_user_limit,
         idempotency: key.map(|k| (k, format!("{}*{}", sku.id, quantity.get()))),
     };
-    match app.engine.reserve(attempt).await? {
-        ReserveOutcome::Won(order) => Ok(json(StatusCode::CREATED, &order)),
+    let _in_flight = app.admission.enter_engine()?;
+    let started = Instant::now();
+    let decided = app.engine.reserve(attempt).await;
+    telemetry::engine_call("reserve", started.elapsed());
+    match decided? {
+        ReserveOutcome::Won(order) => {
+            // A recheck that wins means stock came back: let everyone in.
+            app.sold_out.clear(&order.round_id, order.sku.as_str());
+            Ok(json(StatusCode::CREATED, &order))
+        }
         ReserveOutcome::Replayed(order) => Ok(json(StatusCode::OK, &order)),
+        ReserveOutcome::SoldOut => {
+            app.sold_out.mark(&round.id, sku.id.as_str());
+            Err(ApiError::SoldOut)
+        }
         refusal => Err(ApiError::from_refusal(refusal)),
     }
 }

@@ -161,6 +161,47 @@ impl OrderColumns {
 }
 
 /// UTC with milliseconds and a fixed width, so text order is time order.
+/// Units an operator added to a SKU in a round (summed over restocks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restock {
+    pub round_id: String,
+    pub sku: String,
+    pub units: u64,
+}
+
+/// A round's orders by status, for the operators' statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatusCounts {
+    pub pending_payment: u64,
+    pub paid: u64,
+    pub cancelled: u64,
+    pub expired: u64,
+}
+
+impl StatusCounts {
+    fn add(&mut self, status: &str, n: u64) {
+        match status {
+            "pending_payment" => self.pending_payment += n,
+            "paid" => self.paid += n,
+            "cancelled" => self.cancelled += n,
+            "expired" => self.expired += n,
+            other => tracing::warn!(status = other, "unknown order status in the store"),
+        }
+    }
+}
+
+/// Restocks summed per round and SKU; all rounds when the parameter is NULL.
+fn restocks_sql(param: &str) -> String {
+    format!(
+        "SELECT round_id, sku, CAST(SUM(units) AS BIGINT) FROM restocks \
+         WHERE {param} IS NULL OR round_id = {param} GROUP BY round_id, sku"
+    )
+}
+
+fn status_counts_sql(param: &str) -> String {
+    format!("SELECT status, COUNT(*) FROM orders WHERE round_id = {param} GROUP BY status")
+}
+
 pub fn db_time(t: Timestamp) -> String {
     format!(
         "{}.{:03}Z",
@@ -284,5 +325,42 @@ impl OrderStore {
     /// True when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         dispatch!(self.ping())
+    }
+
+    /// Records units an operator added to a round.
+    pub async fn add_restock(&self, restock: Restock, now: Timestamp) -> Result<(), StoreError> {
+        dispatch!(self.add_restock(restock, now))
+    }
+
+    /// Restocks of one round, or of every round.
+    pub async fn restocks(&self, round_id: Option<String>) -> Result<Vec<Restock>, StoreError> {
+        dispatch!(self.restocks(round_id))
+    }
+
+    pub async fn status_counts(&self, round_id: String) -> Result<StatusCounts, StoreError> {
+        dispatch!(self.status_counts(round_id))
+    }
+
+    /// Records a drop an operator created; false if its id is taken.
+    pub async fn save_drop(
+        &self,
+        id: String,
+        definition: String,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.save_drop(id, definition, now))
+    }
+
+    /// Every drop operators created, as the JSON they sent, oldest first.
+    pub async fn saved_drops(&self) -> Result<Vec<String>, StoreError> {
+        dispatch!(self.saved_drops())
+    }
+
+    /// Jobs waiting for (or in) the writer's next commit.
+    pub fn queued(&self) -> usize {
+        match self {
+            OrderStore::Sqlite(store) => store.queued(),
+            OrderStore::Postgres(store) => store.queued(),
+        }
     }
 }

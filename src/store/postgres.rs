@@ -11,14 +11,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use super::{
-    db_time, pay_step, snapshot_sql, CancelOutcome, Keyed, OrderColumns, PayOutcome, PayStep,
-    StoreError, StoredOrder, ORDER_COLUMNS,
+    db_time, pay_step, restocks_sql, snapshot_sql, status_counts_sql, CancelOutcome, Keyed,
+    OrderColumns, PayOutcome, PayStep, Restock, StatusCounts, StoreError, StoredOrder,
+    ORDER_COLUMNS,
 };
 use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::order::{Order, OrderStatus};
 use crate::payment::PaymentNotice;
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_orders.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_orders.sql"),
+    include_str!("../../migrations/postgres/0002_operations.sql"),
+];
 /// Jobs committed together at most; bounds the latency one commit adds.
 const MAX_BATCH: usize = 2048;
 /// Jobs that may wait for the writer; a full queue makes callers wait.
@@ -234,6 +238,75 @@ impl PgStore {
             .collect()
     }
 
+    // Operators' writes are rare and each is one statement: they go straight
+    // to the database rather than through the order writer's queue.
+    pub async fn add_restock(&self, restock: Restock, now: Timestamp) -> Result<(), StoreError> {
+        self.reader
+            .execute(
+                "INSERT INTO restocks (round_id, sku, units, created_at) VALUES ($1, $2, $3, $4)",
+                &[&restock.round_id, &restock.sku, &(restock.units as i64), &db_time(now)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn restocks(&self, round_id: Option<String>) -> Result<Vec<Restock>, StoreError> {
+        let rows = self
+            .reader
+            .query(&restocks_sql("$1::text"), &[&round_id])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Restock {
+                    round_id: row.try_get(0)?,
+                    sku: row.try_get(1)?,
+                    units: row.try_get::<_, i64>(2)? as u64,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn status_counts(&self, round_id: String) -> Result<StatusCounts, StoreError> {
+        let rows = self
+            .reader
+            .query(&status_counts_sql("$1"), &[&round_id])
+            .await?;
+        let mut counts = StatusCounts::default();
+        for row in rows {
+            counts.add(row.try_get(0)?, row.try_get::<_, i64>(1)? as u64);
+        }
+        Ok(counts)
+    }
+
+    pub async fn save_drop(
+        &self,
+        id: String,
+        definition: String,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let inserted = self
+            .reader
+            .execute(
+                "INSERT INTO drops (id, definition, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO NOTHING",
+                &[&id, &definition, &db_time(now)],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    pub async fn saved_drops(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .reader
+            .query("SELECT definition FROM drops ORDER BY created_at, id", &[])
+            .await?;
+        rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     pub async fn ping(&self) -> bool {
         self.reader.simple_query("SELECT 1").await.is_ok()
     }
@@ -274,6 +347,7 @@ async fn select(
 async fn run_writer(mut client: Client, mut queue: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        metrics::histogram!("dropgate_order_writer_batch_size").record(batch.len() as f64);
         let results = match commit(&mut client, &batch).await {
             Ok(results) => results,
             Err(e) => {

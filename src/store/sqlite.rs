@@ -7,14 +7,17 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    db_time, pay_step, snapshot_sql, CancelOutcome, OrderColumns, PayOutcome, PayStep, StoreError,
-    StoredOrder, ORDER_COLUMNS,
+    db_time, pay_step, restocks_sql, snapshot_sql, status_counts_sql, CancelOutcome, OrderColumns,
+    PayOutcome, PayStep, Restock, StatusCounts, StoreError, StoredOrder, ORDER_COLUMNS,
 };
 use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::order::{Order, OrderStatus};
 use crate::payment::PaymentNotice;
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_orders.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_orders.sql"),
+    include_str!("../../migrations/sqlite/0002_operations.sql"),
+];
 
 /// Opens the database file, creating it and its schema when new.
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -244,4 +247,58 @@ pub fn expire_due(conn: &Connection, now: Timestamp, max: usize) -> Result<Vec<O
         }
     }
     Ok(expired)
+}
+
+pub fn add_restock(conn: &Connection, restock: &Restock, now: Timestamp) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO restocks (round_id, sku, units, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        restock.round_id,
+        restock.sku,
+        restock.units as i64,
+        db_time(now)
+    ])?;
+    Ok(())
+}
+
+pub fn restocks(conn: &Connection, round_id: Option<&str>) -> Result<Vec<Restock>, StoreError> {
+    let mut stmt = conn.prepare_cached(&restocks_sql("?1"))?;
+    let rows = stmt.query_map([round_id], |row| {
+        Ok(Restock {
+            round_id: row.get(0)?,
+            sku: row.get(1)?,
+            units: row.get::<_, i64>(2)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn status_counts(conn: &Connection, round_id: &str) -> Result<StatusCounts, StoreError> {
+    let mut stmt = conn.prepare_cached(&status_counts_sql("?1"))?;
+    let rows = stmt.query_map([round_id], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    let mut counts = StatusCounts::default();
+    for row in rows {
+        let (status, n) = row?;
+        counts.add(&status, n as u64);
+    }
+    Ok(counts)
+}
+
+/// Records a drop unless its id is taken; false if it was.
+pub fn save_drop(conn: &Connection, id: &str, definition: &str, now: Timestamp) -> Result<bool, StoreError> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO drops (id, definition, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![id, definition, db_time(now)])?;
+    Ok(inserted == 1)
+}
+
+pub fn saved_drops(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT definition FROM drops ORDER BY created_at, id")?;
+    let rows = stmt.query_map([], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

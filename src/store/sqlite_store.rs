@@ -8,7 +8,9 @@ use jiff::Timestamp;
 use rusqlite::Connection;
 
 use super::writer::{self, Writer};
-use super::{sqlite, CancelOutcome, Keyed, PayOutcome, StoreError, StoredOrder};
+use super::{
+    sqlite, CancelOutcome, Keyed, PayOutcome, Restock, StatusCounts, StoreError, StoredOrder,
+};
 use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::order::Order;
 use crate::payment::PaymentNotice;
@@ -142,6 +144,41 @@ impl SqliteStore {
 
     pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
         self.read(sqlite::engine_snapshot).await
+    }
+
+    pub async fn add_restock(&self, restock: Restock, now: Timestamp) -> Result<(), StoreError> {
+        self.writer
+            .run(move |conn| sqlite::add_restock(conn, &restock, now))
+            .await
+    }
+
+    pub async fn restocks(&self, round_id: Option<String>) -> Result<Vec<Restock>, StoreError> {
+        self.read(move |conn| sqlite::restocks(conn, round_id.as_deref()))
+            .await
+    }
+
+    pub async fn status_counts(&self, round_id: String) -> Result<StatusCounts, StoreError> {
+        self.read(move |conn| sqlite::status_counts(conn, &round_id))
+            .await
+    }
+
+    pub async fn save_drop(
+        &self,
+        id: String,
+        definition: String,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.writer
+            .run(move |conn| sqlite::save_drop(conn, &id, &definition, now))
+            .await
+    }
+
+    pub async fn saved_drops(&self) -> Result<Vec<String>, StoreError> {
+        self.read(sqlite::saved_drops).await
+    }
+
+    pub fn queued(&self) -> usize {
+        self.writer.queued()
     }
 
     /// True when the database answers a trivial query.

@@ -67,6 +67,11 @@ impl Writer {
         Ok(Self { jobs })
     }
 
+    /// Jobs queued or being written now (reserved places included).
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     pub async fn slot(&self) -> Result<Slot, StoreError> {
         self.jobs
             .clone()
@@ -119,6 +124,7 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
 }
 
 fn commit(conn: &mut Connection, batch: &mut Vec<Box<dyn Job>>) {
+    metrics::histogram!("dropgate_order_writer_batch_size").record(batch.len() as f64);
     let committed = match conn.transaction() {
         Ok(tx) => {
             for job in batch.iter_mut() {

@@ -37,8 +37,18 @@ pub fn init_logging() {
     }
 }
 
+/// Limits so high that only tests about admission control meet them.
+pub const OPEN_LIMITS: &str = "global_rps = 10000000\nglobal_burst = 10000000\n\
+    per_user_rps = 10000000\nper_user_burst = 10000000\nper_ip_rps = 10000000\n\
+    per_ip_burst = 10000000\nmax_in_flight = 1000000";
+
 /// The config file head every test uses; append drops to it.
 pub fn config_head(server_extra: &str) -> String {
+    config_head_with_limits(OPEN_LIMITS, server_extra)
+}
+
+/// The config file head with the given `[limits]` lines.
+pub fn config_head_with_limits(limits: &str, server_extra: &str) -> String {
     format!(
         r#"
 listen = "127.0.0.1:0"
@@ -46,6 +56,8 @@ listen = "127.0.0.1:0"
 jwt_secret = "{JWT_SECRET}"
 admin_token = "{ADMIN_TOKEN}"
 payment_secret = "{PAYMENT_SECRET}"
+[limits]
+{limits}
 [server]
 sweep_interval = "50ms"
 shutdown_grace = "5s"

@@ -1,0 +1,113 @@
+//! The local sold-out mark: once the engine has said a SKU is sold out in a
+//! round, later requests for it are refused here, without an engine call.
+//!
+//! Stock can come back (a cancel, an expiry, an operator's restock). On this
+//! instance that clears the mark at once. Another instance sharing the Redis
+//! engine cannot tell us, so a mark is trusted for [`RECHECK`] only: after
+//! that, one request (the first to claim the recheck) asks the engine again
+//! while the rest are still refused. A mark therefore outlives returned stock
+//! by at most `RECHECK` plus one engine call: well within [`CLEAR_BOUND`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+/// How long a sold-out answer from the engine is trusted before one request
+/// asks again.
+pub const RECHECK: Duration = Duration::from_millis(250);
+
+/// The promise made to shoppers and tested: stock that comes back anywhere
+/// is offered again within this time.
+pub const CLEAR_BOUND: Duration = Duration::from_secs(1);
+
+pub struct SoldOutMarks {
+    started: Instant,
+    /// Round id and SKU → when the engine last said "sold out" (ms since
+    /// `started`, plus one so that 0 never means a real time).
+    marks: DashMap<(String, String), AtomicU64>,
+}
+
+impl Default for SoldOutMarks {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            marks: DashMap::new(),
+        }
+    }
+}
+
+impl SoldOutMarks {
+    /// True if the request can be refused as sold out without the engine.
+    /// False when there is no mark, or when this caller should recheck it.
+    pub fn refuses(&self, round_id: &str, sku: &str) -> bool {
+        if self.marks.is_empty() {
+            return false;
+        }
+        // A borrowed tuple key would need a custom Borrow impl; rounds and
+        // SKUs are short, and this path runs only while something is marked.
+        let key = (round_id.to_owned(), sku.to_owned());
+        let Some(mark) = self.marks.get(&key) else {
+            return false;
+        };
+        let checked = mark.load(Ordering::Acquire);
+        let now = self.now_ms();
+        if now.saturating_sub(checked) < RECHECK.as_millis() as u64 {
+            return true;
+        }
+        // Exactly one caller wins the recheck; the others keep refusing.
+        mark.compare_exchange(checked, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+    }
+
+    /// The engine said sold out.
+    pub fn mark(&self, round_id: &str, sku: &str) {
+        let now = self.now_ms();
+        self.marks
+            .entry((round_id.to_owned(), sku.to_owned()))
+            .and_modify(|m| m.store(now, Ordering::Release))
+            .or_insert_with(|| AtomicU64::new(now));
+    }
+
+    /// Units came back, or the engine sold one: the SKU is on sale.
+    pub fn clear(&self, round_id: &str, sku: &str) {
+        if !self.marks.is_empty() {
+            self.marks.remove(&(round_id.to_owned(), sku.to_owned()));
+        }
+    }
+
+    /// Forgets the marks of rounds that are over.
+    pub fn retain_rounds(&self, live: impl Fn(&str) -> bool) {
+        self.marks.retain(|(round, _), _| live(round));
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_refuses_until_cleared() {
+        let marks = SoldOutMarks::default();
+        assert!(!marks.refuses("r1", "a"));
+        marks.mark("r1", "a");
+        assert!(marks.refuses("r1", "a"));
+        assert!(!marks.refuses("r1", "b"), "another SKU is not marked");
+        assert!(!marks.refuses("r2", "a"), "another round is not marked");
+        marks.clear("r1", "a");
+        assert!(!marks.refuses("r1", "a"));
+    }
+
+    #[test]
+    fn an_old_mark_lets_exactly_one_request_recheck() {
+        let marks = SoldOutMarks::default();
+        marks.mark("r1", "a");
+        std::thread::sleep(RECHECK + Duration::from_millis(20));
+        let rechecks = (0..100).filter(|_| !marks.refuses("r1", "a")).count();
+        assert_eq!(rechecks, 1);
+    }
+}

@@ -1,0 +1,77 @@
+//! Metrics in Prometheus text format: counters and histograms recorded where
+//! things happen, gauges read from the running app when `/metrics` is scraped.
+//! README.md lists every metric with what it means.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::app::App;
+
+/// Latency buckets in seconds: fine below 10 ms, where a healthy reserve lives.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// The process-wide recorder. The `metrics` facade has one global recorder,
+/// so every App in a process (tests start several) shares it.
+pub fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("dropgate_order_writer_batch_size".into()),
+                    BATCH_BUCKETS,
+                )
+            })
+            .expect("bucket lists are not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed, which nothing here does.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        handle
+    })
+}
+
+/// One answered request: its endpoint, what became of it, and how long it took.
+pub fn request(endpoint: &'static str, outcome: &'static str, took: Duration) {
+    counter!("dropgate_requests_total", "endpoint" => endpoint, "outcome" => outcome).increment(1);
+    histogram!("dropgate_request_duration_seconds", "endpoint" => endpoint)
+        .record(took.as_secs_f64());
+}
+
+/// One call into the inventory engine.
+pub fn engine_call(call: &'static str, took: Duration) {
+    histogram!("dropgate_engine_call_duration_seconds", "call" => call).record(took.as_secs_f64());
+}
+
+/// Renders every metric, reading the gauges from `app` first.
+pub async fn render(app: &App) -> String {
+    let now = app.clock.now();
+    for drop in app.catalog().drops() {
+        let round = drop.round_at(now);
+        for sku in &drop.skus {
+            // A backend that does not answer leaves the last value in place.
+            if let Ok(left) = app.engine.remaining(&round.id, &sku.id, sku.stock).await {
+                gauge!("dropgate_stock_remaining", "drop" => drop.id.as_str().to_owned(), "sku" => sku.id.as_str().to_owned())
+                    .set(left as f64);
+            }
+        }
+    }
+    gauge!("dropgate_engine_in_flight").set(f64::from(app.admission.in_flight()));
+    gauge!("dropgate_open_connections").set(app.open_connections() as f64);
+    gauge!("dropgate_order_writer_lag").set(app.writer_lag() as f64);
+    let (ips, users) = app.admission.tracked_keys();
+    gauge!("dropgate_limiter_keys", "layer" => "ip").set(ips as f64);
+    gauge!("dropgate_limiter_keys", "layer" => "user").set(users as f64);
+    let handle = recorder();
+    handle.run_upkeep();
+    handle.render()
+}

@@ -1,0 +1,38 @@
+//! Background upkeep, once a second: pick up drops that operators created
+//! on other instances, and every few seconds forget idle rate-limit keys and
+//! fold the metrics' histogram buckets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use crate::app::App;
+use crate::telemetry;
+
+/// How soon a drop created on another instance is on sale here too.
+pub const DROP_PICKUP: Duration = Duration::from_secs(1);
+/// How often idle keys leave the keyed limiters. At 30,000 new shoppers a
+/// second this bounds them to about 150,000 keys (a few MB) between prunes.
+const PRUNE_EVERY: u32 = 5;
+
+pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(DROP_PICKUP);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ticks: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        ticks = ticks.wrapping_add(1);
+        if let Err(e) = app.load_saved_drops().await {
+            tracing::warn!(error = %e, "could not read operators' drops; will retry");
+        }
+        if ticks % PRUNE_EVERY == 0 {
+            app.admission.prune();
+            telemetry::recorder().run_upkeep();
+        }
+    }
+}
