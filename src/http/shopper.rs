@@ -150,7 +150,11 @@ pub async fn reserve(
         }
         ReserveOutcome::Replayed(order) => Ok(json(StatusCode::OK, &order)),
         ReserveOutcome::SoldOut => {
-            app.sold_out.mark(&round.id, sku.id.as_str());
+            // Refused for one unit means none are left; refused for more
+            // may leave a unit for someone asking for less.
+            if quantity.get() == 1 {
+                app.sold_out.mark(&round.id, sku.id.as_str());
+            }
             Err(ApiError::SoldOut)
         }
         refusal => Err(ApiError::from_refusal(refusal)),
