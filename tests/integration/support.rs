@@ -2,6 +2,7 @@
 //! temp data dir and a manual clock, a small HTTP client, and direct reads
 //! of the SQLite order store.
 
+use rusqlite::OptionalExtension;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -233,6 +234,17 @@ impl Http {
             "",
         )
         .await
+    }
+
+    /// Calls the admin API with the admin token.
+    pub async fn admin(&self, method: Method, path: &str, body: &str) -> Reply {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        self.send(method, path, &headers, body.as_bytes().to_vec())
+            .await
     }
 
     /// Units of the first SKU still for sale, as the drop endpoint reports.
@@ -556,10 +568,22 @@ impl Audit {
     }
 
     pub async fn status_of(&self, id: &str) -> String {
+        self.stored_status(id).await.expect("the order is stored")
+    }
+
+    /// The order's status, or None while the store does not have it.
+    pub async fn stored_status(&self, id: &str) -> Option<String> {
         let sql = "SELECT status FROM orders WHERE id = $1";
         match self {
-            Audit::Sqlite(db) => db.query_row(sql, [id], |r| r.get(0)).unwrap(),
-            Audit::Postgres(client) => client.query_one(sql, &[&id]).await.unwrap().get(0),
+            Audit::Sqlite(db) => db
+                .query_row(sql, [id], |r| r.get(0))
+                .optional()
+                .unwrap(),
+            Audit::Postgres(client) => client
+                .query_opt(sql, &[&id])
+                .await
+                .unwrap()
+                .map(|row| row.get(0)),
         }
     }
 }
