@@ -8,12 +8,12 @@ use crate::auth::TokenVerifier;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::admission::Admission;
-use crate::catalog::LiveCatalog;
-use crate::sold_out::SoldOutMarks;
-use crate::clock::Clock;
 use crate::catalog::Catalog;
+use crate::catalog::LiveCatalog;
+use crate::clock::Clock;
 use crate::config::{drop_from_json, Config, Secrets, ServerSettings};
 use crate::engine::{EmbeddedEngine, EngineError, InventoryEngine, RedisEngine, RedisOrderWriter};
+use crate::sold_out::SoldOutMarks;
 use crate::store::{OrderStore, StoreError};
 
 /// Where orders are kept, from `--database`.

@@ -6,11 +6,11 @@
 use std::time::Instant;
 
 use crate::app::App;
-use crate::telemetry;
 use crate::domain::{OrderId, UserId};
 use crate::order::Order;
 use crate::payment::PaymentNotice;
 use crate::store::{CancelOutcome, PayOutcome, StoreError};
+use crate::telemetry;
 
 pub enum Cancelled {
     Now(Order),

@@ -30,7 +30,7 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = app.load_saved_drops().await {
             tracing::warn!(error = %e, "could not read operators' drops; will retry");
         }
-        if ticks % PRUNE_EVERY == 0 {
+        if ticks.is_multiple_of(PRUNE_EVERY) {
             app.admission.prune();
             telemetry::recorder().run_upkeep();
         }

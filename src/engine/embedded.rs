@@ -35,8 +35,9 @@ impl EmbeddedEngine {
             lock(&book).restore(&stored.order, stored.idempotency);
         }
         for restock in engine.store.restocks(None).await? {
-            let sku = SkuId::parse(&restock.sku)
-                .map_err(|e| StoreError::Database(format!("restock of SKU {:?}: {}", restock.sku, e.0)))?;
+            let sku = SkuId::parse(&restock.sku).map_err(|e| {
+                StoreError::Database(format!("restock of SKU {:?}: {}", restock.sku, e.0))
+            })?;
             lock(&engine.book(&restock.round_id)).restock(sku, restock.units);
         }
         Ok(engine)

@@ -57,7 +57,11 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, EngineError> {
 }
 
 impl RedisEngine {
-    pub async fn open(url: &str, catalog: LiveCatalog, store: OrderStore) -> Result<Self, EngineError> {
+    pub async fn open(
+        url: &str,
+        catalog: LiveCatalog,
+        store: OrderStore,
+    ) -> Result<Self, EngineError> {
         let conn = connect(url).await?;
         let engine = Self {
             conn,

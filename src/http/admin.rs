@@ -34,7 +34,9 @@ fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
     if bool::from(given.ct_eq(&expected)) {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized("an admin bearer token is needed".into()))
+        Err(ApiError::Unauthorized(
+            "an admin bearer token is needed".into(),
+        ))
     }
 }
 
@@ -99,7 +101,10 @@ pub async fn create_drop(app: &App, req: Request<Incoming>) -> Result<HttpRespon
     if !saved {
         return Err(ApiError::DropExists);
     }
-    let drop = app.live_catalog().add(drop).map_err(|_| ApiError::DropExists)?;
+    let drop = app
+        .live_catalog()
+        .add(drop)
+        .map_err(|_| ApiError::DropExists)?;
     tracing::info!(drop = %drop.id, "drop created by an operator");
     Ok(json(StatusCode::CREATED, &DropView::of(app, &drop).await?))
 }
@@ -130,13 +135,20 @@ async fn sku_stats(app: &App, round_id: &str, sku: &Sku) -> Result<serde_json::V
     }))
 }
 
-pub async fn stats(app: &App, drop_id: &str, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn stats(
+    app: &App,
+    drop_id: &str,
+    req: &Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
     authorize(app, req)?;
     let drop = find_drop(app, drop_id)?;
     let round = drop.round_at(app.clock.now());
     let mut skus = BTreeMap::new();
     for sku in &drop.skus {
-        skus.insert(sku.id.as_str().to_owned(), sku_stats(app, &round.id, sku).await?);
+        skus.insert(
+            sku.id.as_str().to_owned(),
+            sku_stats(app, &round.id, sku).await?,
+        );
     }
     let orders = app.store.status_counts(round.id.clone()).await?;
     Ok(json(
@@ -158,7 +170,11 @@ struct RestockBody {
 }
 
 /// Adds units of one SKU to the drop's current (or next) round.
-pub async fn restock(app: &App, drop_id: &str, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn restock(
+    app: &App,
+    drop_id: &str,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
     authorize(app, &req)?;
     let drop = find_drop(app, drop_id)?;
     let body: RestockBody = parse(&read_body(req, app.settings.max_body_bytes).await?)?;

@@ -49,7 +49,10 @@ mod tests {
     #[test]
     fn an_untrusted_peer_cannot_choose_its_address() {
         let headers = forwarded("203.0.113.9");
-        assert_eq!(client_ip(ip("198.51.100.1"), &headers, &[]), ip("198.51.100.1"));
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &headers, &[]),
+            ip("198.51.100.1")
+        );
     }
 
     #[test]

@@ -118,7 +118,12 @@ pub async fn handle(app: &App, peer: IpAddr, req: Request<Incoming>) -> HttpResp
 }
 
 /// The per-address bucket, before any parsing of the request.
-fn admit(app: &App, route: &Route<'_>, peer: IpAddr, req: &Request<Incoming>) -> Result<(), ApiError> {
+fn admit(
+    app: &App,
+    route: &Route<'_>,
+    peer: IpAddr,
+    req: &Request<Incoming>,
+) -> Result<(), ApiError> {
     if !route.shopper_facing() {
         return Ok(());
     }

@@ -44,7 +44,11 @@ pub async fn list_drops(app: &App) -> Result<HttpResponse, ApiError> {
 }
 
 pub async fn get_drop(app: &App, drop_id: &str) -> Result<HttpResponse, ApiError> {
-    let drop = app.catalog().get(drop_id).cloned().ok_or_else(|| no_drop(drop_id))?;
+    let drop = app
+        .catalog()
+        .get(drop_id)
+        .cloned()
+        .ok_or_else(|| no_drop(drop_id))?;
     Ok(json(StatusCode::OK, &DropView::of(app, &drop).await?))
 }
 

@@ -244,7 +244,12 @@ impl PgStore {
         self.reader
             .execute(
                 "INSERT INTO restocks (round_id, sku, units, created_at) VALUES ($1, $2, $3, $4)",
-                &[&restock.round_id, &restock.sku, &(restock.units as i64), &db_time(now)],
+                &[
+                    &restock.round_id,
+                    &restock.sku,
+                    &(restock.units as i64),
+                    &db_time(now),
+                ],
             )
             .await?;
         Ok(())

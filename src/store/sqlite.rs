@@ -288,7 +288,12 @@ pub fn status_counts(conn: &Connection, round_id: &str) -> Result<StatusCounts, 
 }
 
 /// Records a drop unless its id is taken; false if it was.
-pub fn save_drop(conn: &Connection, id: &str, definition: &str, now: Timestamp) -> Result<bool, StoreError> {
+pub fn save_drop(
+    conn: &Connection,
+    id: &str,
+    definition: &str,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO drops (id, definition, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",

@@ -293,7 +293,10 @@ async fn a_cancel_puts_a_sold_out_sku_back_on_sale_at_once(backend: Backend) {
     assert_eq!(won.status, 201);
     // The first refusal comes from the engine and marks the SKU; the second from the mark.
     for _ in 0..2 {
-        assert_eq!(s.http.reserve(DROP, SKU, 1, "bob").await.error(), "sold_out");
+        assert_eq!(
+            s.http.reserve(DROP, SKU, 1, "bob").await.error(),
+            "sold_out"
+        );
     }
     let order = won.body["id"].as_str().unwrap();
     assert_eq!(s.http.cancel(order, "alice").await.status, 200);
@@ -304,13 +307,19 @@ async fn a_cancel_puts_a_sold_out_sku_back_on_sale_at_once(backend: Backend) {
 async fn an_expiry_puts_a_sold_out_sku_back_on_sale_within_the_bound(backend: Backend) {
     let s = server(&backend, 1, 2).await;
     let won = s.http.reserve(DROP, SKU, 1, "alice").await;
-    assert_eq!(s.http.reserve(DROP, SKU, 1, "bob").await.error(), "sold_out");
+    assert_eq!(
+        s.http.reserve(DROP, SKU, 1, "bob").await.error(),
+        "sold_out"
+    );
     // The sweeper expires what the store holds; in Redis mode the writer stores it first.
     let audit = s.audit().await;
     let id = won.body["id"].as_str().unwrap();
     let stored = std::time::Instant::now();
     while audit.stored_status(id).await.is_none() {
-        assert!(stored.elapsed() < std::time::Duration::from_secs(5), "order never stored");
+        assert!(
+            stored.elapsed() < std::time::Duration::from_secs(5),
+            "order never stored"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     s.clock.advance(SignedDuration::from_mins(16));
@@ -334,7 +343,10 @@ async fn an_expiry_puts_a_sold_out_sku_back_on_sale_within_the_bound(backend: Ba
 async fn a_restock_is_on_sale_at_once_and_counted(backend: Backend) {
     let s = server(&backend, 1, 2).await;
     assert_eq!(s.http.reserve(DROP, SKU, 1, "alice").await.status, 201);
-    assert_eq!(s.http.reserve(DROP, SKU, 1, "bob").await.error(), "sold_out");
+    assert_eq!(
+        s.http.reserve(DROP, SKU, 1, "bob").await.error(),
+        "sold_out"
+    );
     let restocked = s
         .http
         .admin(
@@ -344,7 +356,10 @@ async fn a_restock_is_on_sale_at_once_and_counted(backend: Backend) {
         )
         .await;
     assert_eq!(restocked.status, 200, "{:?}", restocked.body);
-    assert_eq!(restocked.body["stock"], json!({"allocated": 3, "remaining": 2, "sold": 1}));
+    assert_eq!(
+        restocked.body["stock"],
+        json!({"allocated": 3, "remaining": 2, "sold": 1})
+    );
     assert_eq!(s.http.reserve(DROP, SKU, 1, "bob").await.status, 201);
     assert_eq!(s.http.remaining(DROP).await, 1);
     // The stats count orders from the store, which the Redis writer fills shortly.
@@ -352,20 +367,34 @@ async fn a_restock_is_on_sale_at_once_and_counted(backend: Backend) {
     let stats = loop {
         let stats = s
             .http
-            .admin(hyper::Method::GET, &format!("/admin/v1/drops/{DROP}/stats"), "")
+            .admin(
+                hyper::Method::GET,
+                &format!("/admin/v1/drops/{DROP}/stats"),
+                "",
+            )
             .await;
         if stats.body["orders"]["pending_payment"] == json!(2) {
             break stats;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", stats.body);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            stats.body
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    assert_eq!(stats.body["skus"][SKU], json!({"allocated": 3, "remaining": 1, "sold": 2}));
+    assert_eq!(
+        stats.body["skus"][SKU],
+        json!({"allocated": 3, "remaining": 1, "sold": 2})
+    );
     assert_eq!(
         stats.body["orders"],
         json!({"pending_payment": 2, "paid": 0, "cancelled": 0, "expired": 0})
     );
-    assert!(stats.body["round_id"].as_str().unwrap().starts_with("conf@"));
+    assert!(stats.body["round_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("conf@"));
 }
 
 macro_rules! conformance {

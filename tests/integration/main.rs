@@ -1,9 +1,12 @@
 //! One integration test binary: real HTTP, real SQLite files in temp dirs,
 //! and a real redis-server and PostgreSQL that the tests start themselves.
 
+mod admin;
+mod admission;
 mod conformance;
 mod contract;
 mod lifecycle;
+mod metrics;
 mod process;
 mod redis_faults;
 mod server;

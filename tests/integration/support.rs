@@ -457,7 +457,7 @@ impl RedisServer {
         panic!("redis-server on port {} did not answer PING", self.port);
     }
 
-    /// Sends a signal to the server, e.g. STOP and CONT to stall it.
+    /// Sends a signal to the server, e.g. `-STOP` and `-CONT` to stall it.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         let sent = std::process::Command::new("kill")
@@ -575,10 +575,7 @@ impl Audit {
     pub async fn stored_status(&self, id: &str) -> Option<String> {
         let sql = "SELECT status FROM orders WHERE id = $1";
         match self {
-            Audit::Sqlite(db) => db
-                .query_row(sql, [id], |r| r.get(0))
-                .optional()
-                .unwrap(),
+            Audit::Sqlite(db) => db.query_row(sql, [id], |r| r.get(0)).optional().unwrap(),
             Audit::Postgres(client) => client
                 .query_opt(sql, &[&id])
                 .await
