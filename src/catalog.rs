@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
@@ -56,15 +56,72 @@ pub struct Drop {
     pub presale: bool,
     pub timing: Timing,
     pub skus: Vec<Sku>,
+    pub round_cache: RoundCache,
 }
 
 impl Drop {
-    pub fn round_at(&self, now: Timestamp) -> Round {
-        self.timing.round_at(&self.id, now)
+    /// The current round, or the next one when none is current.
+    pub fn round_at(&self, now: Timestamp) -> Arc<Round> {
+        if let Some(round) = self.round_cache.get(now) {
+            return round;
+        }
+        let round = Arc::new(self.timing.round_at(&self.id, now));
+        self.round_cache.put(now, round.clone());
+        round
     }
 
     pub fn sku(&self, id: &str) -> Option<&Sku> {
         self.skus.iter().find(|s| s.id.as_str() == id)
+    }
+}
+
+/// The last round a drop's `round_at` computed, reused while the answer
+/// cannot have changed: every request asks, and a weekly schedule's answer
+/// takes time-zone arithmetic and formatting the round id.
+#[derive(Default)]
+pub struct RoundCache(ArcSwapOption<CachedRound>);
+
+struct CachedRound {
+    round: Arc<Round>,
+    /// The answer holds from the instant it was computed at until the round
+    /// closes or another round could open: scheduled openings of one drop
+    /// are at least 23 hours apart (a day, less a daylight-saving hour).
+    from: Timestamp,
+    until: Timestamp,
+}
+
+const NO_NEW_OPENING_FOR: SignedDuration = SignedDuration::from_hours(23);
+
+impl RoundCache {
+    fn get(&self, now: Timestamp) -> Option<Arc<Round>> {
+        let cached = self.0.load();
+        let cached = cached.as_ref()?;
+        (cached.from <= now && now < cached.until).then(|| cached.round.clone())
+    }
+
+    fn put(&self, now: Timestamp, round: Arc<Round>) {
+        let until = round
+            .opens_at
+            .checked_add(NO_NEW_OPENING_FOR)
+            .map_or(round.closes_at, |t| t.min(round.closes_at));
+        self.0.store(Some(Arc::new(CachedRound {
+            round,
+            from: now,
+            until,
+        })));
+    }
+}
+
+/// A copy starts with an empty cache.
+impl Clone for RoundCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for RoundCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoundCache")
     }
 }
 

@@ -481,6 +481,7 @@ fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
         presale: section.presale,
         timing,
         skus,
+        round_cache: Default::default(),
     })
 }
 

@@ -8,6 +8,8 @@
 //! while the rest are still refused. A mark therefore outlives returned stock
 //! by at most `RECHECK` plus one engine call: well within [`CLEAR_BOUND`].
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,9 +25,18 @@ pub const CLEAR_BOUND: Duration = Duration::from_secs(1);
 
 pub struct SoldOutMarks {
     started: Instant,
-    /// Round id and SKU → when the engine last said "sold out" (ms since
-    /// `started`, plus one so that 0 never means a real time).
-    marks: DashMap<(String, String), AtomicU64>,
+    /// Marks by a salted hash of round id and SKU, so that the lookup on
+    /// every request allocates nothing; the mark keeps both to confirm.
+    marks: DashMap<u64, Mark>,
+    salt: RandomState,
+}
+
+struct Mark {
+    round_id: String,
+    sku: String,
+    /// When the engine last said "sold out": ms since `started`, plus one
+    /// so that 0 never means a real time.
+    checked: AtomicU64,
 }
 
 impl Default for SoldOutMarks {
@@ -33,6 +44,7 @@ impl Default for SoldOutMarks {
         Self {
             started: Instant::now(),
             marks: DashMap::new(),
+            salt: RandomState::new(),
         }
     }
 }
@@ -44,12 +56,13 @@ impl SoldOutMarks {
         if self.marks.is_empty() {
             return false;
         }
-        // A borrowed tuple key would need a custom Borrow impl; rounds and
-        // SKUs are short, and this path runs only while something is marked.
-        let key = (round_id.to_owned(), sku.to_owned());
-        let Some(mark) = self.marks.get(&key) else {
+        let Some(mark) = self.marks.get(&self.key(round_id, sku)) else {
             return false;
         };
+        if mark.round_id != round_id || mark.sku != sku {
+            return false;
+        }
+        let mark = &mark.checked;
         let checked = mark.load(Ordering::Acquire);
         let now = self.now_ms();
         if now.saturating_sub(checked) < RECHECK.as_millis() as u64 {
@@ -63,22 +76,25 @@ impl SoldOutMarks {
     /// The engine said sold out.
     pub fn mark(&self, round_id: &str, sku: &str) {
         let now = self.now_ms();
-        self.marks
-            .entry((round_id.to_owned(), sku.to_owned()))
-            .and_modify(|m| m.store(now, Ordering::Release))
-            .or_insert_with(|| AtomicU64::new(now));
+        self.marks.insert(
+            self.key(round_id, sku),
+            Mark {
+                round_id: round_id.to_owned(),
+                sku: sku.to_owned(),
+                checked: AtomicU64::new(now),
+            },
+        );
     }
 
     /// Units came back, or the engine sold one: the SKU is on sale.
     pub fn clear(&self, round_id: &str, sku: &str) {
         if !self.marks.is_empty() {
-            self.marks.remove(&(round_id.to_owned(), sku.to_owned()));
+            self.marks.remove(&self.key(round_id, sku));
         }
     }
 
-    /// Forgets the marks of rounds that are over.
-    pub fn retain_rounds(&self, live: impl Fn(&str) -> bool) {
-        self.marks.retain(|(round, _), _| live(round));
+    fn key(&self, round_id: &str, sku: &str) -> u64 {
+        self.salt.hash_one((round_id, sku))
     }
 
     fn now_ms(&self) -> u64 {

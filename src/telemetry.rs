@@ -5,7 +5,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use dashmap::DashMap;
+use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::app::App;
@@ -42,16 +43,55 @@ pub fn recorder() -> &'static PrometheusHandle {
     })
 }
 
+/// A `&'static str` label value by its address and length (one string
+/// may start where another, longer one does).
+type Label = (usize, usize);
+
+fn label(value: &'static str) -> Label {
+    (value.as_ptr() as usize, value.len())
+}
+
+/// Handles of the per-request metrics, by the addresses of their label
+/// values. Labels come from fixed sets of `&'static str`, so an address
+/// names a value; a hit skips building and hashing the labelled key in the
+/// `metrics` registry, which every request would otherwise do twice.
+fn request_handles() -> &'static DashMap<(Label, Label), (Counter, Histogram)> {
+    static HANDLES: OnceLock<DashMap<(Label, Label), (Counter, Histogram)>> = OnceLock::new();
+    HANDLES.get_or_init(DashMap::new)
+}
+
+fn engine_handles() -> &'static DashMap<Label, Histogram> {
+    static HANDLES: OnceLock<DashMap<Label, Histogram>> = OnceLock::new();
+    HANDLES.get_or_init(DashMap::new)
+}
+
 /// One answered request: its endpoint, what became of it, and how long it took.
 pub fn request(endpoint: &'static str, outcome: &'static str, took: Duration) {
-    counter!("dropgate_requests_total", "endpoint" => endpoint, "outcome" => outcome).increment(1);
-    histogram!("dropgate_request_duration_seconds", "endpoint" => endpoint)
-        .record(took.as_secs_f64());
+    let key = (label(endpoint), label(outcome));
+    let handles = request_handles();
+    if let Some(found) = handles.get(&key) {
+        found.0.increment(1);
+        found.1.record(took.as_secs_f64());
+        return;
+    }
+    let counter = counter!("dropgate_requests_total", "endpoint" => endpoint, "outcome" => outcome);
+    let latency = histogram!("dropgate_request_duration_seconds", "endpoint" => endpoint);
+    counter.increment(1);
+    latency.record(took.as_secs_f64());
+    handles.insert(key, (counter, latency));
 }
 
 /// One call into the inventory engine.
 pub fn engine_call(call: &'static str, took: Duration) {
-    histogram!("dropgate_engine_call_duration_seconds", "call" => call).record(took.as_secs_f64());
+    let handles = engine_handles();
+    let key = label(call);
+    if let Some(found) = handles.get(&key) {
+        found.record(took.as_secs_f64());
+        return;
+    }
+    let latency = histogram!("dropgate_engine_call_duration_seconds", "call" => call);
+    latency.record(took.as_secs_f64());
+    handles.insert(key, latency);
 }
 
 /// Renders every metric, reading the gauges from `app` first.

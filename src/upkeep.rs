@@ -1,6 +1,6 @@
 //! Background upkeep, once a second: pick up drops that operators created
 //! on other instances, and every few seconds forget idle rate-limit keys and
-//! fold the metrics' histogram buckets.
+//! expired tokens, and fold the metrics' histogram buckets.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,7 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         if ticks.is_multiple_of(PRUNE_EVERY) {
             app.admission.prune();
+            app.tokens.forget_expired();
             telemetry::recorder().run_upkeep();
         }
     }

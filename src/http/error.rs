@@ -137,6 +137,19 @@ impl ApiError {
         }
     }
 
+    /// The body of a refusal that never varies, as `body()` renders it (a
+    /// unit test holds the two equal).
+    pub fn fixed_body(&self) -> Option<&'static str> {
+        match self {
+            ApiError::SoldOut => Some(r#"{"error":"sold_out","message":"sold out"}"#),
+            ApiError::Closed => Some(r#"{"error":"closed","message":"the round has closed"}"#),
+            ApiError::Overloaded => Some(
+                r#"{"error":"overloaded","message":"the server is at capacity; retry shortly"}"#,
+            ),
+            _ => None,
+        }
+    }
+
     pub fn body(&self) -> Value {
         let mut body = Map::new();
         body.insert("error".into(), json!(self.code()));
@@ -204,5 +217,18 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "order store failed");
         ApiError::Unavailable("the order store is unavailable".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_bodies_are_what_body_renders() {
+        for err in [ApiError::SoldOut, ApiError::Closed, ApiError::Overloaded] {
+            let fixed: Value = serde_json::from_str(err.fixed_body().unwrap()).unwrap();
+            assert_eq!(fixed, err.body());
+        }
     }
 }

@@ -24,7 +24,18 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> HttpRespons
 }
 
 pub fn error(err: &ApiError) -> HttpResponse {
-    let mut response = json(err.status(), &err.body());
+    let mut response = match err.fixed_body() {
+        // Refusals that say the same every time are rendered once, at compile time.
+        Some(body) => {
+            let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            *response.status_mut() = err.status();
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        None => json(err.status(), &err.body()),
+    };
     if let Some(seconds) = err.retry_after() {
         response
             .headers_mut()
