@@ -101,10 +101,12 @@ pub async fn create_drop(app: &App, req: Request<Incoming>) -> Result<HttpRespon
     if !saved {
         return Err(ApiError::DropExists);
     }
-    let drop = app
-        .live_catalog()
-        .add(drop)
-        .map_err(|_| ApiError::DropExists)?;
+    // The upkeep may have loaded the saved drop already; it is this one.
+    let id = drop.id.as_str().to_owned();
+    let drop = match app.live_catalog().add(drop) {
+        Ok(drop) => drop,
+        Err(_) => find_drop(app, &id)?,
+    };
     tracing::info!(drop = %drop.id, "drop created by an operator");
     Ok(json(StatusCode::CREATED, &DropView::of(app, &drop).await?))
 }
