@@ -2,8 +2,14 @@
 
 use criterion::{criterion_group, criterion_main};
 
+mod admission;
 mod engine;
 mod redis_client;
 
-criterion_group!(benches, engine::reserve, redis_client::connections);
+criterion_group!(
+    benches,
+    admission::rejections,
+    engine::reserve,
+    redis_client::connections
+);
 criterion_main!(benches);

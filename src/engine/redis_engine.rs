@@ -28,7 +28,11 @@ struct Scripts {
     reserve: Script,
     release: Script,
     setup_round: Script,
+    restock: Script,
 }
+
+/// What `reserve.lua` and `restock.lua` answer for a round that is not set up.
+const NOT_SET_UP: i64 = -6;
 
 pub struct RedisEngine {
     /// A multiplexed connection: clones share one socket and pipeline the
@@ -69,6 +73,7 @@ impl RedisEngine {
                 reserve: Script::new(include_str!("../../lua/reserve.lua")),
                 release: Script::new(include_str!("../../lua/release.lua")),
                 setup_round: Script::new(include_str!("../../lua/setup_round.lua")),
+                restock: Script::new(include_str!("../../lua/restock.lua")),
             }),
             catalog,
             store,
@@ -219,7 +224,7 @@ impl InventoryEngine for RedisEngine {
                     limit: attempt.per_user_limit,
                 },
                 -5 => ReserveOutcome::IdempotencyMismatch,
-                -6 => {
+                NOT_SET_UP => {
                     self.set_up_round(&order.round_id).await?;
                     continue;
                 }
@@ -287,10 +292,20 @@ impl InventoryEngine for RedisEngine {
             .map_err(unavailable)?;
         let keys = RoundKeys::new(round_id);
         let mut conn = self.conn.clone();
-        let _: i64 = conn
-            .hincr(&keys.stock, sku.as_str(), units)
+        let left: i64 = self
+            .scripts
+            .restock
+            .key(&keys.stock)
+            .arg(sku.as_str())
+            .arg(units)
+            .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        if left == NOT_SET_UP {
+            // Redis lost the round between the set-up and now; the stored
+            // restock is counted when the round is set up again.
+            self.set_up_round(round_id).await?;
+        }
         Ok(())
     }
 

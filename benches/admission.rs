@@ -1,0 +1,142 @@
+//! What turning a request away costs at each admission layer, in the order
+//! the request path meets them (DESIGN.md): each case runs every check up to
+//! and including the one that refuses, as a request would.
+//!
+//! - `ip`: the per-address bucket, before anything is parsed;
+//! - `user`: plus the token (remembered after its first verification) and
+//!   the per-shopper bucket;
+//! - `round_state`: plus the body, the current round and the sold-out mark;
+//! - `global`: plus the in-flight cap and the global bucket, the last stop
+//!   before the engine.
+//!
+//! HTTP parsing and the socket are the same for every layer and are left
+//! out; `loadtest/run soldout` measures a whole refused request over HTTP.
+
+use std::net::IpAddr;
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
+use jiff::Timestamp;
+use serde::Deserialize;
+
+use dropgate::admission::Admission;
+use dropgate::auth::{mint, TokenVerifier};
+use dropgate::catalog::Drop;
+use dropgate::config::{Config, Limits, SecretSource};
+use dropgate::domain::UserId;
+use dropgate::sold_out::SoldOutMarks;
+
+const SECRET: &str = "bench-secret";
+const BODY: &[u8] = br#"{"sku": "sku", "quantity": 1}"#;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ReserveBody {
+    sku: String,
+    quantity: i64,
+}
+
+fn bench_drop() -> std::sync::Arc<Drop> {
+    let config = format!(
+        r#"
+[auth]
+jwt_secret = "{SECRET}"
+admin_token = "a"
+payment_secret = "p"
+[[drops]]
+id = "bench"
+product = "Phone"
+per_user_limit = 2
+pay_within = "15m"
+schedule = {{ days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], at = "00:00", time_zone = "Asia/Shanghai", duration = "23h59m" }}
+[[drops.skus]]
+id = "sku"
+name = "8GB+256GB"
+price = "1999.00"
+stock = 1
+"#
+    );
+    let config = Config::from_toml(&config, SecretSource::Environment).expect("bench config");
+    config.catalog.get("bench").expect("the drop").clone()
+}
+
+/// Limits where one layer is exhausted and the ones before it are wide open.
+fn limits(ip: u32, user: u32, global: u32) -> Limits {
+    Limits {
+        global_rps: 1,
+        global_burst: global,
+        per_user_rps: 1,
+        per_user_burst: user,
+        per_ip_rps: 1,
+        per_ip_burst: ip,
+        max_in_flight: 1_000_000,
+    }
+}
+
+pub fn rejections(c: &mut Criterion) {
+    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    let verifier = TokenVerifier::new(SECRET);
+    let user = UserId::parse("shopper-1").unwrap();
+    let header = format!("Bearer {}", mint(SECRET, &user, 3600, false));
+    let the_drop = bench_drop();
+    let marks = SoldOutMarks::default();
+    let round = the_drop.round_at(Timestamp::now());
+    marks.mark(&round.id, "sku");
+    const WIDE: u32 = 10_000_000;
+
+    let mut group = c.benchmark_group("rejection");
+    group.throughput(Throughput::Elements(1));
+
+    let by_ip = Admission::new(limits(1, WIDE, WIDE));
+    let _ = by_ip.check_ip(ip);
+    group.bench_function(BenchmarkId::new("layer", "ip"), |b| {
+        b.iter(|| by_ip.check_ip(ip).expect_err("refused"))
+    });
+
+    let by_user = Admission::new(limits(WIDE, 1, WIDE));
+    let _ = by_user.check_user(&user);
+    group.bench_function(BenchmarkId::new("layer", "user"), |b| {
+        b.iter(|| {
+            by_user.check_ip(ip).unwrap();
+            let shopper = verifier.verify(Some(&header)).unwrap();
+            by_user.check_user(&shopper.user).expect_err("refused")
+        })
+    });
+
+    let open = Admission::new(limits(WIDE, WIDE, WIDE));
+    group.bench_function(BenchmarkId::new("layer", "round_state"), |b| {
+        b.iter(|| {
+            open.check_ip(ip).unwrap();
+            let shopper = verifier.verify(Some(&header)).unwrap();
+            open.check_user(&shopper.user).unwrap();
+            let body: ReserveBody = serde_json::from_slice(BODY).unwrap();
+            let round = the_drop.round_at(Timestamp::now());
+            assert!(marks.refuses(&round.id, &body.sku));
+        })
+    });
+
+    let by_global = Admission::new(limits(WIDE, WIDE, 1));
+    drop(by_global.enter_engine());
+    let unmarked = SoldOutMarks::default();
+    group.bench_function(BenchmarkId::new("layer", "global"), |b| {
+        b.iter(|| {
+            by_global.check_ip(ip).unwrap();
+            let shopper = verifier.verify(Some(&header)).unwrap();
+            by_global.check_user(&shopper.user).unwrap();
+            let body: ReserveBody = serde_json::from_slice(BODY).unwrap();
+            let round = the_drop.round_at(Timestamp::now());
+            assert!(!unmarked.refuses(&round.id, &body.sku));
+            by_global.enter_engine().err().expect("refused")
+        })
+    });
+
+    // For scale: a token verified in full, as on a shopper's first request.
+    group.bench_function(BenchmarkId::new("jwt", "first_verification"), |b| {
+        b.iter_batched(
+            || TokenVerifier::new(SECRET),
+            |fresh| fresh.verify(Some(&header)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
