@@ -7,9 +7,9 @@
 //          -e RATE=1000 -e DURATION=60s loadtest/overload.js
 //
 // Goodput is what a shopper can act on: 201 won, 200 replay, and the
-// business 409s (sold out, limit reached). 429 and 503 `overloaded` are
-// shedding, answered fast. Any other status (a 5xx that is not shedding
-// above all) fails the run, as does a p99 over 50 ms for admitted requests.
+// business 409s (sold out, limit reached). 429 and 503 are shedding,
+// answered fast. Any other status fails the run, as does a p99 over 50 ms
+// for admitted requests.
 
 import http from 'k6/http';
 import { check } from 'k6';
@@ -48,6 +48,7 @@ export const options = {
     admitted_duration: ['p(99)<50'],
   },
   summaryTrendStats: ['avg', 'med', 'p(90)', 'p(99)', 'max'],
+  discardResponseBodies: true,
 };
 
 const tokens = {};
@@ -70,9 +71,11 @@ export default function () {
     JSON.stringify({ sku: SKU, quantity: 1 }),
     { headers: { Authorization: `Bearer ${tokenFor(user)}`, 'Content-Type': 'application/json' } },
   );
-  const error = res.status >= 400 ? res.json('error') : '';
+  // Bodies are discarded to keep k6's CPU (on the server's cores) low, so a
+  // 503 counts as shedding here; `loadtest/run overload` then checks from
+  // the server's own counters that every 503 was `overloaded`.
   const admitted = res.status === 200 || res.status === 201 || res.status === 409;
-  const shedding = res.status === 429 || (res.status === 503 && error === 'overloaded');
+  const shedding = res.status === 429 || res.status === 503;
   if (admitted) {
     goodput.add(1);
     admittedDuration.add(res.timings.duration);
@@ -81,6 +84,6 @@ export default function () {
     check(res, { 'shedding says when to retry': (r) => Number(r.headers['Retry-After']) >= 1 });
   } else {
     unexpected.add(1);
-    console.error(`unexpected ${res.status} ${res.body}`);
+    console.error(`unexpected status ${res.status}`);
   }
 }

@@ -196,3 +196,48 @@ impl LiveCatalog {
         Ok(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+
+    use crate::config::{Config, SecretSource};
+
+    /// The cache answers exactly what the schedule computes, walking time
+    /// forwards across openings and closings, and backwards.
+    #[test]
+    fn the_cached_round_is_the_computed_round() {
+        let config = Config::from_toml(
+            r#"
+            [auth]
+            jwt_secret = "j"
+            admin_token = "a"
+            payment_secret = "p"
+            [[drops]]
+            id = "d"
+            product = "P"
+            per_user_limit = 1
+            pay_within = "15m"
+            schedule = { days = ["Mon", "Tue", "Fri"], at = "23:30", time_zone = "Asia/Shanghai", duration = "26h" }
+            [[drops.skus]]
+            id = "s"
+            name = "n"
+            price = "1.00"
+            stock = 1
+            "#,
+            SecretSource::Environment,
+        )
+        .unwrap();
+        let drop = config.catalog.get("d").unwrap().clone();
+        let start: Timestamp = "2026-11-23T00:00:00Z".parse().unwrap();
+        let mut times: Vec<Timestamp> = (0..24 * 14 * 4)
+            .map(|quarter| start + jiff::SignedDuration::from_mins(15 * quarter))
+            .collect();
+        times.extend(times.clone().into_iter().rev().step_by(7));
+        for now in times {
+            let cached = drop.round_at(now);
+            let computed = drop.timing.round_at(&drop.id, now);
+            assert_eq!(*cached, computed, "at {now}");
+        }
+    }
+}

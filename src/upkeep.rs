@@ -27,6 +27,7 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         ticks = ticks.wrapping_add(1);
+        let started = std::time::Instant::now();
         if let Err(e) = app.load_saved_drops().await {
             tracing::warn!(error = %e, "could not read operators' drops; will retry");
         }
@@ -35,5 +36,6 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             app.tokens.forget_expired();
             telemetry::recorder().run_upkeep();
         }
+        tracing::debug!(took = ?started.elapsed(), "upkeep");
     }
 }
