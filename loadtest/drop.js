@@ -11,8 +11,7 @@
 
 import http from 'k6/http';
 import { check, sleep } from 'k6';
-import crypto from 'k6/crypto';
-import encoding from 'k6/encoding';
+import { tokenFor } from './lib/token.js';
 import { Counter } from 'k6/metrics';
 
 const BASE = __ENV.BASE_URL || 'http://127.0.0.1:8080';
@@ -56,22 +55,6 @@ export const options = {
   },
 };
 
-function b64url(text) {
-  return encoding.b64encode(text, 'rawurl');
-}
-
-const tokens = {};
-
-function tokenFor(user) {
-  if (!tokens[user]) {
-    const header = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
-    const claims = b64url(JSON.stringify({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 }));
-    const signature = crypto.hmac('sha256', SECRET, `${header}.${claims}`, 'base64rawurl');
-    tokens[user] = `${header}.${claims}.${signature}`;
-  }
-  return tokens[user];
-}
-
 export function setup() {
   const t0 = Date.now();
   const time = http.get(`${BASE}/api/v1/time`).json();
@@ -91,7 +74,7 @@ export default function () {
   const res = http.post(
     `${BASE}/api/v1/drops/${DROP}/reserve`,
     JSON.stringify({ sku: SKU, quantity: 1 }),
-    { headers: { Authorization: `Bearer ${tokenFor(user)}`, 'Content-Type': 'application/json' } },
+    { headers: { Authorization: `Bearer ${tokenFor(SECRET, user)}`, 'Content-Type': 'application/json' } },
   );
   check(res, { 'answered as a flash sale expects': (r) => [200, 201, 409, 429, 503].includes(r.status) });
   if (res.status === 201) won.add(1);

@@ -363,7 +363,10 @@ fn memory_stays_flat_after_a_million_shoppers() {
         most_tracked = most_tracked.max(admission.tracked_keys().1);
     }
     let grown = resident_bytes().saturating_sub(before);
-    eprintln!("most shoppers tracked at once: {most_tracked}; resident memory grew by {} KiB", grown >> 10);
+    eprintln!(
+        "most shoppers tracked at once: {most_tracked}; resident memory grew by {} KiB",
+        grown >> 10
+    );
     // Limits::default() refills a shopper's bucket of 10 at 5/s within 2 s.
     assert!(
         most_tracked <= 50_000,
