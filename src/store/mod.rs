@@ -11,6 +11,7 @@ mod writer;
 
 use std::future::Future;
 use std::path::Path;
+use std::time::Duration;
 use std::pin::Pin;
 
 use jiff::Timestamp;
@@ -30,7 +31,13 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the order writer has stopped")]
     Closed,
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(Duration),
 }
+
+/// How long a read may take before the caller gets 503 instead of waiting
+/// on a stalled database.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An order with the idempotency key (and request fingerprint) that made it.
 pub type Keyed = (Order, Option<(IdempotencyKey, String)>);
@@ -253,6 +260,15 @@ macro_rules! dispatch {
     };
 }
 
+/// Like `dispatch!`, for reads: gives up after [`READ_TIMEOUT`].
+macro_rules! dispatch_read {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        tokio::time::timeout(READ_TIMEOUT, async { dispatch!($self.$method($($arg),*)) })
+            .await
+            .unwrap_or(Err(StoreError::TimedOut(READ_TIMEOUT)))
+    };
+}
+
 impl OrderStore {
     pub fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
         SqliteStore::open(path).map(OrderStore::Sqlite)
@@ -304,16 +320,16 @@ impl OrderStore {
     }
 
     pub async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        dispatch!(self.get(id))
+        dispatch_read!(self.get(id))
     }
 
     pub async fn list_for_user(&self, user: UserId) -> Result<Vec<Order>, StoreError> {
-        dispatch!(self.list_for_user(user))
+        dispatch_read!(self.list_for_user(user))
     }
 
     /// Live orders of one round: what a round Redis lost is rebuilt from.
     pub async fn live_in_round(&self, round_id: String) -> Result<Vec<Order>, StoreError> {
-        dispatch!(self.live_in_round(round_id))
+        dispatch_read!(self.live_in_round(round_id))
     }
 
     /// Every live order and every order made with an idempotency key: what
@@ -324,7 +340,9 @@ impl OrderStore {
 
     /// True when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
-        dispatch!(self.ping())
+        tokio::time::timeout(READ_TIMEOUT, async { dispatch!(self.ping()) })
+            .await
+            .unwrap_or(false)
     }
 
     /// Records units an operator added to a round.
@@ -334,11 +352,11 @@ impl OrderStore {
 
     /// Restocks of one round, or of every round.
     pub async fn restocks(&self, round_id: Option<String>) -> Result<Vec<Restock>, StoreError> {
-        dispatch!(self.restocks(round_id))
+        dispatch_read!(self.restocks(round_id))
     }
 
     pub async fn status_counts(&self, round_id: String) -> Result<StatusCounts, StoreError> {
-        dispatch!(self.status_counts(round_id))
+        dispatch_read!(self.status_counts(round_id))
     }
 
     /// Records a drop an operator created; false if its id is taken.
@@ -353,7 +371,7 @@ impl OrderStore {
 
     /// Every drop operators created, as the JSON they sent, oldest first.
     pub async fn saved_drops(&self) -> Result<Vec<String>, StoreError> {
-        dispatch!(self.saved_drops())
+        dispatch_read!(self.saved_drops())
     }
 
     /// Jobs waiting for (or in) the writer's next commit.

@@ -144,3 +144,32 @@ async fn a_store_that_cannot_commit_answers_503_and_gives_the_stock_back() {
     assert_eq!(s.http.reserve("one", "sku", 1, "alice").await.status, 201);
     assert_eq!(order_ids(&s.db()).len(), 1);
 }
+
+/// A database that stops answering (every PostgreSQL process stopped)
+/// turns reads into a 503 within the read timeout instead of a hung
+/// request, and reads work again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_database_answers_reads_with_503_in_bounded_time() {
+    let pg = PostgresServer::start();
+    let now = Timestamp::now();
+    let config = config_head("") + &window_drop("stall", "sku", 5, 2, now - hours(1), now + hours(1));
+    let s = TestServer::start_with_database(&config, &pg.database(), now, &dropgate::EngineChoice::Embedded).await;
+    let won = s.http.reserve("stall", "sku", 1, "alice").await;
+    assert_eq!(won.status, 201);
+    let path = format!("/api/v1/orders/{}", won.body["id"].as_str().unwrap());
+
+    pg.signal_all("-STOP");
+    let bound = dropgate::store::READ_TIMEOUT + Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(bound, s.http.get(&path, Some(&token("alice")))).await;
+    let ready = tokio::time::timeout(bound, s.http.get("/readyz", None)).await;
+    pg.signal_all("-CONT");
+    let read = read.expect("the read answered within the bound");
+    assert_eq!((read.status, read.error()), (503, "unavailable"));
+    assert!(read.headers.contains_key("retry-after"));
+    assert_eq!(ready.expect("readyz answered within the bound").status, 503);
+    assert!(started.elapsed() < bound * 2);
+
+    let again = s.http.get(&path, Some(&token("alice"))).await;
+    assert_eq!(again.status, 200);
+}

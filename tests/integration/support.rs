@@ -651,6 +651,30 @@ impl PostgresServer {
         server
     }
 
+    /// Sends `signal` (e.g. `-STOP`, `-CONT`) to the postmaster and every
+    /// backend under it, to stall or resume the whole server.
+    pub fn signal_all(&self, signal: &str) {
+        let mut pids = vec![self.child.id()];
+        let mut i = 0;
+        while i < pids.len() {
+            let children = std::process::Command::new("pgrep")
+                .args(["-P", &pids[i].to_string()])
+                .output()
+                .expect("pgrep runs");
+            pids.extend(
+                String::from_utf8_lossy(&children.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+            i += 1;
+        }
+        for pid in pids {
+            let _ = std::process::Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
