@@ -193,11 +193,15 @@ pub async fn get_order(
     req: &Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     let (shopper, id) = caller_and_order(app, order_id, req)?;
-    let stored = app.store.get(id.clone()).await?;
-    // Read-your-writes: a win the Redis order writer has not stored yet.
-    let order = match stored {
-        Some(order) => Some(order),
-        None => app.engine.recent_order(&id).await?,
+    // Read-your-writes: a win the Redis order writer has not stored yet is
+    // read from the engine, also while the store does not answer.
+    let order = match app.store.get(id.clone()).await {
+        Ok(Some(order)) => Some(order),
+        Ok(None) => app.engine.recent_order(&id).await?,
+        Err(e) => match app.engine.recent_order(&id).await {
+            Ok(Some(order)) => Some(order),
+            _ => return Err(e.into()),
+        },
     };
     match order {
         // Another shopper's order is answered like a missing one, so ids cannot be probed.

@@ -332,3 +332,41 @@ async fn a_dead_writers_unacknowledged_winners_are_claimed_by_a_live_one() {
     let lag = second.http.get("/readyz", None).await.body["order_writer_lag"].clone();
     assert_eq!(lag, serde_json::json!(0));
 }
+
+/// In Redis mode the order store is off the reserve path: with every
+/// PostgreSQL process stopped, shoppers keep winning (their wins wait in
+/// Redis), a winner can read its order back, and once the database answers
+/// again the writer stores every win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn selling_goes_on_while_the_database_is_stalled() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let (config, now) = config(100);
+    let mut s = TestServer::start_with_database(&config, &pg.database(), now, &redis.engine()).await;
+    // The first reserve sets the round up from the store.
+    let mut won = vec![s.http.reserve(DROP, SKU, 1, "first").await];
+
+    pg.signal_all("-STOP");
+    let started = Instant::now();
+    for n in 0..20 {
+        won.push(s.http.reserve(DROP, SKU, 1, &format!("stalled{n}")).await);
+    }
+    let selling = started.elapsed();
+    let mine = won.last().unwrap();
+    let read_back = s
+        .http
+        .get(&format!("/api/v1/orders/{}", mine.body["id"].as_str().unwrap()), Some(&token("stalled19")))
+        .await;
+    pg.signal_all("-CONT");
+
+    assert!(won.iter().all(|r| r.status == 201), "every reserve won while the database was stalled");
+    assert!(selling < Duration::from_secs(2), "20 reserves took {selling:?}");
+    assert_eq!(read_back.status, 200, "read-your-writes from Redis: {:?}", read_back.body);
+    s.stop().await;
+    let audit = s.audit().await;
+    let rows = audit.order_ids().await;
+    for reply in &won {
+        assert!(rows.contains(reply.body["id"].as_str().unwrap()), "every 201 is a row");
+    }
+    assert_eq!(audit.live_units("flt@%").await, 21);
+}
