@@ -111,7 +111,9 @@ pub async fn reserve(
         Phase::Closed => return Err(ApiError::Closed),
         Phase::Open => {}
     }
-    if app.sold_out.refuses(&round.id, sku.id.as_str()) {
+    // A request with a key may be the replay of a win, which only the
+    // engine can recognise: the sold-out mark answers keyless ones alone.
+    if key.is_none() && app.sold_out.refuses(&round.id, sku.id.as_str()) {
         return Err(ApiError::SoldOut);
     }
     let charges = sku.charges(quantity);

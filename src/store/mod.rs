@@ -11,8 +11,8 @@ mod writer;
 
 use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
 use std::pin::Pin;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;

@@ -397,6 +397,32 @@ async fn a_restock_is_on_sale_at_once_and_counted(backend: Backend) {
         .starts_with("conf@"));
 }
 
+/// Found by `loadtest/drop-day.js`: the sold-out mark answered a replay of
+/// the winning request as sold out instead of returning its order.
+async fn a_replay_of_the_last_win_returns_its_order_after_sell_out(backend: Backend) {
+    let s = server(&backend, 1, 2).await;
+    let body = format!(r#"{{"sku": "{SKU}", "quantity": 1}}"#);
+    let won = s
+        .http
+        .reserve_keyed(DROP, "alice", "last-unit", &body)
+        .await;
+    assert_eq!(won.status, 201);
+    for _ in 0..2 {
+        assert_eq!(
+            s.http.reserve(DROP, SKU, 1, "bob").await.error(),
+            "sold_out"
+        );
+    }
+    let replay = s
+        .http
+        .reserve_keyed(DROP, "alice", "last-unit", &body)
+        .await;
+    assert_eq!(replay.status, 200, "{:?}", replay.body);
+    assert_eq!(replay.body, won.body);
+    let keyed_late = s.http.reserve_keyed(DROP, "carol", "late", &body).await;
+    assert_eq!(keyed_late.error(), "sold_out");
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         conformance!(@backend embedded_sqlite, embedded, $($test),*);
@@ -428,4 +454,5 @@ conformance!(
     a_cancel_puts_a_sold_out_sku_back_on_sale_at_once,
     an_expiry_puts_a_sold_out_sku_back_on_sale_within_the_bound,
     a_restock_is_on_sale_at_once_and_counted,
+    a_replay_of_the_last_win_returns_its_order_after_sell_out,
 );

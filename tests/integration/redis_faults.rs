@@ -342,7 +342,8 @@ async fn selling_goes_on_while_the_database_is_stalled() {
     let redis = RedisServer::start();
     let pg = PostgresServer::start();
     let (config, now) = config(100);
-    let mut s = TestServer::start_with_database(&config, &pg.database(), now, &redis.engine()).await;
+    let mut s =
+        TestServer::start_with_database(&config, &pg.database(), now, &redis.engine()).await;
     // The first reserve sets the round up from the store.
     let mut won = vec![s.http.reserve(DROP, SKU, 1, "first").await];
 
@@ -355,18 +356,34 @@ async fn selling_goes_on_while_the_database_is_stalled() {
     let mine = won.last().unwrap();
     let read_back = s
         .http
-        .get(&format!("/api/v1/orders/{}", mine.body["id"].as_str().unwrap()), Some(&token("stalled19")))
+        .get(
+            &format!("/api/v1/orders/{}", mine.body["id"].as_str().unwrap()),
+            Some(&token("stalled19")),
+        )
         .await;
     pg.signal_all("-CONT");
 
-    assert!(won.iter().all(|r| r.status == 201), "every reserve won while the database was stalled");
-    assert!(selling < Duration::from_secs(2), "20 reserves took {selling:?}");
-    assert_eq!(read_back.status, 200, "read-your-writes from Redis: {:?}", read_back.body);
+    assert!(
+        won.iter().all(|r| r.status == 201),
+        "every reserve won while the database was stalled"
+    );
+    assert!(
+        selling < Duration::from_secs(2),
+        "20 reserves took {selling:?}"
+    );
+    assert_eq!(
+        read_back.status, 200,
+        "read-your-writes from Redis: {:?}",
+        read_back.body
+    );
     s.stop().await;
     let audit = s.audit().await;
     let rows = audit.order_ids().await;
     for reply in &won {
-        assert!(rows.contains(reply.body["id"].as_str().unwrap()), "every 201 is a row");
+        assert!(
+            rows.contains(reply.body["id"].as_str().unwrap()),
+            "every 201 is a row"
+        );
     }
     assert_eq!(audit.live_units("flt@%").await, 21);
 }

@@ -152,8 +152,15 @@ async fn a_store_that_cannot_commit_answers_503_and_gives_the_stock_back() {
 async fn a_stalled_database_answers_reads_with_503_in_bounded_time() {
     let pg = PostgresServer::start();
     let now = Timestamp::now();
-    let config = config_head("") + &window_drop("stall", "sku", 5, 2, now - hours(1), now + hours(1));
-    let s = TestServer::start_with_database(&config, &pg.database(), now, &dropgate::EngineChoice::Embedded).await;
+    let config =
+        config_head("") + &window_drop("stall", "sku", 5, 2, now - hours(1), now + hours(1));
+    let s = TestServer::start_with_database(
+        &config,
+        &pg.database(),
+        now,
+        &dropgate::EngineChoice::Embedded,
+    )
+    .await;
     let won = s.http.reserve("stall", "sku", 1, "alice").await;
     assert_eq!(won.status, 201);
     let path = format!("/api/v1/orders/{}", won.body["id"].as_str().unwrap());
