@@ -14,52 +14,17 @@
 
 use std::net::IpAddr;
 
-use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use governor::clock::FakeRelativeClock;
 use jiff::Timestamp;
-use serde::Deserialize;
 
 use dropgate::admission::Admission;
 use dropgate::auth::{mint, TokenVerifier};
-use dropgate::catalog::Drop;
-use dropgate::config::{Config, Limits, SecretSource};
+use dropgate::config::Limits;
 use dropgate::domain::UserId;
 use dropgate::sold_out::SoldOutMarks;
 
-const SECRET: &str = "bench-secret";
-const BODY: &[u8] = br#"{"sku": "sku", "quantity": 1}"#;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReserveBody {
-    sku: String,
-    #[allow(dead_code)]
-    quantity: i64,
-}
-
-fn bench_drop() -> std::sync::Arc<Drop> {
-    let config = format!(
-        r#"
-[auth]
-jwt_secret = "{SECRET}"
-admin_token = "a"
-payment_secret = "p"
-[[drops]]
-id = "bench"
-product = "Phone"
-per_user_limit = 2
-pay_within = "15m"
-schedule = {{ days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], at = "00:00", time_zone = "Asia/Shanghai", duration = "23h59m" }}
-[[drops.skus]]
-id = "sku"
-name = "8GB+256GB"
-price = "1999.00"
-stock = 1
-"#
-    );
-    let config = Config::from_toml(&config, SecretSource::Environment).expect("bench config");
-    config.catalog.get("bench").expect("the drop").clone()
-}
+use crate::fixtures::{bench_drop, ReserveBody, BODY, SECRET};
 
 /// Limits where one layer is exhausted and the ones before it are wide open.
 fn limits(ip: u32, user: u32, global: u32) -> Limits {
@@ -141,13 +106,5 @@ pub fn rejections(c: &mut Criterion) {
         })
     });
 
-    // For scale: a token verified in full, as on a shopper's first request.
-    group.bench_function(BenchmarkId::new("jwt", "first_verification"), |b| {
-        b.iter_batched(
-            || TokenVerifier::new(SECRET),
-            |fresh| fresh.verify(Some(&header)).unwrap(),
-            BatchSize::SmallInput,
-        )
-    });
     group.finish();
 }

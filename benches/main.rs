@@ -4,12 +4,15 @@ use criterion::{criterion_group, criterion_main};
 
 mod admission;
 mod engine;
+mod fixtures;
 mod redis_client;
+mod request;
 
 criterion_group!(
     benches,
     admission::rejections,
     engine::reserve,
-    redis_client::connections
+    redis_client::connections,
+    request::steps
 );
 criterion_main!(benches);

@@ -1,0 +1,43 @@
+//! What several benches share: a drop with a weekly schedule (open every
+//! day, so a round is always current) and the reserve body's shape.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use dropgate::catalog::Drop;
+use dropgate::config::{Config, SecretSource};
+
+pub const SECRET: &str = "bench-secret";
+pub const BODY: &[u8] = br#"{"sku": "sku", "quantity": 1}"#;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveBody {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+pub fn bench_drop() -> Arc<Drop> {
+    let config = format!(
+        r#"
+[auth]
+jwt_secret = "{SECRET}"
+admin_token = "a"
+payment_secret = "p"
+[[drops]]
+id = "bench"
+product = "Phone"
+per_user_limit = 2
+pay_within = "15m"
+schedule = {{ days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], at = "00:00", time_zone = "Asia/Shanghai", duration = "23h59m" }}
+[[drops.skus]]
+id = "sku"
+name = "8GB+256GB"
+price = "1999.00"
+stock = 1
+"#
+    );
+    let config = Config::from_toml(&config, SecretSource::Environment).expect("bench config");
+    config.catalog.get("bench").expect("the drop").clone()
+}
