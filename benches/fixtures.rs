@@ -15,6 +15,7 @@ pub const BODY: &[u8] = br#"{"sku": "sku", "quantity": 1}"#;
 #[serde(deny_unknown_fields)]
 pub struct ReserveBody {
     pub sku: String,
+    #[allow(dead_code)] // parsed like the server does; not read here
     pub quantity: i64,
 }
 
