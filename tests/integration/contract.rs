@@ -375,7 +375,7 @@ async fn nobody_sees_or_cancels_another_shoppers_order() {
         .get(&format!("/api/v1/orders/{id}"), Some(&mallory))
         .await;
     assert_eq!((peek.status, peek.error()), (404, "not_found"));
-    let cancel = s.http.cancel(&id, "mallory").await;
+    let cancel = s.http.cancel(id, "mallory").await;
     assert_eq!((cancel.status, cancel.error()), (404, "not_found"));
     assert_eq!(
         s.http.get("/api/v1/orders", Some(&mallory)).await.body["orders"],

@@ -127,7 +127,7 @@ async fn a_key_whose_first_request_was_refused_can_be_retried() {
         .await;
     assert_eq!(refused.error(), "sold_out");
     let id = alice_order.body["id"].as_str().unwrap();
-    let cancel = s.http.cancel(&id, "alice").await;
+    let cancel = s.http.cancel(id, "alice").await;
     assert_eq!(cancel.status, 200);
     let retried = s
         .http
@@ -210,7 +210,7 @@ async fn a_signed_notification_marks_the_order_paid_once() {
     assert_eq!((again.status, &again.body), (200, &paid.body));
 
     // A paid order cannot be cancelled, never expires, and keeps its stock.
-    let cancel = s.http.cancel(&id, "alice").await;
+    let cancel = s.http.cancel(id, "alice").await;
     assert_eq!(cancel.error(), "not_cancellable");
     s.clock.advance(SignedDuration::from_hours(1));
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -324,7 +324,7 @@ async fn a_restart_rebuilds_stock_limits_and_keys_from_the_store() {
     assert_eq!(keyed.status, 201);
     let bob = first.http.reserve(DROP, SKU, 2, "bob").await;
     let bob_id = bob.body["id"].as_str().unwrap();
-    first.http.cancel(&bob_id, "bob").await;
+    first.http.cancel(bob_id, "bob").await;
     first.http.reserve(DROP, SKU, 1, "carol").await;
     first.stop().await;
 
