@@ -1,6 +1,7 @@
-//! The embedded engine's reserve: durable (each win committed to a real
-//! SQLite file) uncontended and contended, and the decision alone (a refusal,
-//! which touches no disk).
+//! Each engine's reserve: durable wins uncontended and contended, and the
+//! decision alone (a refusal). Embedded: each win committed to a real SQLite
+//! file. Redis: a redis-server started here with `appendfsync always`, the
+//! script's answer being the win (the order writer is not running).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,12 +11,18 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use jiff::SignedDuration;
 use rust_decimal::Decimal;
 
+use dropgate::catalog::LiveCatalog;
 use dropgate::clock::{Clock, SystemClock};
+use dropgate::config::{Config, SecretSource};
 use dropgate::domain::{DropId, OrderId, Quantity, SkuId, UserId};
-use dropgate::engine::{EmbeddedEngine, InventoryEngine, ReserveAttempt, ReserveOutcome};
+use dropgate::engine::{
+    EmbeddedEngine, InventoryEngine, RedisEngine, ReserveAttempt, ReserveOutcome,
+};
 use dropgate::money::Currency;
 use dropgate::order::{Order, OrderStatus};
 use dropgate::store::OrderStore;
+
+use crate::redis_client::start_redis_with;
 
 fn attempt(user: &str, clock: &dyn Clock) -> ReserveAttempt {
     let now = clock.now();
@@ -45,14 +52,42 @@ fn attempt(user: &str, clock: &dyn Clock) -> ReserveAttempt {
 
 struct Bench {
     rt: tokio::runtime::Runtime,
-    engine: Arc<EmbeddedEngine>,
+    engine: Arc<dyn InventoryEngine>,
     clock: Arc<SystemClock>,
     next_user: AtomicU64,
     _dir: tempfile::TempDir,
 }
 
+/// The drop the attempts belong to, for the Redis engine's round set-up:
+/// stock enough for every win a bench makes.
+fn catalog() -> LiveCatalog {
+    let config = Config::from_toml(
+        r#"
+        [auth]
+        jwt_secret = "j"
+        admin_token = "a"
+        payment_secret = "p"
+        [[drops]]
+        id = "bench"
+        product = "Phone"
+        per_user_limit = 1
+        pay_within = "15m"
+        opens_at = "2026-01-01T00:00:00Z"
+        closes_at = "2036-01-01T00:00:00Z"
+        [[drops.skus]]
+        id = "sku"
+        name = "8GB+256GB"
+        price = "1999.00"
+        stock = 1000000000000
+        "#,
+        SecretSource::Environment,
+    )
+    .expect("bench config");
+    LiveCatalog::new(config.catalog)
+}
+
 impl Bench {
-    fn new() -> Self {
+    fn new(redis_url: Option<&str>) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -60,10 +95,16 @@ impl Bench {
         let dir = tempfile::tempdir().unwrap();
         let store = OrderStore::open_sqlite(&dir.path().join("orders.db")).unwrap();
         let clock = Arc::new(SystemClock);
-        let engine = Arc::new(
-            rt.block_on(EmbeddedEngine::open(store, clock.clone()))
-                .unwrap(),
-        );
+        let engine: Arc<dyn InventoryEngine> = match redis_url {
+            None => Arc::new(
+                rt.block_on(EmbeddedEngine::open(store, clock.clone()))
+                    .unwrap(),
+            ),
+            Some(url) => Arc::new(
+                rt.block_on(RedisEngine::open(url, catalog(), store))
+                    .unwrap(),
+            ),
+        };
         Self {
             rt,
             engine,
@@ -106,8 +147,13 @@ impl Bench {
 }
 
 pub fn reserve(c: &mut Criterion) {
-    let bench = Bench::new();
-    let mut group = c.benchmark_group("engine_reserve");
+    reserve_with(c, "engine_reserve", &Bench::new(None));
+    let (_redis, url) = start_redis_with("yes");
+    reserve_with(c, "redis_engine_reserve", &Bench::new(Some(&url)));
+}
+
+fn reserve_with(c: &mut Criterion, name: &str, bench: &Bench) {
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(5));
     for tasks in [1u64, 64, 512] {

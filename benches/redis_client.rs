@@ -16,7 +16,7 @@ use redis::Script;
 const TASKS: u64 = 50;
 
 /// The server process and its temp dir, both gone when dropped.
-struct RedisServer {
+pub struct RedisServer {
     child: std::process::Child,
     _dir: tempfile::TempDir,
 }
@@ -28,7 +28,9 @@ impl Drop for RedisServer {
     }
 }
 
-fn start_redis() -> (RedisServer, String) {
+/// A redis-server on a free loopback port; `appendonly` is "no" or "yes"
+/// (with `appendfsync always`, as dropgate's durable setting).
+pub fn start_redis_with(appendonly: &str) -> (RedisServer, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -44,7 +46,9 @@ fn start_redis() -> (RedisServer, String) {
             "--save",
             "",
             "--appendonly",
-            "no",
+            appendonly,
+            "--appendfsync",
+            "always",
         ])
         .arg("--dir")
         .arg(dir.path())
@@ -61,6 +65,10 @@ fn start_redis() -> (RedisServer, String) {
         RedisServer { child, _dir: dir },
         format!("redis://127.0.0.1:{port}"),
     )
+}
+
+fn start_redis() -> (RedisServer, String) {
+    start_redis_with("no")
 }
 
 /// One reserve as dropgate sends it: every check passes, the winner is appended.
