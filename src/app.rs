@@ -4,12 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::auth::TokenVerifier;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::Semaphore;
 
 use crate::admission::Admission;
-use crate::catalog::Catalog;
-use crate::catalog::LiveCatalog;
+use crate::auth::TokenVerifier;
+use crate::catalog::{Catalog, LiveCatalog};
 use crate::clock::Clock;
 use crate::config::{drop_from_json, Config, Secrets, ServerSettings};
 use crate::engine::{EmbeddedEngine, EngineError, InventoryEngine, RedisEngine, RedisOrderWriter};
@@ -71,8 +70,10 @@ pub struct App {
     pub admission: Admission,
     /// SKUs the engine said are sold out, refused here without asking it again.
     pub sold_out: SoldOutMarks,
-    /// Connections open now; the server counts them, `/metrics` shows them.
-    pub connections: AtomicUsize,
+    /// One permit per open connection. Past `max_connections` a connection
+    /// gets a 503 and is closed, so a flood cannot exhaust file descriptors
+    /// or memory; the permits in use are the open-connections gauge.
+    pub connections: Arc<Semaphore>,
     /// In Redis mode, the task that moves winners from Redis into the store.
     pub redis_writer: Option<RedisOrderWriter>,
 }
@@ -91,6 +92,7 @@ impl App {
             Database::Postgres(url) => OrderStore::open_postgres(url).await?,
         };
         let catalog = LiveCatalog::new(config.catalog);
+        let max_connections = config.server.max_connections;
         let (engine, redis_writer): (Arc<dyn InventoryEngine>, _) = match choice {
             EngineChoice::Embedded => {
                 let engine = EmbeddedEngine::open(store.clone(), clock.clone()).await?;
@@ -119,7 +121,7 @@ impl App {
             settings: config.server,
             admission: Admission::new(config.limits),
             sold_out: SoldOutMarks::default(),
-            connections: AtomicUsize::new(0),
+            connections: Arc::new(Semaphore::new(max_connections)),
             redis_writer,
         });
         app.load_saved_drops().await?;
@@ -155,7 +157,7 @@ impl App {
     }
 
     pub fn open_connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.settings.max_connections - self.connections.available_permits()
     }
 
     /// Won orders not yet in the order store: the Redis stream's backlog, or

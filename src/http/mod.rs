@@ -13,7 +13,6 @@ mod views;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::App;
 
@@ -34,9 +32,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 /// Serves until `shutdown` resolves, then stops accepting and waits up to the
 /// configured grace for in-flight requests to finish.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    // Each open connection holds a permit; past the cap a connection gets a
-    // 503 and is closed, so a flood cannot exhaust file descriptors or memory.
-    let connections = Arc::new(Semaphore::new(app.settings.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     // header_read_timeout only fires when the builder has a timer.
@@ -58,12 +53,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        let Ok(permit) = app.connections.clone().try_acquire_owned() else {
             tokio::spawn(refuse(stream));
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let open = OpenConnection::count(app.clone(), permit);
         let app = app.clone();
         let peer = peer.ip();
         let service = service_fn(move |req| {
@@ -75,7 +69,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(open);
+            drop(permit);
         });
     }
 
@@ -89,29 +83,6 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             ?grace,
             "some connections were still busy when the shutdown grace ran out"
         );
-    }
-}
-
-/// An accepted connection: it holds a place under the cap and is counted in
-/// the open-connections gauge until dropped.
-struct OpenConnection {
-    app: Arc<App>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl OpenConnection {
-    fn count(app: Arc<App>, permit: OwnedSemaphorePermit) -> Self {
-        app.connections.fetch_add(1, Ordering::Relaxed);
-        Self {
-            app,
-            _permit: permit,
-        }
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.app.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
