@@ -11,9 +11,8 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use jiff::SignedDuration;
 use rust_decimal::Decimal;
 
-use dropgate::catalog::LiveCatalog;
+use dropgate::catalog::{Catalog, LiveCatalog};
 use dropgate::clock::{Clock, SystemClock};
-use dropgate::config::{Config, SecretSource};
 use dropgate::domain::{DropId, OrderId, Quantity, SkuId, UserId};
 use dropgate::engine::{
     EmbeddedEngine, InventoryEngine, RedisEngine, ReserveAttempt, ReserveOutcome,
@@ -22,6 +21,7 @@ use dropgate::money::Currency;
 use dropgate::order::{Order, OrderStatus};
 use dropgate::store::OrderStore;
 
+use crate::fixtures::bench_drop;
 use crate::redis_client::start_redis_with;
 
 fn attempt(user: &str, clock: &dyn Clock) -> ReserveAttempt {
@@ -58,32 +58,11 @@ struct Bench {
     _dir: tempfile::TempDir,
 }
 
-/// The drop the attempts belong to, for the Redis engine's round set-up:
-/// stock enough for every win a bench makes.
+/// The drop the attempts belong to, for the Redis engine's round set-up.
 fn catalog() -> LiveCatalog {
-    let config = Config::from_toml(
-        r#"
-        [auth]
-        jwt_secret = "j"
-        admin_token = "a"
-        payment_secret = "p"
-        [[drops]]
-        id = "bench"
-        product = "Phone"
-        per_user_limit = 1
-        pay_within = "15m"
-        opens_at = "2026-01-01T00:00:00Z"
-        closes_at = "2036-01-01T00:00:00Z"
-        [[drops.skus]]
-        id = "sku"
-        name = "8GB+256GB"
-        price = "1999.00"
-        stock = 1000000000000
-        "#,
-        SecretSource::Environment,
-    )
-    .expect("bench config");
-    LiveCatalog::new(config.catalog)
+    LiveCatalog::new(Catalog::new(vec![dropgate::catalog::Drop::clone(
+        &bench_drop(),
+    )]))
 }
 
 impl Bench {

@@ -1,5 +1,6 @@
 //! What several benches share: a drop with a weekly schedule (open every
-//! day, so a round is always current) and the reserve body's shape.
+//! day, so a round is always current, and stock for every win a bench
+//! makes) and the reserve body's shape.
 
 use std::sync::Arc;
 
@@ -36,7 +37,7 @@ schedule = {{ days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], at = "00
 id = "sku"
 name = "8GB+256GB"
 price = "1999.00"
-stock = 1
+stock = 1000000000000
 "#
     );
     let config = Config::from_toml(&config, SecretSource::Environment).expect("bench config");

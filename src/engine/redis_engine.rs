@@ -16,7 +16,7 @@ use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
 use crate::catalog::LiveCatalog;
 use crate::domain::{OrderId, SkuId};
 use crate::order::Order;
-use crate::store::{OrderStore, Restock, StoreError};
+use crate::store::{restocked_units, OrderStore, Restock, StoreError};
 
 /// Bounds on every Redis call, so a dead or stalled Redis becomes a fast 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -145,14 +145,10 @@ impl RedisEngine {
                 .filter(|o| o.sku == sku.id)
                 .map(|o| u64::from(o.quantity.get()))
                 .sum();
-            let restocked: u64 = restocks
-                .iter()
-                .filter(|r| r.sku == sku.id.as_str())
-                .map(|r| r.units)
-                .sum();
+            let allocated = sku.stock + restocked_units(&restocks, sku.id.as_str());
             invocation
                 .arg(sku.id.as_str())
-                .arg((sku.stock + restocked).saturating_sub(held));
+                .arg(allocated.saturating_sub(held));
         }
         for order in &live {
             invocation.arg(order.id.as_str()).arg(holding(order));

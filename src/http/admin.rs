@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::catalog::{Drop, Sku};
 use crate::config::{drop_from_json, Limits, MAX_RATE};
 use crate::schedule::Phase;
+use crate::store::{restocked_units, Restock};
 
 /// Compares the bearer token with the admin token in constant time. Both
 /// are hashed first so that not even their lengths leak through timing.
@@ -118,17 +119,14 @@ fn find_drop(app: &App, drop_id: &str) -> Result<std::sync::Arc<Drop>, ApiError>
 }
 
 /// What one SKU of the current round has: allocated (catalog stock plus
-/// restocks), still for sale, and held by live orders.
-async fn sku_stats(app: &App, round_id: &str, sku: &Sku) -> Result<serde_json::Value, ApiError> {
-    let restocked: u64 = app
-        .store
-        .restocks(Some(round_id.to_owned()))
-        .await?
-        .iter()
-        .filter(|r| r.sku == sku.id.as_str())
-        .map(|r| r.units)
-        .sum();
-    let allocated = sku.stock + restocked;
+/// the round's restocks), still for sale, and held by live orders.
+async fn sku_stats(
+    app: &App,
+    round_id: &str,
+    sku: &Sku,
+    restocks: &[Restock],
+) -> Result<serde_json::Value, ApiError> {
+    let allocated = sku.stock + restocked_units(restocks, sku.id.as_str());
     let remaining = app.engine.remaining(round_id, &sku.id, sku.stock).await?;
     Ok(json!({
         "allocated": allocated,
@@ -145,11 +143,12 @@ pub async fn stats(
     authorize(app, req)?;
     let drop = find_drop(app, drop_id)?;
     let round = drop.round_at(app.clock.now());
+    let restocks = app.store.restocks(Some(round.id.clone())).await?;
     let mut skus = BTreeMap::new();
     for sku in &drop.skus {
         skus.insert(
             sku.id.as_str().to_owned(),
-            sku_stats(app, &round.id, sku).await?,
+            sku_stats(app, &round.id, sku, &restocks).await?,
         );
     }
     let orders = app.store.status_counts(round.id.clone()).await?;
@@ -197,7 +196,8 @@ pub async fn restock(
     app.engine.restock(&round.id, &sku.id, body.units).await?;
     app.sold_out.clear(&round.id, sku.id.as_str());
     tracing::info!(round = %round.id, sku = %sku.id, units = body.units, "restocked");
-    let stats = sku_stats(app, &round.id, sku).await?;
+    let restocks = app.store.restocks(Some(round.id.clone())).await?;
+    let stats = sku_stats(app, &round.id, sku, &restocks).await?;
     Ok(json(
         StatusCode::OK,
         &json!({"round_id": round.id, "sku": sku.id.as_str(), "stock": stats}),

@@ -176,6 +176,15 @@ pub struct Restock {
     pub units: u64,
 }
 
+/// Units restocked for `sku`, out of one round's restocks.
+pub fn restocked_units(restocks: &[Restock], sku: &str) -> u64 {
+    restocks
+        .iter()
+        .filter(|r| r.sku == sku)
+        .map(|r| r.units)
+        .sum()
+}
+
 /// A round's orders by status, for the operators' statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StatusCounts {
