@@ -116,6 +116,9 @@ pub async fn reserve(
     if key.is_none() && app.sold_out.refuses(&round.id, sku.id.as_str()) {
         return Err(ApiError::SoldOut);
     }
+    // Admitted to the engine before the order is built, so a refusal here
+    // costs no order id, prices or copies.
+    let _in_flight = app.admission.enter_engine()?;
     let charges = sku.charges(quantity);
     let order = Order {
         id: OrderId::generate(),
@@ -144,7 +147,6 @@ pub async fn reserve(
         per_user_limit: drop.per_user_limit,
         idempotency: key.map(|k| (k, format!("{}*{}", sku.id, quantity.get()))),
     };
-    let _in_flight = app.admission.enter_engine()?;
     let started = Instant::now();
     let decided = app.engine.reserve(attempt).await;
     telemetry::engine_call("reserve", started.elapsed());
