@@ -13,27 +13,27 @@ use super::error::ApiError;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> HttpResponse {
-    let body = serde_json::to_vec(value).expect("response values serialize");
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+const JSON: &str = "application/json";
+
+/// A response with `body` as it is, of `content_type`.
+pub fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> HttpResponse {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> HttpResponse {
+    let body = serde_json::to_vec(value).expect("response values serialize");
+    respond(status, JSON, Bytes::from(body))
 }
 
 pub fn error(err: &ApiError) -> HttpResponse {
     let mut response = match err.fixed_body() {
         // Refusals that say the same every time are rendered once, at compile time.
-        Some(body) => {
-            let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-            *response.status_mut() = err.status();
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
-        }
+        Some(body) => respond(err.status(), JSON, Bytes::from_static(body.as_bytes())),
         None => json(err.status(), &err.body()),
     };
     if let Some(seconds) = err.retry_after() {

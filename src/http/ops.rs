@@ -2,13 +2,11 @@
 //! metrics, time.
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Response, StatusCode};
+use hyper::StatusCode;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::json::{json, HttpResponse};
+use super::json::{json, respond, HttpResponse};
 use crate::app::App;
 use crate::telemetry;
 
@@ -39,10 +37,10 @@ pub fn time(app: &App) -> HttpResponse {
 
 /// Every metric in Prometheus text format.
 pub async fn metrics(app: &App) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(telemetry::render(app).await)));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
+    let text = telemetry::render(app).await;
+    respond(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        Bytes::from(text),
+    )
 }
