@@ -71,7 +71,8 @@ fn start_redis() -> (RedisServer, String) {
     start_redis_with("no")
 }
 
-/// One reserve as dropgate sends it: every check passes, the winner is appended.
+/// One reserve alone in a call of the script (a batch of one): every check
+/// passes, the winner is appended. This compares connections, not batching.
 async fn reserve(script: &Script, conn: &mut impl ConnectionLike, n: u64) {
     let keys =
         ["stock", "held", "keys", "orders", "live", "winners"].map(|k| format!("dg:{{bench}}:{k}"));
@@ -80,6 +81,7 @@ async fn reserve(script: &Script, conn: &mut impl ConnectionLike, n: u64) {
         call.key(key);
     }
     let (code, _): (i64, String) = call
+        .arg(1)
         .arg(0)
         .arg(i64::MAX)
         .arg("sku")

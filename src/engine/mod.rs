@@ -6,6 +6,7 @@
 //! expired order's units exactly once.
 
 mod embedded;
+mod redis_batches;
 mod redis_engine;
 mod redis_keys;
 mod redis_writer;

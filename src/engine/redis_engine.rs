@@ -11,6 +11,7 @@ use jiff::Timestamp;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
+use super::redis_batches::{ReserveBatches, ScriptAttempt};
 use super::redis_keys::{drop_of, RoundKeys, ROUNDS};
 use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
 use crate::catalog::LiveCatalog;
@@ -25,11 +26,15 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Scripts {
-    reserve: Script,
     release: Script,
     setup_round: Script,
     restock: Script,
 }
+
+/// Connections the reserve calls take in turn. Redis reads at most 16 KiB
+/// from a client per pass of its event loop, and with `appendfsync always`
+/// it fsyncs once per pass: more sockets let one fsync cover more attempts.
+const RESERVE_CONNECTIONS: usize = 4;
 
 /// What `reserve.lua` and `restock.lua` answer for a round that is not set up.
 const NOT_SET_UP: i64 = -6;
@@ -39,6 +44,8 @@ pub struct RedisEngine {
     /// commands of many requests; it reconnects after Redis restarts.
     conn: ConnectionManager,
     scripts: Arc<Scripts>,
+    /// Reserve attempts, gathered into one `reserve.lua` call per round.
+    reserves: ReserveBatches,
     catalog: LiveCatalog,
     store: OrderStore,
 }
@@ -67,10 +74,14 @@ impl RedisEngine {
         store: OrderStore,
     ) -> Result<Self, EngineError> {
         let conn = connect(url).await?;
+        let mut reserve_conns = vec![conn.clone()];
+        for _ in 1..RESERVE_CONNECTIONS {
+            reserve_conns.push(connect(url).await?);
+        }
         let engine = Self {
+            reserves: ReserveBatches::start(reserve_conns),
             conn,
             scripts: Arc::new(Scripts {
-                reserve: Script::new(include_str!("../../lua/reserve.lua")),
                 release: Script::new(include_str!("../../lua/release.lua")),
                 setup_round: Script::new(include_str!("../../lua/setup_round.lua")),
                 restock: Script::new(include_str!("../../lua/restock.lua")),
@@ -178,36 +189,27 @@ fn parse_order(json: &str) -> Result<Order, EngineError> {
 impl InventoryEngine for RedisEngine {
     async fn reserve(&self, attempt: ReserveAttempt) -> Result<ReserveOutcome, EngineError> {
         let order = &attempt.order;
-        let keys = RoundKeys::new(&order.round_id);
-        let order_json = serde_json::to_string(order).map_err(unavailable)?;
         let (key, fingerprint) = match &attempt.idempotency {
             Some((key, fingerprint)) => (key.as_str(), fingerprint.as_str()),
             None => ("", ""),
         };
-        let mut invocation = self.scripts.reserve.key(&keys.stock);
-        invocation
-            .key(&keys.held)
-            .key(&keys.keys)
-            .key(&keys.orders)
-            .key(&keys.live)
-            .key(&keys.winners)
-            .arg(attempt.opens_at.as_millisecond())
-            .arg(attempt.closes_at.as_millisecond())
-            .arg(order.sku.as_str())
-            .arg(order.quantity.get())
-            .arg(attempt.per_user_limit)
-            .arg(order.user_id.as_str())
-            .arg(key)
-            .arg(fingerprint)
-            .arg(order.id.as_str())
-            .arg(&order_json);
+        let arguments = || -> Result<ScriptAttempt, EngineError> {
+            Ok(ScriptAttempt {
+                opens_at_ms: attempt.opens_at.as_millisecond(),
+                closes_at_ms: attempt.closes_at.as_millisecond(),
+                sku: order.sku.as_str().to_owned(),
+                units: order.quantity.get(),
+                per_user_limit: attempt.per_user_limit,
+                user: order.user_id.as_str().to_owned(),
+                key: key.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+                order_id: order.id.as_str().to_owned(),
+                order_json: serde_json::to_string(order).map_err(unavailable)?,
+            })
+        };
         // A round unknown to Redis is set up once, then the attempt retried.
         for _ in 0..2 {
-            let mut conn = self.conn.clone();
-            let (code, detail): (i64, String) = invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let (code, detail) = self.reserves.decide(&order.round_id, arguments()?).await?;
             return Ok(match code {
                 1 => ReserveOutcome::Won(attempt.order),
                 2 => ReserveOutcome::Replayed(parse_order(&detail)?),

@@ -9,6 +9,7 @@ mod lifecycle;
 mod metrics;
 mod process;
 mod redis_faults;
+mod reserve_script;
 mod server;
 mod storm;
 mod support;
