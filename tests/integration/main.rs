@@ -1,6 +1,7 @@
 //! One integration test binary: real HTTP, real SQLite files in temp dirs,
 //! and a real redis-server and PostgreSQL that the tests start themselves.
 
+mod abuse;
 mod admin;
 mod admission;
 mod conformance;
