@@ -8,6 +8,7 @@ mod conformance;
 mod contract;
 mod lifecycle;
 mod metrics;
+mod model;
 mod process;
 mod redis_faults;
 mod reserve_script;

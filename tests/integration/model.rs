@@ -1,0 +1,499 @@
+//! Model-based tests of a reservation's life (proptest-state-machine):
+//! random sequences of reserve (with and without keys, within and beyond
+//! the limit), replay, cancel, pay, expiry, restock and restart run against
+//! a real server in each engine, and against a model of what should happen.
+//! Every answer must match the model; after every step the drop's remaining
+//! stock must match and the order store must hold no oversold unit (I1) and
+//! no shopper above the limit (I2); at the end, after a graceful stop, the
+//! store must hold exactly the model's orders with the model's fates (I3,
+//! I4, I5). A failure prints its minimal sequence, and proptest records its
+//! seed under `tests/proptest-regressions/`, which every
+//! later run replays first. `MODEL_CASES` and `MODEL_CASES_REDIS` set the
+//! number of cases (1,000 and 300 by default).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hyper::Method;
+use jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
+use serde_json::json;
+use tempfile::TempDir;
+
+use dropgate::EngineChoice;
+
+use crate::support::*;
+
+const DROP: &str = "mdl";
+const SKU: &str = "sku";
+const LIMIT: u32 = 2;
+const USERS: [&str; 3] = ["ann", "ben", "cat"];
+const PRICE_CENTS: u32 = 199_900;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Pending,
+    Paid,
+    Cancelled,
+    Expired,
+}
+
+impl Fate {
+    fn live(self) -> bool {
+        matches!(self, Fate::Pending | Fate::Paid)
+    }
+
+    fn stored(self) -> &'static str {
+        match self {
+            Fate::Pending => "pending_payment",
+            Fate::Paid => "paid",
+            Fate::Cancelled => "cancelled",
+            Fate::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ModelOrder {
+    user: usize,
+    units: u32,
+    fate: Fate,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Reserve {
+        user: usize,
+        units: u32,
+        key: Option<u8>,
+    },
+    /// The n-th order so far (modulo their number), by its owner.
+    Cancel(usize),
+    /// A signed notification for the n-th order, with its exact amount.
+    Pay(usize),
+    /// The clock passes every pending order's pay-by time.
+    Expire,
+    Restock(u32),
+    Restart,
+}
+
+/// What the server must answer to the last step.
+#[derive(Clone, Debug, PartialEq)]
+enum Expect {
+    Nothing,
+    Created,
+    Replayed(usize),
+    Status(u16, &'static str),
+    /// Both the limit and the stock refuse: either reason is right (the
+    /// sold-out mark answers before the engine would see the limit).
+    LimitOrSoldOut,
+}
+
+#[derive(Clone, Debug)]
+struct Model {
+    stock: u32,
+    orders: Vec<ModelOrder>,
+    /// (user, key) → the order it made and the units it asked for.
+    keys: HashMap<(usize, u8), (usize, u32)>,
+    expect: Expect,
+}
+
+impl Model {
+    fn live_units(&self) -> u32 {
+        self.orders
+            .iter()
+            .filter(|o| o.fate.live())
+            .map(|o| o.units)
+            .sum()
+    }
+
+    fn held_by(&self, user: usize) -> u32 {
+        self.orders
+            .iter()
+            .filter(|o| o.user == user && o.fate.live())
+            .map(|o| o.units)
+            .sum()
+    }
+
+    fn remaining(&self) -> u32 {
+        self.stock - self.live_units()
+    }
+}
+
+struct Reference;
+
+impl ReferenceStateMachine for Reference {
+    type State = Model;
+    type Transition = Step;
+
+    fn init_state() -> BoxedStrategy<Model> {
+        (1u32..=4)
+            .prop_map(|stock| Model {
+                stock,
+                orders: Vec::new(),
+                keys: HashMap::new(),
+                expect: Expect::Nothing,
+            })
+            .boxed()
+    }
+
+    fn transitions(state: &Model) -> BoxedStrategy<Step> {
+        let reserve = (0..USERS.len(), 1..=LIMIT + 1, prop::option::of(0u8..3))
+            .prop_map(|(user, units, key)| Step::Reserve { user, units, key });
+        if state.orders.is_empty() {
+            return prop_oneof![4 => reserve, 1 => (1u32..3).prop_map(Step::Restock)].boxed();
+        }
+        prop_oneof![
+            8 => reserve,
+            2 => any::<usize>().prop_map(Step::Cancel),
+            2 => any::<usize>().prop_map(Step::Pay),
+            1 => Just(Step::Expire),
+            1 => (1u32..3).prop_map(Step::Restock),
+            1 => Just(Step::Restart),
+        ]
+        .boxed()
+    }
+
+    fn preconditions(state: &Model, step: &Step) -> bool {
+        match step {
+            Step::Cancel(_) | Step::Pay(_) => !state.orders.is_empty(),
+            _ => true,
+        }
+    }
+
+    fn apply(mut state: Model, step: &Step) -> Model {
+        state.expect = match *step {
+            Step::Reserve { user, units, key } => reserve(&mut state, user, units, key),
+            Step::Cancel(n) => {
+                let n = n % state.orders.len();
+                let order = &mut state.orders[n];
+                if order.fate == Fate::Pending {
+                    order.fate = Fate::Cancelled;
+                    Expect::Status(200, "")
+                } else {
+                    Expect::Status(409, "not_cancellable")
+                }
+            }
+            Step::Pay(n) => {
+                let n = n % state.orders.len();
+                let order = &mut state.orders[n];
+                match order.fate {
+                    Fate::Pending | Fate::Paid => {
+                        order.fate = Fate::Paid;
+                        Expect::Status(200, "")
+                    }
+                    Fate::Cancelled | Fate::Expired => Expect::Status(409, "not_payable"),
+                }
+            }
+            Step::Expire => {
+                for order in &mut state.orders {
+                    if order.fate == Fate::Pending {
+                        order.fate = Fate::Expired;
+                    }
+                }
+                Expect::Nothing
+            }
+            Step::Restock(units) => {
+                state.stock += units;
+                Expect::Status(200, "")
+            }
+            Step::Restart => Expect::Nothing,
+        };
+        state
+    }
+}
+
+fn reserve(state: &mut Model, user: usize, units: u32, key: Option<u8>) -> Expect {
+    if let Some(key) = key {
+        if let Some(&(order, asked)) = state.keys.get(&(user, key)) {
+            return if asked == units {
+                Expect::Replayed(order)
+            } else {
+                Expect::Status(422, "idempotency_mismatch")
+            };
+        }
+    }
+    match (
+        state.held_by(user) + units > LIMIT,
+        state.remaining() < units,
+    ) {
+        (true, true) => return Expect::LimitOrSoldOut,
+        (true, false) => return Expect::Status(409, "limit_exceeded"),
+        (false, true) => return Expect::Status(409, "sold_out"),
+        (false, false) => {}
+    }
+    state.orders.push(ModelOrder {
+        user,
+        units,
+        fate: Fate::Pending,
+    });
+    if let Some(key) = key {
+        state
+            .keys
+            .insert((user, key), (state.orders.len() - 1, units));
+    }
+    Expect::Created
+}
+
+/// Which engine a model test runs against.
+trait Engine {
+    /// A Redis server when the engine needs one, and the engine choice.
+    fn start() -> (Option<RedisServer>, EngineChoice);
+}
+
+struct Embedded;
+struct WithRedis;
+
+impl Engine for Embedded {
+    fn start() -> (Option<RedisServer>, EngineChoice) {
+        (None, EngineChoice::Embedded)
+    }
+}
+
+impl Engine for WithRedis {
+    fn start() -> (Option<RedisServer>, EngineChoice) {
+        let redis = RedisServer::start();
+        let engine = redis.engine();
+        (Some(redis), engine)
+    }
+}
+
+struct Sut {
+    runtime: std::sync::Arc<tokio::runtime::Runtime>,
+    server: Option<TestServer>,
+    config: String,
+    engine: EngineChoice,
+    _redis: Option<RedisServer>,
+    dir: TempDir,
+    now: Timestamp,
+    /// The server's id of each order, in the model's order.
+    ids: Vec<String>,
+}
+
+impl Sut {
+    fn server(&self) -> &TestServer {
+        self.server.as_ref().expect("a running server")
+    }
+
+    async fn start(&mut self) {
+        let db = self.dir.path().join("orders.db");
+        self.server = Some(TestServer::start_on(&self.config, &db, self.now, &self.engine).await);
+    }
+}
+
+struct ModelTest<E>(std::marker::PhantomData<E>);
+
+impl<E: Engine> StateMachineTest for ModelTest<E> {
+    type SystemUnderTest = Sut;
+    type Reference = Reference;
+
+    fn init_test(model: &Model) -> Sut {
+        let (redis, engine) = E::start();
+        let now = Timestamp::now();
+        let config = config_head("")
+            + &window_drop(
+                DROP,
+                SKU,
+                i64::from(model.stock),
+                i64::from(LIMIT),
+                now - hours(1),
+                now + hours(24 * 30),
+            );
+        let mut sut = Sut {
+            runtime: std::sync::Arc::new(tokio::runtime::Runtime::new().unwrap()),
+            server: None,
+            config,
+            engine,
+            _redis: redis,
+            dir: tempfile::tempdir().unwrap(),
+            now,
+            ids: Vec::new(),
+        };
+        let runtime = sut.runtime.clone();
+        runtime.block_on(sut.start());
+        sut
+    }
+
+    fn apply(mut sut: Sut, model: &Model, step: Step) -> Sut {
+        let runtime = sut.runtime.clone();
+        runtime.block_on(apply_step(&mut sut, model, step));
+        sut
+    }
+
+    fn check_invariants(sut: &Sut, model: &Model) {
+        let db = sut.server().db();
+        let live = live_units(&db, "mdl@%");
+        assert!(
+            live <= i64::from(model.stock),
+            "I1: {live} live units of {}",
+            model.stock
+        );
+        let most = max_units_per_user(&db);
+        assert!(
+            most <= i64::from(LIMIT),
+            "I2: a shopper holds {most} of {LIMIT}"
+        );
+    }
+
+    fn teardown(mut sut: Sut, model: Model) {
+        let runtime = sut.runtime.clone();
+        runtime.block_on(sut.server.as_mut().unwrap().stop());
+        let db = sut.server().db();
+        let stored: HashMap<String, (String, String, i64)> = {
+            let mut query = db
+                .prepare("SELECT id, user_id, status, quantity FROM orders")
+                .unwrap();
+            let rows = query
+                .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+                .unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        assert_eq!(stored.len(), model.orders.len(), "I3/I4: one row per 201");
+        for (order, id) in model.orders.iter().zip(&sut.ids) {
+            let row = stored
+                .get(id)
+                .unwrap_or_else(|| panic!("I3: order {id} lost"));
+            let expected = (
+                USERS[order.user].to_owned(),
+                order.fate.stored().to_owned(),
+                i64::from(order.units),
+            );
+            assert_eq!(row, &expected, "I5: order {id}");
+        }
+    }
+}
+
+async fn apply_step(sut: &mut Sut, model: &Model, step: Step) {
+    let reply = match step {
+        Step::Reserve { user, units, key } => {
+            let body = format!(r#"{{"sku": "{SKU}", "quantity": {units}}}"#);
+            let path = format!("/api/v1/drops/{DROP}/reserve");
+            let key = key.map(|k| format!("key-{k}"));
+            let extra: Vec<(&str, &str)> = key
+                .iter()
+                .map(|k| ("idempotency-key", k.as_str()))
+                .collect();
+            let token = token(USERS[user]);
+            Some(
+                sut.server()
+                    .http
+                    .post_with(&path, Some(&token), &extra, &body)
+                    .await,
+            )
+        }
+        Step::Cancel(n) => {
+            let n = n % sut.ids.len();
+            let owner = USERS[model.orders[n].user];
+            Some(sut.server().http.cancel(&sut.ids[n], owner).await)
+        }
+        Step::Pay(n) => {
+            let n = n % sut.ids.len();
+            let cents = model.orders[n].units * PRICE_CENTS;
+            let notice = json!({
+                "order_id": sut.ids[n],
+                "transaction_id": format!("tx-{}", sut.ids[n]),
+                "amount": format!("{}.{:02}", cents / 100, cents % 100),
+                "method": "alipay",
+            })
+            .to_string();
+            let signature = dropgate::payment::sign(PAYMENT_SECRET.as_bytes(), notice.as_bytes());
+            Some(
+                sut.server()
+                    .http
+                    .post_with(
+                        "/api/v1/payments/notify",
+                        None,
+                        &[("x-signature", &signature)],
+                        &notice,
+                    )
+                    .await,
+            )
+        }
+        Step::Expire => {
+            sut.now += SignedDuration::from_mins(16);
+            sut.server().clock.advance(SignedDuration::from_mins(16));
+            None
+        }
+        Step::Restock(units) => {
+            let body = format!(r#"{{"sku": "{SKU}", "units": {units}}}"#);
+            let path = format!("/admin/v1/drops/{DROP}/restock");
+            Some(sut.server().http.admin(Method::POST, &path, &body).await)
+        }
+        Step::Restart => {
+            sut.server.as_mut().unwrap().stop().await;
+            sut.start().await;
+            None
+        }
+    };
+    if let Some(reply) = reply {
+        match &model.expect {
+            Expect::Created => {
+                assert_eq!(reply.status, 201, "{step:?}: {:?}", reply.body);
+                sut.ids.push(reply.body["id"].as_str().unwrap().to_owned());
+            }
+            Expect::Replayed(n) => {
+                assert_eq!(reply.status, 200, "{step:?}: {:?}", reply.body);
+                assert_eq!(reply.body["id"].as_str(), Some(sut.ids[*n].as_str()));
+            }
+            Expect::Status(status, error) => {
+                assert_eq!(
+                    (reply.status, reply.error()),
+                    (*status, *error),
+                    "{step:?}: {:?}",
+                    reply.body
+                );
+            }
+            Expect::LimitOrSoldOut => {
+                assert!(
+                    reply.status == 409 && ["limit_exceeded", "sold_out"].contains(&reply.error()),
+                    "{step:?}: {} {:?}",
+                    reply.status,
+                    reply.body
+                );
+            }
+            Expect::Nothing => unreachable!("{step:?} answers nothing"),
+        }
+    }
+    // Expiry is the sweeper's work (every 50 ms here): wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let remaining = sut.server().http.remaining(DROP).await;
+        if remaining == u64::from(model.remaining()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after {step:?}: {remaining} units on sale, the model has {}",
+            model.remaining()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+prop_state_machine! {
+    #![proptest_config(Config {
+        cases: cases("MODEL_CASES", 1000),
+        .. Config::default()
+    })]
+    #[test]
+    fn the_embedded_engine_follows_the_model(sequential 1..24 => ModelTest<Embedded>);
+}
+
+prop_state_machine! {
+    #![proptest_config(Config {
+        cases: cases("MODEL_CASES_REDIS", 300),
+        .. Config::default()
+    })]
+    #[test]
+    fn the_redis_engine_follows_the_model(sequential 1..24 => ModelTest<WithRedis>);
+}
+
+/// Cases to run: the default, or more from the environment for a long run.
+fn cases(variable: &str, default: u32) -> u32 {
+    std::env::var(variable)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
