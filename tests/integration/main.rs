@@ -6,6 +6,7 @@ mod admin;
 mod admission;
 mod conformance;
 mod contract;
+mod fuzz;
 mod lifecycle;
 mod metrics;
 mod model;
