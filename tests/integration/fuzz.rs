@@ -66,18 +66,15 @@ fn no_made_up_or_mangled_token_is_accepted() {
     // One byte of a valid token changed: refused, whichever byte it is.
     let mut mangled_runner = runner(20_000);
     mangled_runner
-        .run(&(0..valid.len(), any::<u8>()), |(at, byte)| {
+        .run(&(0..valid.len(), 1u8..=255), |(at, flip)| {
+            // XOR with a non-zero byte: always a different byte, no rejects.
             let mut mangled = valid.clone().into_bytes();
-            prop_assume!(mangled[at] != byte);
-            mangled[at] = byte;
+            mangled[at] ^= flip;
             let Ok(mangled) = String::from_utf8(mangled) else {
                 return Ok(());
             };
-            // Base64url padding bits can change a last character without
-            // changing the bytes it decodes to; anything else must fail.
-            let same_bytes = mangled.trim() == valid;
             let header = format!("Bearer {mangled}");
-            prop_assert!(same_bytes || verifier.verify(Some(&header)).is_err());
+            prop_assert!(verifier.verify(Some(&header)).is_err(), "{mangled}");
             Ok(())
         })
         .unwrap();
