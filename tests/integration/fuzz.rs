@@ -1,5 +1,5 @@
-//! Fuzzing with proptest (cargo fuzz needs a nightly toolchain, which these
-//! machines do not have): the token parser, the config parser, the payment
+//! Fuzzing with proptest, in CI (the coverage-guided cargo fuzz targets in
+//! `fuzz/` run longer, by `reliability/fuzz`): the token parser, the config parser, the payment
 //! notice parser and the operators' drop JSON take arbitrary and mangled
 //! input without panicking and accept nothing they should not; reserve
 //! bodies of arbitrary bytes and JSON get a 4xx or a win from a live server,
