@@ -18,6 +18,7 @@ use redis::aio::ConnectionManager;
 use redis::{Cmd, Script};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::redis_engine::unavailable;
 use super::redis_keys::RoundKeys;
 use super::EngineError;
 
@@ -31,11 +32,6 @@ const CALLS_IN_FLIGHT: usize = 4;
 const QUEUE_DEPTH: usize = 16 * 1024;
 
 const RESERVE_LUA: &str = include_str!("../../lua/reserve.lua");
-
-struct ReserveScript {
-    /// The SHA-1 that `EVALSHA` names the script by.
-    hash: String,
-}
 
 /// One attempt's ten arguments to the script, in its order.
 pub struct ScriptAttempt {
@@ -55,14 +51,16 @@ pub struct ScriptAttempt {
 pub type Answer = (i64, String);
 
 struct Pending {
-    round_id: String,
     attempt: ScriptAttempt,
     reply: oneshot::Sender<Result<Answer, EngineError>>,
 }
 
+/// An attempt waiting for a call, with its round.
+type Queued = (String, Pending);
+
 #[derive(Clone)]
 pub struct ReserveBatches {
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<Queued>,
 }
 
 impl ReserveBatches {
@@ -70,10 +68,9 @@ impl ReserveBatches {
     /// with the last handle.
     pub fn start(conns: Vec<ConnectionManager>) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE_DEPTH);
-        let script = Arc::new(ReserveScript {
-            hash: Script::new(RESERVE_LUA).get_hash().to_owned(),
-        });
-        tokio::spawn(dispatch(conns, script, pending));
+        // The SHA-1 that `EVALSHA` names the script by.
+        let hash: Arc<str> = Script::new(RESERVE_LUA).get_hash().into();
+        tokio::spawn(dispatch(conns, hash, pending));
         Self { queue }
     }
 
@@ -84,21 +81,17 @@ impl ReserveBatches {
         attempt: ScriptAttempt,
     ) -> Result<Answer, EngineError> {
         let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            round_id: round_id.to_owned(),
-            attempt,
-            reply,
-        };
-        let stopped = || EngineError::Unavailable("the reserve batcher stopped".into());
-        self.queue.send(pending).await.map_err(|_| stopped())?;
+        let queued = (round_id.to_owned(), Pending { attempt, reply });
+        let stopped = || unavailable("the reserve batcher stopped");
+        self.queue.send(queued).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
 
 async fn dispatch(
     conns: Vec<ConnectionManager>,
-    script: Arc<ReserveScript>,
-    mut queue: mpsc::Receiver<Pending>,
+    hash: Arc<str>,
+    mut queue: mpsc::Receiver<Queued>,
 ) {
     let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -116,18 +109,15 @@ async fn dispatch(
             }
         }
         let mut rounds: HashMap<String, Vec<Pending>> = HashMap::new();
-        for pending in batch.drain(..) {
-            rounds
-                .entry(pending.round_id.clone())
-                .or_default()
-                .push(pending);
+        for (round_id, pending) in batch.drain(..) {
+            rounds.entry(round_id).or_default().push(pending);
         }
         let call = Arc::new(call);
         for (round_id, attempts) in rounds {
             turn = (turn + 1) % conns.len();
-            let (mut conn, script, call) = (conns[turn].clone(), script.clone(), call.clone());
+            let (mut conn, hash, call) = (conns[turn].clone(), hash.clone(), call.clone());
             tokio::spawn(async move {
-                let answers = invoke(&mut conn, &script, &round_id, &attempts).await;
+                let answers = invoke(&mut conn, &hash, &round_id, &attempts).await;
                 settle(attempts, answers);
                 drop(call);
             });
@@ -137,7 +127,7 @@ async fn dispatch(
 
 async fn invoke(
     conn: &mut ConnectionManager,
-    script: &ReserveScript,
+    hash: &str,
     round_id: &str,
     attempts: &[Pending],
 ) -> Result<Vec<Answer>, EngineError> {
@@ -145,7 +135,7 @@ async fn invoke(
     let keys = RoundKeys::new(round_id);
     let mut call = Cmd::new();
     call.arg("EVALSHA")
-        .arg(&script.hash)
+        .arg(hash)
         .arg(6)
         .arg(&keys.stock)
         .arg(&keys.held)
@@ -166,22 +156,20 @@ async fn invoke(
             .arg(&a.order_id)
             .arg(&a.order_json);
     }
-    let unavailable = |e: redis::RedisError| EngineError::Unavailable(e.to_string());
     // {code1, detail1, code2, detail2, ...}
     let flat = send(conn, &call).await.map_err(unavailable)?;
     if flat.len() != 2 * attempts.len() {
-        return Err(EngineError::Unavailable(format!(
+        return Err(unavailable(format!(
             "reserve script answered {} values for {} attempts",
             flat.len(),
             attempts.len()
         )));
     }
-    let unreadable = |e: &dyn std::fmt::Display| EngineError::Unavailable(e.to_string());
     let mut values = flat.into_iter();
     let mut answers = Vec::with_capacity(attempts.len());
     while let (Some(code), Some(detail)) = (values.next(), values.next()) {
-        let code = redis::from_redis_value(code).map_err(|e| unreadable(&e))?;
-        let detail = redis::from_redis_value(detail).map_err(|e| unreadable(&e))?;
+        let code = redis::from_redis_value(code).map_err(unavailable)?;
+        let detail = redis::from_redis_value(detail).map_err(unavailable)?;
         answers.push((code, detail));
     }
     Ok(answers)

@@ -50,7 +50,7 @@ pub struct RedisEngine {
     store: OrderStore,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> EngineError {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(e.to_string())
 }
 

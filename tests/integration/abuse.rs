@@ -79,13 +79,25 @@ async fn reserve_from(s: &TestServer, user: &str, address: &str) -> Reply {
         .await
 }
 
+/// A server behind a trusted proxy (this address) whose `bucket` ("per_user"
+/// or "per_ip") lets 5 requests through, then 1 a second.
+async fn behind_proxy_with_tight(bucket: &str) -> TestServer {
+    let limits = OPEN_LIMITS
+        .replace(
+            &format!("{bucket}_rps = 10000000"),
+            &format!("{bucket}_rps = 1"),
+        )
+        .replace(
+            &format!("{bucket}_burst = 10000000"),
+            &format!("{bucket}_burst = 5"),
+        );
+    let (config, now) = catalog(&limits, r#"trusted_proxies = ["127.0.0.1"]"#);
+    TestServer::start_with_clock(&config, now).await
+}
+
 #[tokio::test]
 async fn one_account_on_many_addresses_meets_its_shopper_limit() {
-    let limits = OPEN_LIMITS
-        .replace("per_user_rps = 10000000", "per_user_rps = 1")
-        .replace("per_user_burst = 10000000", "per_user_burst = 5");
-    let (config, now) = catalog(&limits, r#"trusted_proxies = ["127.0.0.1"]"#);
-    let s = TestServer::start_with_clock(&config, now).await;
+    let s = behind_proxy_with_tight("per_user").await;
     let mut statuses = Vec::new();
     for n in 0..40 {
         let reply = reserve_from(&s, "scalper", &format!("198.51.100.{n}")).await;
@@ -108,11 +120,7 @@ async fn one_account_on_many_addresses_meets_its_shopper_limit() {
 
 #[tokio::test]
 async fn many_accounts_on_one_address_meet_the_address_limit() {
-    let limits = OPEN_LIMITS
-        .replace("per_ip_rps = 10000000", "per_ip_rps = 1")
-        .replace("per_ip_burst = 10000000", "per_ip_burst = 5");
-    let (config, now) = catalog(&limits, r#"trusted_proxies = ["127.0.0.1"]"#);
-    let s = TestServer::start_with_clock(&config, now).await;
+    let s = behind_proxy_with_tight("per_ip").await;
     let mut statuses = Vec::new();
     for n in 0..40 {
         let reply = reserve_from(&s, &format!("bot-{n}"), "203.0.113.7").await;

@@ -231,16 +231,7 @@ async fn an_order_has_one_fate(backend: Backend) {
     let notice =
         json!({"order_id": id, "transaction_id": "tx-1", "amount": "1999.00", "method": "alipay"})
             .to_string();
-    let signature = dropgate::payment::sign(PAYMENT_SECRET.as_bytes(), notice.as_bytes());
-    let paid = s
-        .http
-        .post_with(
-            "/api/v1/payments/notify",
-            None,
-            &[("x-signature", &signature)],
-            &notice,
-        )
-        .await;
+    let paid = s.http.notify_payment(&notice).await;
     assert_eq!(paid.body["status"], json!("paid"), "{:?}", paid.body);
     assert_eq!(s.http.cancel(&id, "alice").await.error(), "not_cancellable");
     s.clock.advance(SignedDuration::from_hours(1));

@@ -45,17 +45,7 @@ async fn wait_for_status(server: &TestServer, id: &str, status: &str) {
 }
 
 async fn notify(server: &TestServer, body: &serde_json::Value) -> Reply {
-    let raw = body.to_string();
-    let signature = dropgate::payment::sign(PAYMENT_SECRET.as_bytes(), raw.as_bytes());
-    server
-        .http
-        .post_with(
-            "/api/v1/payments/notify",
-            None,
-            &[("x-signature", &signature)],
-            &raw,
-        )
-        .await
+    server.http.notify_payment(&body.to_string()).await
 }
 
 #[tokio::test]

@@ -398,18 +398,7 @@ async fn apply_step(sut: &mut Sut, model: &Model, step: Step) {
                 "method": "alipay",
             })
             .to_string();
-            let signature = dropgate::payment::sign(PAYMENT_SECRET.as_bytes(), notice.as_bytes());
-            Some(
-                sut.server()
-                    .http
-                    .post_with(
-                        "/api/v1/payments/notify",
-                        None,
-                        &[("x-signature", &signature)],
-                        &notice,
-                    )
-                    .await,
-            )
+            Some(sut.server().http.notify_payment(&notice).await)
         }
         Step::Expire => {
             sut.now += SignedDuration::from_mins(16);

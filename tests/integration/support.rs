@@ -236,6 +236,18 @@ impl Http {
         .await
     }
 
+    /// Sends a payment notice as the gateway does, signed with the payment secret.
+    pub async fn notify_payment(&self, notice: &str) -> Reply {
+        let signature = dropgate::payment::sign(PAYMENT_SECRET.as_bytes(), notice.as_bytes());
+        self.post_with(
+            "/api/v1/payments/notify",
+            None,
+            &[("x-signature", &signature)],
+            notice,
+        )
+        .await
+    }
+
     /// Calls the admin API with the admin token.
     pub async fn admin(&self, method: Method, path: &str, body: &str) -> Reply {
         let auth = format!("Bearer {ADMIN_TOKEN}");
@@ -413,12 +425,27 @@ impl RedisServer {
     }
 
     /// Starts on `dir` (keeping what an earlier server left there) with extra settings.
-    pub fn start_in(dir: TempDir, settings: &[&str]) -> Self {
-        Self::start_on(free_port(), dir, settings)
+    pub fn start_in(mut dir: TempDir, settings: &[&str]) -> Self {
+        // Another test may take the free port before redis-server binds it:
+        // then our server exits, and we try another port.
+        for _ in 0..5 {
+            match Self::try_start_on(free_port(), dir, settings) {
+                Ok(server) => return server,
+                Err(back) => dir = back,
+            }
+        }
+        panic!("redis-server found no free port in five tries");
     }
 
     /// Starts on a given port, e.g. to come back where a killed server was.
     pub fn start_on(port: u16, dir: TempDir, settings: &[&str]) -> Self {
+        Self::try_start_on(port, dir, settings)
+            .unwrap_or_else(|_| panic!("redis-server could not listen on port {port}"))
+    }
+
+    /// Starts and waits for PONG from our own server; gives the dir back if
+    /// the server exited instead (its port was taken).
+    fn try_start_on(port: u16, dir: TempDir, settings: &[&str]) -> Result<Self, TempDir> {
         let child = std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
             .arg("--dir")
@@ -427,9 +454,13 @@ impl RedisServer {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("Redis-mode tests need redis-server on PATH (apt-get install redis-server): {e}"));
-        let server = Self { child, port, dir };
-        server.wait_until_ready();
-        server
+        let mut server = Self { child, port, dir };
+        if server.wait_until_ready() {
+            return Ok(server);
+        }
+        let _ = server.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        Err(std::mem::replace(&mut server.dir, dir))
     }
 
     pub fn url(&self) -> String {
@@ -440,16 +471,24 @@ impl RedisServer {
         EngineChoice::Redis { url: self.url() }
     }
 
-    fn wait_until_ready(&self) {
+    /// True once the server answers PING; false if it exited first.
+    fn wait_until_ready(&mut self) -> bool {
         use std::io::{Read, Write};
         for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
             if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 let mut answer = [0u8; 7];
                 if stream.write_all(b"PING\r\n").is_ok()
                     && stream.read_exact(&mut answer).is_ok()
                     && &answer == b"+PONG\r\n"
                 {
-                    return;
+                    // Answered by our server, not one that already held the port.
+                    return self
+                        .child
+                        .try_wait()
+                        .map_or(true, |exited| exited.is_none());
                 }
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
