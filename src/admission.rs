@@ -8,7 +8,6 @@
 //! again with full buckets after a change, which errs on the side of letting
 //! shoppers in.
 
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -62,7 +61,13 @@ impl Rejection {
     }
 }
 
-type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// The keyed buckets' hasher. Each refused sold-out request hashes an
+/// address and a shopper key; foldhash does that for a fraction of std's
+/// SipHash, and its per-process random seed keeps bucket placement out of
+/// clients' reach.
+type KeyHasher = foldhash::fast::RandomState;
+type Keyed<K, C> =
+    RateLimiter<K, DashMapStateStore<K, KeyHasher>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// One generation of buckets, built from one set of limits.
@@ -80,13 +85,15 @@ impl<C: Clock + Clone> Buckets<C> {
     fn new(limits: Limits, clock: &C) -> Self {
         Self {
             limits,
-            per_ip: RateLimiter::dashmap_with_clock(
+            per_ip: RateLimiter::dashmap_with_clock_and_hasher(
                 quota(limits.per_ip_rps, limits.per_ip_burst),
                 clock.clone(),
+                KeyHasher::default(),
             ),
-            per_user: RateLimiter::dashmap_with_clock(
+            per_user: RateLimiter::dashmap_with_clock_and_hasher(
                 quota(limits.per_user_rps, limits.per_user_burst),
                 clock.clone(),
+                KeyHasher::default(),
             ),
             global: RateLimiter::direct_with_clock(
                 quota(limits.global_rps, limits.global_burst),
@@ -105,7 +112,7 @@ fn quota(rps: u32, burst: u32) -> Quota {
 pub struct Admission<C: Clock = DefaultClock> {
     clock: C,
     buckets: ArcSwap<Buckets<C>>,
-    user_salt: RandomState,
+    user_salt: KeyHasher,
     /// Engine calls under way. Past `max_in_flight` a request is refused with
     /// 503 rather than queued: a queue in front of the engine would only add
     /// latency to every request behind it once the engine is saturated.
@@ -123,7 +130,7 @@ impl<C: Clock + Clone> Admission<C> {
         Self {
             buckets: ArcSwap::from_pointee(Buckets::new(limits, &clock)),
             clock,
-            user_salt: RandomState::new(),
+            user_salt: KeyHasher::default(),
             in_flight: Arc::new(AtomicU32::new(0)),
         }
     }

@@ -2,7 +2,6 @@
 //! `student` flag. Any other algorithm, `none` included, is refused.
 
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
 use dashmap::DashMap;
@@ -44,9 +43,13 @@ pub struct TokenVerifier {
     /// verification (base64, HMAC, JSON) was a tenth of a refused request's
     /// CPU. A hit compares the whole token and checks its expiry again, so
     /// it accepts exactly what full verification would.
-    remembered: DashMap<u64, Remembered>,
-    salt: RandomState,
+    remembered: DashMap<u64, Remembered, Hasher>,
+    salt: Hasher,
 }
+
+/// foldhash, seeded per process: the cache is looked up on every request,
+/// and its keys are HMAC outputs that no client can aim at a bucket.
+type Hasher = foldhash::fast::RandomState;
 
 struct Remembered {
     token: Box<str>,
@@ -63,8 +66,8 @@ impl TokenVerifier {
         Self {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,
-            remembered: DashMap::new(),
-            salt: RandomState::new(),
+            remembered: DashMap::default(),
+            salt: Hasher::default(),
         }
     }
 

@@ -8,12 +8,13 @@
 //! while the rest are still refused. A mark therefore outlives returned stock
 //! by at most `RECHECK` plus one engine call: well within [`CLEAR_BOUND`].
 
-use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
+use arc_swap::ArcSwap;
 
 /// How long a sold-out answer from the engine is trusted before one request
 /// asks again.
@@ -23,12 +24,22 @@ pub const RECHECK: Duration = Duration::from_millis(250);
 /// is offered again within this time.
 pub const CLEAR_BOUND: Duration = Duration::from_secs(1);
 
+/// foldhash, seeded per process: round ids and SKUs come from the operator.
+type Hasher = foldhash::fast::RandomState;
+
+/// Marks by a hash of round id and SKU, so that the lookup on every request
+/// allocates nothing; each mark keeps both to confirm.
+type Marks = HashMap<u64, Arc<Mark>, Hasher>;
+
 pub struct SoldOutMarks {
     started: Instant,
-    /// Marks by a salted hash of round id and SKU, so that the lookup on
-    /// every request allocates nothing; the mark keeps both to confirm.
-    marks: DashMap<u64, Mark>,
-    salt: RandomState,
+    /// Read by every refused request and written only when the engine says
+    /// sold out or stock comes back, so the map is copied on write and read
+    /// through `ArcSwap`: a read takes no lock and writes to no memory the
+    /// other cores read, where a locked map made the cores fight over its
+    /// lock word on every request.
+    marks: ArcSwap<Marks>,
+    salt: Hasher,
 }
 
 struct Mark {
@@ -39,12 +50,18 @@ struct Mark {
     checked: AtomicU64,
 }
 
+impl Mark {
+    fn is_for(&self, round_id: &str, sku: &str) -> bool {
+        self.round_id == round_id && self.sku == sku
+    }
+}
+
 impl Default for SoldOutMarks {
     fn default() -> Self {
         Self {
             started: Instant::now(),
-            marks: DashMap::new(),
-            salt: RandomState::new(),
+            marks: ArcSwap::from_pointee(Marks::default()),
+            salt: Hasher::default(),
         }
     }
 }
@@ -53,44 +70,62 @@ impl SoldOutMarks {
     /// True if the request can be refused as sold out without the engine.
     /// False when there is no mark, or when this caller should recheck it.
     pub fn refuses(&self, round_id: &str, sku: &str) -> bool {
-        if self.marks.is_empty() {
+        let marks = self.marks.load();
+        if marks.is_empty() {
             return false;
         }
-        let Some(mark) = self.marks.get(&self.key(round_id, sku)) else {
+        let Some(mark) = marks.get(&self.key(round_id, sku)) else {
             return false;
         };
-        if mark.round_id != round_id || mark.sku != sku {
+        if !mark.is_for(round_id, sku) {
             return false;
         }
-        let mark = &mark.checked;
-        let checked = mark.load(Ordering::Acquire);
+        let checked = mark.checked.load(Ordering::Acquire);
         let now = self.now_ms();
         if now.saturating_sub(checked) < RECHECK.as_millis() as u64 {
             return true;
         }
         // Exactly one caller wins the recheck; the others keep refusing.
-        mark.compare_exchange(checked, now, Ordering::AcqRel, Ordering::Acquire)
+        mark.checked
+            .compare_exchange(checked, now, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
     }
 
     /// The engine said sold out.
     pub fn mark(&self, round_id: &str, sku: &str) {
+        let key = self.key(round_id, sku);
         let now = self.now_ms();
-        self.marks.insert(
-            self.key(round_id, sku),
-            Mark {
-                round_id: round_id.to_owned(),
-                sku: sku.to_owned(),
-                checked: AtomicU64::new(now),
-            },
-        );
+        if let Some(mark) = self.marks.load().get(&key) {
+            if mark.is_for(round_id, sku) {
+                mark.checked.store(now, Ordering::Release);
+                return;
+            }
+        }
+        self.marks.rcu(|marks| {
+            let mut marks = Marks::clone(marks);
+            marks.insert(
+                key,
+                Arc::new(Mark {
+                    round_id: round_id.to_owned(),
+                    sku: sku.to_owned(),
+                    checked: AtomicU64::new(now),
+                }),
+            );
+            marks
+        });
     }
 
     /// Units came back, or the engine sold one: the SKU is on sale.
     pub fn clear(&self, round_id: &str, sku: &str) {
-        if !self.marks.is_empty() {
-            self.marks.remove(&self.key(round_id, sku));
+        let key = self.key(round_id, sku);
+        if !self.marks.load().contains_key(&key) {
+            return;
         }
+        self.marks.rcu(|marks| {
+            let mut marks = Marks::clone(marks);
+            marks.remove(&key);
+            marks
+        });
     }
 
     fn key(&self, round_id: &str, sku: &str) -> u64 {
