@@ -129,7 +129,8 @@ impl std::fmt::Debug for RoundCache {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     drops: Vec<Arc<Drop>>,
-    by_id: HashMap<String, Arc<Drop>>,
+    /// foldhash: looked up on every reserve, keyed by operators' ids.
+    by_id: HashMap<String, Arc<Drop>, foldhash::fast::RandomState>,
 }
 
 impl Catalog {

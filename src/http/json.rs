@@ -1,12 +1,13 @@
 //! Reading request bodies within the size limit, parsing JSON, and writing
 //! JSON responses.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -47,26 +48,42 @@ pub fn error(err: &ApiError) -> HttpResponse {
 /// Reads the whole body, refusing with 413 anything over `limit` bytes;
 /// a declared length over the limit is refused before reading a byte.
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    // hyper has parsed `Content-Length` already: a declared length is the
+    // body's exact size hint (a chunked body's lower bound is 0).
+    if req.body().size_hint().lower() > limit as u64 {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge { limit })
+    // Frame by frame rather than with `collect()`, which builds a list of
+    // chunks and copies them out: a shopper's body arrives in one frame,
+    // returned here as it is.
+    let mut body = req.into_body();
+    let mut single = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: nothing of ours
+        };
+        let read = single.len() + joined.as_ref().map_or(0, BytesMut::len);
+        if read + data.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
         }
-        Err(e) => Err(ApiError::InvalidRequest(format!(
-            "could not read the request body: {e}"
-        ))),
+        match &mut joined {
+            None if single.is_empty() => single = data,
+            None => {
+                let mut buf = BytesMut::from(std::mem::take(&mut single));
+                buf.extend_from_slice(&data);
+                joined = Some(buf);
+            }
+            Some(buf) => buf.extend_from_slice(&data),
+        }
     }
+    Ok(joined.map_or(single, BytesMut::freeze))
 }
 
-pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
 }

@@ -175,6 +175,44 @@ async fn a_ten_megabyte_body_is_refused_and_changes_nothing() {
     assert_eq!(s.http.reserve(DROP, SKU, 1, "honest").await.status, 201);
 }
 
+/// A reserve whose body comes in `chunks` of chunked transfer encoding.
+fn chunked_reserve(user: &str, chunks: &[&str]) -> String {
+    let mut request = format!(
+        "POST /api/v1/drops/{DROP}/reserve HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        token(user)
+    );
+    for chunk in chunks {
+        request.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    request.push_str("0\r\n\r\n");
+    request
+}
+
+#[tokio::test]
+async fn a_body_in_several_chunks_is_read_whole() {
+    let (config, now) = catalog(OPEN_LIMITS, "");
+    let s = TestServer::start_with_clock(&config, now).await;
+    let body = format!(r#"{{"sku": "{SKU}", "quantity": 1}}"#);
+    let (a, rest) = body.split_at(5);
+    let (b, c) = rest.split_at(9);
+    let status = raw_status(&s, chunked_reserve("chunky", &[a, b, c]).as_bytes()).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 201 Created"));
+    assert_eq!(live_units(&s.db(), "abu@%"), 1);
+}
+
+#[tokio::test]
+async fn a_chunked_body_past_the_limit_is_refused_without_a_declared_length() {
+    let (config, now) = catalog(OPEN_LIMITS, "");
+    let s = TestServer::start_with_clock(&config, now).await;
+    // Three 8 KiB chunks: each under the 16 KiB limit, together over it.
+    let pad = "x".repeat(8 << 10);
+    let chunks = [&format!(r#"{{"sku": "{SKU}", "pad": ""#)[..], &pad, &pad, &pad, r#""}"#];
+    let status = raw_status(&s, chunked_reserve("chunky", &chunks).as_bytes()).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 413 Payload Too Large"));
+    assert_eq!(live_units(&s.db(), "abu@%"), 0);
+}
+
 #[tokio::test]
 async fn too_many_or_too_large_headers_are_refused() {
     let (config, now) = catalog(OPEN_LIMITS, "");
