@@ -51,18 +51,22 @@ fn label(value: &'static str) -> Label {
     (value.as_ptr() as usize, value.len())
 }
 
+/// Cached metric handles, hashed with foldhash: looked up on every request,
+/// by keys (label addresses) that no client chooses.
+type Handles<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+
 /// Handles of the per-request metrics, by the addresses of their label
 /// values. Labels come from fixed sets of `&'static str`, so an address
 /// names a value; a hit skips building and hashing the labelled key in the
 /// `metrics` registry, which every request would otherwise do twice.
-fn request_handles() -> &'static DashMap<(Label, Label), (Counter, Histogram)> {
-    static HANDLES: OnceLock<DashMap<(Label, Label), (Counter, Histogram)>> = OnceLock::new();
-    HANDLES.get_or_init(DashMap::new)
+fn request_handles() -> &'static Handles<(Label, Label), (Counter, Histogram)> {
+    static HANDLES: OnceLock<Handles<(Label, Label), (Counter, Histogram)>> = OnceLock::new();
+    HANDLES.get_or_init(Handles::default)
 }
 
-fn engine_handles() -> &'static DashMap<Label, Histogram> {
-    static HANDLES: OnceLock<DashMap<Label, Histogram>> = OnceLock::new();
-    HANDLES.get_or_init(DashMap::new)
+fn engine_handles() -> &'static Handles<Label, Histogram> {
+    static HANDLES: OnceLock<Handles<Label, Histogram>> = OnceLock::new();
+    HANDLES.get_or_init(Handles::default)
 }
 
 /// One answered request: its endpoint, what became of it, and how long it took.
