@@ -24,6 +24,7 @@ use governor::{NotUntil, Quota, RateLimiter};
 
 use crate::config::Limits;
 use crate::domain::UserId;
+use crate::SeededHasher;
 
 /// Which layer turned a request away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,13 +62,8 @@ impl Rejection {
     }
 }
 
-/// The keyed buckets' hasher. Each refused sold-out request hashes an
-/// address and a shopper key; foldhash does that for a fraction of std's
-/// SipHash, and its per-process random seed keeps bucket placement out of
-/// clients' reach.
-type KeyHasher = foldhash::fast::RandomState;
 type Keyed<K, C> =
-    RateLimiter<K, DashMapStateStore<K, KeyHasher>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+    RateLimiter<K, DashMapStateStore<K, SeededHasher>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// One generation of buckets, built from one set of limits.
@@ -88,12 +84,12 @@ impl<C: Clock + Clone> Buckets<C> {
             per_ip: RateLimiter::dashmap_with_clock_and_hasher(
                 quota(limits.per_ip_rps, limits.per_ip_burst),
                 clock.clone(),
-                KeyHasher::default(),
+                SeededHasher::default(),
             ),
             per_user: RateLimiter::dashmap_with_clock_and_hasher(
                 quota(limits.per_user_rps, limits.per_user_burst),
                 clock.clone(),
-                KeyHasher::default(),
+                SeededHasher::default(),
             ),
             global: RateLimiter::direct_with_clock(
                 quota(limits.global_rps, limits.global_burst),
@@ -112,7 +108,7 @@ fn quota(rps: u32, burst: u32) -> Quota {
 pub struct Admission<C: Clock = DefaultClock> {
     clock: C,
     buckets: ArcSwap<Buckets<C>>,
-    user_salt: KeyHasher,
+    user_salt: SeededHasher,
     /// Engine calls under way. Past `max_in_flight` a request is refused with
     /// 503 rather than queued: a queue in front of the engine would only add
     /// latency to every request behind it once the engine is saturated.
@@ -130,7 +126,7 @@ impl<C: Clock + Clone> Admission<C> {
         Self {
             buckets: ArcSwap::from_pointee(Buckets::new(limits, &clock)),
             clock,
-            user_salt: KeyHasher::default(),
+            user_salt: SeededHasher::default(),
             in_flight: Arc::new(AtomicU32::new(0)),
         }
     }

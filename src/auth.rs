@@ -8,6 +8,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::UserId;
+use crate::SeededHasher;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -43,13 +44,9 @@ pub struct TokenVerifier {
     /// verification (base64, HMAC, JSON) was a tenth of a refused request's
     /// CPU. A hit compares the whole token and checks its expiry again, so
     /// it accepts exactly what full verification would.
-    remembered: DashMap<u64, Remembered, Hasher>,
-    salt: Hasher,
+    remembered: DashMap<u64, Remembered, SeededHasher>,
+    salt: SeededHasher,
 }
-
-/// foldhash, seeded per process: the cache is looked up on every request,
-/// and its keys are HMAC outputs that no client can aim at a bucket.
-type Hasher = foldhash::fast::RandomState;
 
 struct Remembered {
     token: Box<str>,
@@ -67,7 +64,7 @@ impl TokenVerifier {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,
             remembered: DashMap::default(),
-            salt: Hasher::default(),
+            salt: SeededHasher::default(),
         }
     }
 

@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 
 use crate::domain::{DropId, Quantity, SkuId};
 use crate::schedule::{Round, Timing};
+use crate::SeededHasher;
 
 #[derive(Debug, Clone)]
 pub struct Sku {
@@ -129,8 +130,7 @@ impl std::fmt::Debug for RoundCache {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     drops: Vec<Arc<Drop>>,
-    /// foldhash: looked up on every reserve, keyed by operators' ids.
-    by_id: HashMap<String, Arc<Drop>, foldhash::fast::RandomState>,
+    by_id: HashMap<String, Arc<Drop>, SeededHasher>,
 }
 
 impl Catalog {

@@ -43,6 +43,12 @@ use tokio::sync::watch;
 
 pub use app::{App, Database, EngineChoice};
 
+/// The hasher of the maps every request reads (buckets, remembered tokens,
+/// sold-out marks, the catalog, metric handles): foldhash costs a fraction
+/// of std's SipHash on these short keys, and its per-process random seed
+/// keeps where a key lands out of clients' reach.
+pub type SeededHasher = foldhash::fast::RandomState;
+
 /// Serves on `listener` until `shutdown` resolves; then drains in-flight
 /// requests, stops the sweeper, drains Redis's winners into the store (in
 /// Redis mode) and flushes the order writer.

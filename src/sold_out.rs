@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::SeededHasher;
+
 /// How long a sold-out answer from the engine is trusted before one request
 /// asks again.
 pub const RECHECK: Duration = Duration::from_millis(250);
@@ -24,12 +26,9 @@ pub const RECHECK: Duration = Duration::from_millis(250);
 /// is offered again within this time.
 pub const CLEAR_BOUND: Duration = Duration::from_secs(1);
 
-/// foldhash, seeded per process: round ids and SKUs come from the operator.
-type Hasher = foldhash::fast::RandomState;
-
 /// Marks by a hash of round id and SKU, so that the lookup on every request
 /// allocates nothing; each mark keeps both to confirm.
-type Marks = HashMap<u64, Arc<Mark>, Hasher>;
+type Marks = HashMap<u64, Arc<Mark>, SeededHasher>;
 
 pub struct SoldOutMarks {
     started: Instant,
@@ -39,7 +38,7 @@ pub struct SoldOutMarks {
     /// other cores read, where a locked map made the cores fight over its
     /// lock word on every request.
     marks: ArcSwap<Marks>,
-    salt: Hasher,
+    salt: SeededHasher,
 }
 
 struct Mark {
@@ -61,7 +60,7 @@ impl Default for SoldOutMarks {
         Self {
             started: Instant::now(),
             marks: ArcSwap::from_pointee(Marks::default()),
-            salt: Hasher::default(),
+            salt: SeededHasher::default(),
         }
     }
 }
@@ -116,9 +115,14 @@ impl SoldOutMarks {
     }
 
     /// Units came back, or the engine sold one: the SKU is on sale.
+    /// Called on every win: with nothing marked it returns before hashing.
     pub fn clear(&self, round_id: &str, sku: &str) {
+        let marks = self.marks.load();
+        if marks.is_empty() {
+            return;
+        }
         let key = self.key(round_id, sku);
-        if !self.marks.load().contains_key(&key) {
+        if !marks.contains_key(&key) {
             return;
         }
         self.marks.rcu(|marks| {

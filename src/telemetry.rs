@@ -10,6 +10,7 @@ use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::app::App;
+use crate::SeededHasher;
 
 /// Latency buckets in seconds: fine below 10 ms, where a healthy reserve lives.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -51,9 +52,7 @@ fn label(value: &'static str) -> Label {
     (value.as_ptr() as usize, value.len())
 }
 
-/// Cached metric handles, hashed with foldhash: looked up on every request,
-/// by keys (label addresses) that no client chooses.
-type Handles<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+type Handles<K, V> = DashMap<K, V, SeededHasher>;
 
 /// Handles of the per-request metrics, by the addresses of their label
 /// values. Labels come from fixed sets of `&'static str`, so an address

@@ -5,8 +5,8 @@ use hyper::header::{HeaderName, AUTHORIZATION};
 use hyper::{Request, StatusCode};
 use jiff::Timestamp;
 use serde::Deserialize;
-use std::borrow::Cow;
 use serde_json::json;
+use std::borrow::Cow;
 use std::time::Instant;
 
 use super::error::ApiError;

@@ -24,6 +24,12 @@ fn catalog(limits: &str, server_extra: &str) -> (String, Timestamp) {
     (config, now)
 }
 
+/// A server with the catalog above and every limit opened wide.
+async fn open_server() -> TestServer {
+    let (config, now) = catalog(OPEN_LIMITS, "");
+    TestServer::start_with_clock(&config, now).await
+}
+
 async fn one_key_a_hundred_times(engine: EngineChoice) {
     let (config, now) = catalog(OPEN_LIMITS, "");
     let mut s = TestServer::start_with_engine(&config, now, &engine).await;
@@ -157,8 +163,7 @@ async fn raw_status(s: &TestServer, request: &[u8]) -> Option<String> {
 
 #[tokio::test]
 async fn a_ten_megabyte_body_is_refused_and_changes_nothing() {
-    let (config, now) = catalog(OPEN_LIMITS, "");
-    let s = TestServer::start_with_clock(&config, now).await;
+    let s = open_server().await;
     let body = format!(
         r#"{{"sku": "{SKU}", "quantity": 1, "pad": "{}"}}"#,
         "x".repeat(10 << 20)
@@ -191,8 +196,7 @@ fn chunked_reserve(user: &str, chunks: &[&str]) -> String {
 
 #[tokio::test]
 async fn a_body_in_several_chunks_is_read_whole() {
-    let (config, now) = catalog(OPEN_LIMITS, "");
-    let s = TestServer::start_with_clock(&config, now).await;
+    let s = open_server().await;
     let body = format!(r#"{{"sku": "{SKU}", "quantity": 1}}"#);
     let (a, rest) = body.split_at(5);
     let (b, c) = rest.split_at(9);
@@ -203,11 +207,16 @@ async fn a_body_in_several_chunks_is_read_whole() {
 
 #[tokio::test]
 async fn a_chunked_body_past_the_limit_is_refused_without_a_declared_length() {
-    let (config, now) = catalog(OPEN_LIMITS, "");
-    let s = TestServer::start_with_clock(&config, now).await;
+    let s = open_server().await;
     // Three 8 KiB chunks: each under the 16 KiB limit, together over it.
     let pad = "x".repeat(8 << 10);
-    let chunks = [&format!(r#"{{"sku": "{SKU}", "pad": ""#)[..], &pad, &pad, &pad, r#""}"#];
+    let chunks = [
+        &format!(r#"{{"sku": "{SKU}", "pad": ""#)[..],
+        &pad,
+        &pad,
+        &pad,
+        r#""}"#,
+    ];
     let status = raw_status(&s, chunked_reserve("chunky", &chunks).as_bytes()).await;
     assert_eq!(status.as_deref(), Some("HTTP/1.1 413 Payload Too Large"));
     assert_eq!(live_units(&s.db(), "abu@%"), 0);
@@ -215,8 +224,7 @@ async fn a_chunked_body_past_the_limit_is_refused_without_a_declared_length() {
 
 #[tokio::test]
 async fn too_many_or_too_large_headers_are_refused() {
-    let (config, now) = catalog(OPEN_LIMITS, "");
-    let s = TestServer::start_with_clock(&config, now).await;
+    let s = open_server().await;
     let many: String = (0..200).map(|n| format!("X-Pad-{n}: {n}\r\n")).collect();
     let huge = format!("X-Pad: {}\r\n", "x".repeat(1 << 20));
     for headers in [many, huge] {
