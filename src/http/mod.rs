@@ -8,6 +8,7 @@ mod json;
 mod ops;
 mod payments;
 mod router;
+mod self_wake;
 mod shopper;
 mod views;
 
@@ -24,6 +25,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::App;
+use self_wake::RepollOnSelfWake;
 
 /// How long the accept loop pauses after an accept error (such as EMFILE
 /// under a spike) before trying again, so it neither spins nor gives up.
@@ -65,12 +67,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             async move { Ok::<_, Infallible>(router::handle(&app, peer, req).await) }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        tokio::spawn(RepollOnSelfWake::new(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
-        });
+        }));
     }
 
     drop(listener);
