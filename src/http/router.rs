@@ -99,14 +99,20 @@ impl Route<'_> {
     }
 }
 
+/// Paths with more segments than any endpoint are not matched segment by
+/// segment: they are unknown.
+const MAX_SEGMENTS: usize = 6;
+
 pub async fn handle(app: &App, peer: IpAddr, req: Request<Incoming>) -> HttpResponse {
     let started = Instant::now();
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let route = Route::of(req.method(), &segments);
+    // A clone of the URI shares hyper's bytes: the route borrows from it
+    // while the request moves on to the handler, and nothing is allocated.
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let route = route(req.method(), path);
     let endpoint = route.name();
     let result = match admit(app, &route, peer, &req) {
-        Ok(()) => dispatch(app, route, &path, req).await,
+        Ok(()) => dispatch(app, route, path, req).await,
         Err(e) => Err(e),
     };
     let outcome = match &result {
@@ -115,6 +121,20 @@ pub async fn handle(app: &App, peer: IpAddr, req: Request<Incoming>) -> HttpResp
     };
     telemetry::request(endpoint, outcome, started.elapsed());
     result.unwrap_or_else(|e| error(&e))
+}
+
+/// Splits the path into segments on the stack and matches them.
+fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
+    let mut segments = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    for segment in path.trim_matches('/').split('/') {
+        if count == MAX_SEGMENTS {
+            return Route::Unknown;
+        }
+        segments[count] = segment;
+        count += 1;
+    }
+    Route::of(method, &segments[..count])
 }
 
 /// The per-address bucket, before any parsing of the request.
@@ -163,5 +183,32 @@ async fn dispatch(
         Route::Stats(drop) => admin::stats(app, drop, &req).await,
         Route::Restock(drop) => admin::restock(app, drop, req).await,
         Route::Unknown => Err(ApiError::NotFound(format!("no endpoint {path}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_matched_by_segment() {
+        assert!(matches!(route(&Method::GET, "/healthz"), Route::Healthz));
+        assert!(matches!(route(&Method::GET, "/healthz/"), Route::Healthz));
+        assert!(matches!(
+            route(&Method::POST, "/api/v1/drops/d1/reserve"),
+            Route::Reserve("d1")
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/api/v1/drops/d1/reserve"),
+            Route::Unknown
+        ));
+    }
+
+    #[test]
+    fn a_path_longer_than_any_endpoint_is_unknown() {
+        let path = "/admin/v1/drops/d1/stats/extra";
+        assert!(matches!(route(&Method::GET, path), Route::Unknown));
+        let path = "/a/b/c/d/e/f/g/h/i/j";
+        assert!(matches!(route(&Method::GET, path), Route::Unknown));
     }
 }
