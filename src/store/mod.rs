@@ -99,6 +99,9 @@ pub enum PayOutcome {
 
 /// What a payment notice does to an order found in the store: the rule
 /// both backends apply inside their transaction.
+// A refusal carries the order it refuses; the value lives for one match in
+// the caller, so boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum PayStep {
     Refuse(PayOutcome),
     /// Too late: the order's fate is expiry, decided here, once.
