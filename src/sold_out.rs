@@ -100,17 +100,13 @@ impl SoldOutMarks {
                 return;
             }
         }
-        self.marks.rcu(|marks| {
-            let mut marks = Marks::clone(marks);
-            marks.insert(
-                key,
-                Arc::new(Mark {
-                    round_id: round_id.to_owned(),
-                    sku: sku.to_owned(),
-                    checked: AtomicU64::new(now),
-                }),
-            );
-            marks
+        self.rewrite(|marks| {
+            let mark = Mark {
+                round_id: round_id.to_owned(),
+                sku: sku.to_owned(),
+                checked: AtomicU64::new(now),
+            };
+            marks.insert(key, Arc::new(mark));
         });
     }
 
@@ -125,9 +121,17 @@ impl SoldOutMarks {
         if !marks.contains_key(&key) {
             return;
         }
+        self.rewrite(|marks| {
+            marks.remove(&key);
+        });
+    }
+
+    /// Publishes a changed copy of the marks; readers keep the old one until
+    /// they load again. `change` may run more than once under a race.
+    fn rewrite(&self, change: impl Fn(&mut Marks)) {
         self.marks.rcu(|marks| {
             let mut marks = Marks::clone(marks);
-            marks.remove(&key);
+            change(&mut marks);
             marks
         });
     }

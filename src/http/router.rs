@@ -99,9 +99,9 @@ impl Route<'_> {
     }
 }
 
-/// Paths with more segments than any endpoint are not matched segment by
-/// segment: they are unknown.
-const MAX_SEGMENTS: usize = 6;
+/// Segments in the longest endpoint's path; a longer path is unknown
+/// without being matched.
+const MAX_SEGMENTS: usize = 5;
 
 pub async fn handle(app: &App, peer: IpAddr, req: Request<Incoming>) -> HttpResponse {
     let started = Instant::now();
