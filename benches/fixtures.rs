@@ -9,7 +9,7 @@ use serde::Deserialize;
 use dropgate::catalog::Drop;
 use dropgate::config::{Config, SecretSource};
 
-pub const SECRET: &str = "bench-secret";
+pub const SECRET: &str = "bench-secret-of-at-least-32-bytes-long";
 pub const BODY: &[u8] = br#"{"sku": "sku", "quantity": 1}"#;
 
 #[derive(Deserialize)]
@@ -25,8 +25,8 @@ pub fn bench_drop() -> Arc<Drop> {
         r#"
 [auth]
 jwt_secret = "{SECRET}"
-admin_token = "a"
-payment_secret = "p"
+admin_token = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+payment_secret = "pppppppppppppppppppppppppppppppppppp"
 [[drops]]
 id = "bench"
 product = "Phone"

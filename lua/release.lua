@@ -4,10 +4,16 @@
 -- KEYS[2] held   HASH user -> units held             dg:{<round>}:held
 -- KEYS[3] live   HASH order id -> sku "\n" units "\n" user
 --                                                    dg:{<round>}:live
+-- KEYS[4] ended  SET of order ids whose units came back
+--                                                    dg:{<round>}:ended
 -- ARGV[1] order id
 --
 -- Returns 1 if this call returned the units, 0 if the order held none
 -- (already released, or never live in this round).
+--
+-- A round being reconciled has no stock hash (reconcile.lua recomputes it
+-- from the live orders): then only the order leaves the live set, since a
+-- stock hash made here would hold this one SKU's units alone.
 
 local holding = redis.call('HGET', KEYS[3], ARGV[1])
 if not holding then return 0 end
@@ -18,7 +24,10 @@ local units = tonumber(string.sub(holding, first + 1, second - 1))
 local user = string.sub(holding, second + 1)
 
 redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HINCRBY', KEYS[1], sku, units)
+redis.call('SADD', KEYS[4], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], sku, units)
+end
 if redis.call('HINCRBY', KEYS[2], user, -units) <= 0 then
   redis.call('HDEL', KEYS[2], user)
 end

@@ -160,6 +160,15 @@ impl App {
         self.settings.max_connections - self.connections.available_permits()
     }
 
+    /// Redis mode: won orders the writer could not store and kept aside in
+    /// the dead-letter streams (0 in embedded mode, where a win that cannot
+    /// be stored is answered 503 instead).
+    pub fn dead_letters(&self) -> u64 {
+        self.redis_writer
+            .as_ref()
+            .map_or(0, RedisOrderWriter::dead_letters)
+    }
+
     /// Won orders not yet in the order store: the Redis stream's backlog, or
     /// in embedded mode the jobs queued for the writer's next commit.
     pub fn writer_lag(&self) -> u64 {

@@ -211,9 +211,9 @@ mod tests {
         let config = Config::from_toml(
             r#"
             [auth]
-            jwt_secret = "j"
-            admin_token = "a"
-            payment_secret = "p"
+            jwt_secret = "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
+            admin_token = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            payment_secret = "pppppppppppppppppppppppppppppppppppp"
             [[drops]]
             id = "d"
             product = "P"

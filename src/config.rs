@@ -129,6 +129,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// A client must finish sending request headers within this time.
     pub header_read_timeout: Duration,
+    /// A client must finish sending a request body within this time of the
+    /// handler asking for it (408 and the connection closed otherwise).
+    pub body_read_timeout: Duration,
     /// Larger request bodies are refused with 413.
     pub max_body_bytes: usize,
     /// How long shutdown waits for in-flight requests before closing them.
@@ -149,6 +152,7 @@ impl Default for ServerSettings {
         Self {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
             shutdown_grace: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(1),
@@ -185,6 +189,7 @@ struct AuthSection {
 struct ServerSection {
     max_connections: Option<usize>,
     header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
     max_body_bytes: Option<usize>,
     shutdown_grace: Option<String>,
     sweep_interval: Option<String>,
@@ -238,6 +243,32 @@ pub enum SecretSource {
 
 const DEMO_SECRET_WARNING: &str = "demo secret: set it in the config file or the environment";
 
+/// The shortest secret accepted, in bytes: an HS256 key or HMAC key much
+/// shorter than its 32-byte output can be guessed offline from one token
+/// or one signed notice, and an empty admin token would admit anyone.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The development secret of `field`, used by the demo only. Public (it is
+/// in this file), so it is refused on any address other machines can reach.
+fn demo_secret(field: &str) -> String {
+    format!("dropgate-demo-{field}-not-for-production")
+}
+
+impl Secrets {
+    /// The fields that hold a built-in demo secret, whatever their source.
+    pub fn demo_fields(&self) -> Vec<&'static str> {
+        [
+            ("jwt_secret", &self.jwt_secret),
+            ("admin_token", &self.admin_token),
+            ("payment_secret", &self.payment_secret),
+        ]
+        .into_iter()
+        .filter(|(field, value)| **value == demo_secret(field))
+        .map(|(field, _)| field)
+        .collect()
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -275,25 +306,54 @@ impl Config {
             catalog: Catalog::new(drops),
         })
     }
+
+    /// Refuses to serve the public demo secrets on an address other
+    /// machines can reach: anyone could mint tokens or forge payments.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        let demo = self.auth.demo_fields();
+        if self.listen.ip().is_loopback() || demo.is_empty() {
+            return Ok(());
+        }
+        Err(field_error(
+            format!("auth.{}", demo[0]),
+            format!(
+                "the built-in demo secret cannot be used on {} (not a loopback address): \
+                 set it in the config file or the environment",
+                self.listen
+            ),
+        ))
+    }
 }
 
 fn resolve_secrets(auth: AuthSection, source: SecretSource) -> Result<Secrets, ConfigError> {
     let pick = |field: &str, env: &str, from_file: Option<String>| {
-        let value = std::env::var(env)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .or(from_file);
-        match (value, &source) {
-            (Some(v), _) => Ok(v),
-            (None, SecretSource::EnvironmentOrDemo) => {
-                tracing::warn!(field, "{DEMO_SECRET_WARNING}");
-                Ok(format!("dropgate-demo-{field}"))
-            }
-            (None, SecretSource::Environment) => Err(field_error(
+        let from_env = std::env::var(env).ok().filter(|v| !v.is_empty());
+        let (value, origin) = match (from_env, from_file) {
+            (Some(v), _) => (v, env.to_owned()),
+            (None, Some(v)) => (v, "the config file".to_owned()),
+            (None, None) => match &source {
+                SecretSource::EnvironmentOrDemo => {
+                    tracing::warn!(field, "{DEMO_SECRET_WARNING}");
+                    return Ok(demo_secret(field));
+                }
+                SecretSource::Environment => {
+                    return Err(field_error(
+                        format!("auth.{field}"),
+                        format!("missing: set it in the config file or in {env}"),
+                    ))
+                }
+            },
+        };
+        if value.len() < MIN_SECRET_BYTES {
+            return Err(field_error(
                 format!("auth.{field}"),
-                format!("missing: set it in the config file or in {env}"),
-            )),
+                format!(
+                    "from {origin} is {} bytes; at least {MIN_SECRET_BYTES} are needed",
+                    value.len()
+                ),
+            ));
         }
+        Ok(value)
     };
     Ok(Secrets {
         jwt_secret: pick("jwt_secret", "DROPGATE_JWT_SECRET", auth.jwt_secret)?,
@@ -326,6 +386,11 @@ fn parse_server(section: ServerSection) -> Result<ServerSettings, ConfigError> {
             "header_read_timeout",
             section.header_read_timeout,
             defaults.header_read_timeout,
+        )?,
+        body_read_timeout: duration(
+            "body_read_timeout",
+            section.body_read_timeout,
+            defaults.body_read_timeout,
         )?,
         max_body_bytes: section.max_body_bytes.unwrap_or(defaults.max_body_bytes),
         shutdown_grace: duration(
@@ -563,9 +628,9 @@ mod tests {
     const GOOD: &str = r#"
         listen = "127.0.0.1:8080"
         [auth]
-        jwt_secret = "j"
-        admin_token = "a"
-        payment_secret = "p"
+        jwt_secret = "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
+        admin_token = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        payment_secret = "pppppppppppppppppppppppppppppppppppp"
         [limits]
         global_rps = 50000
         [[drops]]
@@ -694,5 +759,49 @@ mod tests {
         );
         assert!(parse_positive_duration("0s").is_err());
         assert!(parse_positive_duration("soon").is_err());
+    }
+
+    #[test]
+    fn an_empty_or_short_secret_is_refused_naming_the_field() {
+        let empty = GOOD.replace("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "");
+        let msg = error_of(&empty);
+        assert!(
+            msg.contains("auth.admin_token") && msg.contains("0 bytes"),
+            "{msg}"
+        );
+        let short = GOOD.replace("jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj", "j");
+        let msg = error_of(&short);
+        assert!(
+            msg.contains("auth.jwt_secret") && msg.contains("1 bytes"),
+            "{msg}"
+        );
+        let short = GOOD.replace("pppppppppppppppppppppppppppppppppppp", &"p".repeat(31));
+        assert!(error_of(&short).contains("auth.payment_secret"));
+    }
+
+    #[test]
+    fn demo_secrets_are_refused_off_loopback() {
+        let cut = GOOD.split("[auth]").next().unwrap().to_owned()
+            + GOOD
+                .split("[limits]")
+                .nth(1)
+                .map(|rest| "[limits]".to_owned() + rest)
+                .unwrap()
+                .as_str();
+        let mut demo = Config::from_toml(&cut, SecretSource::EnvironmentOrDemo).unwrap();
+        assert_eq!(demo.auth.demo_fields().len(), 3);
+        assert!(demo.check_exposure().is_ok(), "loopback is fine");
+        demo.listen = "0.0.0.0:8080".parse().unwrap();
+        let msg = demo.check_exposure().unwrap_err().to_string();
+        assert!(
+            msg.contains("auth.jwt_secret") && msg.contains("demo"),
+            "{msg}"
+        );
+        let real = Config::from_toml(
+            &GOOD.replace("127.0.0.1:8080", "0.0.0.0:8080"),
+            SecretSource::Environment,
+        )
+        .unwrap();
+        assert!(real.check_exposure().is_ok());
     }
 }

@@ -68,5 +68,7 @@ pub async fn run(
     if let Some(writer) = &app.redis_writer {
         writer.drain_and_stop().await;
     }
-    app.store.flush().await
+    let flushed = app.store.flush().await;
+    app.engine.shut_down();
+    flushed
 }

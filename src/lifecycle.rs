@@ -29,7 +29,13 @@ async fn catch_up(app: &App, id: &OrderId) -> Result<(), StoreError> {
         return Ok(());
     }
     match app.engine.recent_order(id).await {
-        Ok(Some(order)) => app.store.insert_many(vec![(order, None)]).await,
+        Ok(Some(order)) => {
+            let refused = app.store.insert_many(vec![(order, None)]).await?;
+            match refused.first() {
+                Some(id) => Err(StoreError::Conflict(id.to_string())),
+                None => Ok(()),
+            }
+        }
         Ok(None) => Ok(()),
         Err(e) => Err(StoreError::Database(e.to_string())),
     }
@@ -61,9 +67,7 @@ pub async fn expire_due(app: &App) -> Result<usize, StoreError> {
     let mut total = 0;
     loop {
         let expired = app.store.expire_due(app.clock.now(), EXPIRE_BATCH).await?;
-        for order in &expired {
-            return_stock(app, order).await;
-        }
+        return_stocks(app, &expired).await;
         total += expired.len();
         if expired.len() < EXPIRE_BATCH {
             return Ok(total);
@@ -71,16 +75,53 @@ pub async fn expire_due(app: &App) -> Result<usize, StoreError> {
     }
 }
 
+/// Gives an ended order's units back to the engine. The transaction that
+/// ended the order recorded the release as due; it is cleared once the
+/// engine has applied it. Should the engine fail here (Redis stalled, say),
+/// the release stays due and [`retry_releases`] applies it later: the
+/// engine's release is itself once-only, so a retry never returns twice.
 async fn return_stock(app: &App, order: &Order) {
-    // The order has ended in the store already. Should the engine fail here,
-    // the units stay held until a restart rebuilds the books from the store:
-    // stock is undersold for a while, never oversold.
+    return_stocks(app, std::slice::from_ref(order)).await;
+}
+
+async fn return_stocks(app: &App, orders: &[Order]) {
+    let mut applied = Vec::with_capacity(orders.len());
+    for order in orders {
+        if release(app, order).await {
+            applied.push(order.id.clone());
+        }
+    }
+    if applied.is_empty() {
+        return;
+    }
+    if let Err(e) = app.store.mark_released(applied).await {
+        tracing::warn!(error = %e, "releases applied but not yet marked; they will be retried");
+    }
+}
+
+/// Asks the engine to take the order's units back; true once it has them.
+async fn release(app: &App, order: &Order) -> bool {
     let started = Instant::now();
     let released = app.engine.release(order).await;
     telemetry::engine_call("release", started.elapsed());
     match released {
-        Ok(true) => app.sold_out.clear(&order.round_id, order.sku.as_str()),
-        Ok(false) => {}
-        Err(e) => tracing::error!(order = %order.id, error = %e, "could not return stock"),
+        Ok(true) => {
+            app.sold_out.clear(&order.round_id, order.sku.as_str());
+            true
+        }
+        // Released before (a retry after a lost answer), or never held here.
+        Ok(false) => true,
+        Err(e) => {
+            tracing::error!(order = %order.id, error = %e, "could not return stock; will retry");
+            false
+        }
     }
+}
+
+/// Applies every release still due: those whose first try failed, and
+/// those of an instance that died between ending an order and releasing it.
+pub async fn retry_releases(app: &App) -> Result<usize, StoreError> {
+    let due = app.store.releases_due(EXPIRE_BATCH).await?;
+    return_stocks(app, &due).await;
+    Ok(due.len())
 }

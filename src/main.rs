@@ -116,6 +116,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .parse()
             .map_err(|_| format!("--listen {listen:?} is not an address"))?;
     }
+    config
+        .check_exposure()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
     let engine = match args.redis {
         Some(url) => EngineChoice::Redis { url },
         None => EngineChoice::Embedded,

@@ -1,5 +1,6 @@
 //! The expiry sweeper: every `sweep_interval`, orders unpaid past `pay_by`
-//! are expired and their stock returned.
+//! are expired and their stock returned, and releases that could not be
+//! applied when their order ended (the engine was unreachable) are retried.
 
 use std::sync::Arc;
 
@@ -21,6 +22,9 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "expired unpaid orders"),
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed; will retry"),
+        }
+        if let Err(e) = lifecycle::retry_releases(&app).await {
+            tracing::warn!(error = %e, "could not read the releases due; will retry");
         }
     }
 }

@@ -113,6 +113,7 @@ pub async fn render(app: &App) -> String {
     gauge!("dropgate_engine_in_flight").set(f64::from(app.admission.in_flight()));
     gauge!("dropgate_open_connections").set(app.open_connections() as f64);
     gauge!("dropgate_order_writer_lag").set(app.writer_lag() as f64);
+    gauge!("dropgate_order_writer_dead_letters").set(app.dead_letters() as f64);
     let (ips, users) = app.admission.tracked_keys();
     gauge!("dropgate_limiter_keys", "layer" => "ip").set(ips as f64);
     gauge!("dropgate_limiter_keys", "layer" => "user").set(users as f64);

@@ -11,7 +11,7 @@ use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
 use crate::clock::Clock;
 use crate::domain::SkuId;
 use crate::order::Order;
-use crate::store::{OrderStore, Restock, StoreError};
+use crate::store::{EngineLease, OrderStore, Restock, RestockRecord, StoreError};
 
 pub struct EmbeddedEngine {
     /// One book per round. The lock is a std mutex because it is held only
@@ -19,16 +19,28 @@ pub struct EmbeddedEngine {
     rounds: DashMap<String, Arc<Mutex<RoundBook>>>,
     store: OrderStore,
     clock: Arc<dyn Clock>,
+    /// This engine's exclusive claim on the store: the stock lives in this
+    /// process's memory, so no other embedded engine may sell from it.
+    lease: EngineLease,
 }
 
 impl EmbeddedEngine {
-    /// Rebuilds every round's sold units, holdings and keys from the store,
-    /// so a restart neither resells nor forgets.
+    /// Takes the store's engine lease, then rebuilds every round's sold
+    /// units, holdings and keys from the store, so a restart neither
+    /// resells nor forgets. Refuses when another instance holds the lease.
     pub async fn open(store: OrderStore, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let lease = store.take_engine_lease().await?.ok_or_else(|| {
+            StoreError::Database(
+                "another embedded-engine instance is selling from this order store \
+                 (two would sell the same stock); stop it, or run several instances with --redis"
+                    .into(),
+            )
+        })?;
         let engine = Self {
             rounds: DashMap::new(),
             store,
             clock,
+            lease,
         };
         for stored in engine.store.engine_snapshot().await? {
             let book = engine.book(&stored.order.round_id);
@@ -64,20 +76,30 @@ fn lock(book: &Mutex<RoundBook>) -> std::sync::MutexGuard<'_, RoundBook> {
 #[async_trait]
 impl InventoryEngine for EmbeddedEngine {
     async fn reserve(&self, attempt: ReserveAttempt) -> Result<ReserveOutcome, EngineError> {
-        let now = self.clock.now();
-        if now < attempt.opens_at {
-            return Ok(ReserveOutcome::NotOpen {
-                opens_at: attempt.opens_at,
-            });
-        }
-        if now >= attempt.closes_at {
-            return Ok(ReserveOutcome::Closed);
+        if !self.lease.is_held() {
+            return Err(EngineError::Unavailable(
+                "this instance lost the order store's engine lease".into(),
+            ));
         }
         // The writer slot comes first: once units are taken below, the order
         // is queued without waiting, so no cancellation can strand them.
         let slot = self.store.insert_slot().await.map_err(unavailable)?;
         let book = self.book(&attempt.order.round_id);
-        let decision = lock(&book).reserve(&attempt);
+        let decision = {
+            let mut book = lock(&book);
+            // The window is read under the round's lock, after any wait for
+            // the slot: the decision happens at this instant (I6).
+            let now = self.clock.now();
+            if now < attempt.opens_at {
+                Decision::Refused(ReserveOutcome::NotOpen {
+                    opens_at: attempt.opens_at,
+                })
+            } else if now >= attempt.closes_at {
+                Decision::Refused(ReserveOutcome::Closed)
+            } else {
+                book.reserve(&attempt)
+            }
+        };
         match decision {
             Decision::Refused(outcome) => Ok(outcome),
             Decision::Replay(order, mut durability) => {
@@ -104,6 +126,11 @@ impl InventoryEngine for EmbeddedEngine {
                 let settle = move |result: &Result<(), StoreError>| match result {
                     Ok(()) => {
                         durable.send_replace(Durability::Committed);
+                    }
+                    // Perhaps stored: the units stay taken (undersold until
+                    // a restart rebuilds the books, never oversold).
+                    Err(StoreError::OutcomeUnknown) => {
+                        durable.send_replace(Durability::Failed);
                     }
                     Err(_) => {
                         lock(&book).undo(&won, key.as_ref());
@@ -143,22 +170,39 @@ impl InventoryEngine for EmbeddedEngine {
         Ok((allocated + restocked).saturating_sub(sold))
     }
 
-    async fn restock(&self, round_id: &str, sku: &SkuId, units: u64) -> Result<(), EngineError> {
-        // Stored first: a restart rebuilds the round with these units.
-        let restock = Restock {
-            round_id: round_id.to_owned(),
-            sku: sku.as_str().to_owned(),
-            units,
+    async fn restock(
+        &self,
+        round_id: &str,
+        sku: &SkuId,
+        units: u64,
+        restock_id: &str,
+    ) -> Result<(), EngineError> {
+        // Stored first: a restart rebuilds the round with these units. A
+        // restock id seen before is a retry: its units are in already.
+        let record = RestockRecord {
+            id: restock_id.to_owned(),
+            restock: Restock {
+                round_id: round_id.to_owned(),
+                sku: sku.as_str().to_owned(),
+                units,
+            },
         };
-        self.store
-            .add_restock(restock, self.clock.now())
+        let new = self
+            .store
+            .add_restock(record, self.clock.now())
             .await
             .map_err(unavailable)?;
-        lock(&self.book(round_id)).restock(sku.clone(), units);
+        if new {
+            lock(&self.book(round_id)).restock(sku.clone(), units);
+        }
         Ok(())
     }
 
     async fn ready(&self) -> bool {
-        self.store.ping().await
+        self.lease.is_held() && self.store.ping().await
+    }
+
+    fn shut_down(&self) {
+        self.lease.release();
     }
 }

@@ -9,6 +9,7 @@ mod embedded;
 mod redis_batches;
 mod redis_engine;
 mod redis_keys;
+mod redis_reconcile;
 mod redis_writer;
 mod round_book;
 
@@ -78,8 +79,15 @@ pub trait InventoryEngine: Send + Sync + 'static {
     ) -> Result<u64, EngineError>;
 
     /// Adds `units` of `sku` to a round for sale at once, recorded in the
-    /// order store first so that a rebuilt round has them too.
-    async fn restock(&self, round_id: &str, sku: &SkuId, units: u64) -> Result<(), EngineError>;
+    /// order store first so that a rebuilt round has them too. A restock
+    /// sent again with the same `restock_id` (a retry) adds nothing more.
+    async fn restock(
+        &self,
+        round_id: &str,
+        sku: &SkuId,
+        units: u64,
+        restock_id: &str,
+    ) -> Result<(), EngineError>;
 
     /// A won order the order store may not hold yet (read-your-writes while
     /// the Redis order writer lags); the embedded engine writes before it answers.
@@ -89,4 +97,8 @@ pub trait InventoryEngine: Send + Sync + 'static {
 
     /// True while the engine's backends answer.
     async fn ready(&self) -> bool;
+
+    /// Called once serving has stopped and the writer is flushed: gives up
+    /// whatever claim the engine holds on shared state.
+    fn shut_down(&self) {}
 }

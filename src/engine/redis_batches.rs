@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::redis_engine::unavailable;
 use super::redis_keys::RoundKeys;
+use super::redis_reconcile::Reconciler;
 use super::EngineError;
 
 /// Attempts decided by one call at most.
@@ -66,11 +67,11 @@ pub struct ReserveBatches {
 impl ReserveBatches {
     /// Starts the task that sends the batches over `conns` in turn; it ends
     /// with the last handle.
-    pub fn start(conns: Vec<ConnectionManager>) -> Self {
+    pub fn start(conns: Vec<ConnectionManager>, reconciler: Arc<Reconciler>) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE_DEPTH);
         // The SHA-1 that `EVALSHA` names the script by.
         let hash: Arc<str> = Script::new(RESERVE_LUA).get_hash().into();
-        tokio::spawn(dispatch(conns, hash, pending));
+        tokio::spawn(dispatch(conns, hash, pending, reconciler));
         Self { queue }
     }
 
@@ -92,6 +93,7 @@ async fn dispatch(
     conns: Vec<ConnectionManager>,
     hash: Arc<str>,
     mut queue: mpsc::Receiver<Queued>,
+    reconciler: Arc<Reconciler>,
 ) {
     let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -116,8 +118,9 @@ async fn dispatch(
         for (round_id, attempts) in rounds {
             turn = (turn + 1) % conns.len();
             let (mut conn, hash, call) = (conns[turn].clone(), hash.clone(), call.clone());
+            let reconciler = reconciler.clone();
             tokio::spawn(async move {
-                let answers = invoke(&mut conn, &hash, &round_id, &attempts).await;
+                let answers = invoke(&mut conn, &hash, &round_id, &attempts, &reconciler).await;
                 settle(attempts, answers);
                 drop(call);
             });
@@ -130,6 +133,7 @@ async fn invoke(
     hash: &str,
     round_id: &str,
     attempts: &[Pending],
+    reconciler: &Reconciler,
 ) -> Result<Vec<Answer>, EngineError> {
     // Built as one command, so each argument is copied once into it.
     let keys = RoundKeys::new(round_id);
@@ -157,7 +161,7 @@ async fn invoke(
             .arg(&a.order_json);
     }
     // {code1, detail1, code2, detail2, ...}
-    let flat = send(conn, &call).await.map_err(unavailable)?;
+    let flat = send(conn, &call, reconciler).await?;
     if flat.len() != 2 * attempts.len() {
         return Err(unavailable(format!(
             "reserve script answered {} values for {} attempts",
@@ -179,29 +183,55 @@ async fn invoke(
 /// manager reconnects meanwhile): the script knows an attempt it has already
 /// decided by its order id, so a resent call decides nothing twice. A
 /// stalled Redis (a timeout) is not waited on twice.
-async fn send(conn: &mut ConnectionManager, call: &Cmd) -> redis::RedisResult<Vec<redis::Value>> {
-    match send_loading(conn, call).await {
-        Err(e) if e.is_unrecoverable_error() && !e.is_timeout() => send_loading(conn, call).await,
+async fn send(
+    conn: &mut ConnectionManager,
+    call: &Cmd,
+    reconciler: &Reconciler,
+) -> Result<Vec<redis::Value>, EngineError> {
+    match send_loading(conn, call, reconciler).await {
+        Err(SendError::Redis(e)) if e.is_unrecoverable_error() && !e.is_timeout() => {
+            send_loading(conn, call, reconciler).await
+        }
         reply => reply,
     }
+    .map_err(|e| match e {
+        SendError::Redis(e) => unavailable(e),
+        SendError::Engine(e) => e,
+    })
 }
 
-/// Sends the call; if Redis restarted empty or its scripts were flushed
-/// (nothing ran), loads the script and sends the call again.
+enum SendError {
+    Redis(redis::RedisError),
+    Engine(EngineError),
+}
+
+/// Sends the call. `NOSCRIPT` means nothing ran, and that this Redis has
+/// not run `reserve.lua` since its script cache was emptied: it restarted,
+/// a replica took over, or its scripts were flushed. Scripts are not kept
+/// in snapshots, AOF or replication, so no reserve is ever decided by a
+/// restarted Redis before this point: here the engine makes sure Redis is
+/// the server it was (or reconciles every live round, I7), and only then
+/// loads the script and sends the call again.
 async fn send_loading(
     conn: &mut ConnectionManager,
     call: &Cmd,
-) -> redis::RedisResult<Vec<redis::Value>> {
+    reconciler: &Reconciler,
+) -> Result<Vec<redis::Value>, SendError> {
     match call.query_async(conn).await {
         Err(e) if e.code() == Some("NOSCRIPT") => {
+            reconciler
+                .check_identity()
+                .await
+                .map_err(SendError::Engine)?;
             let _: String = redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(RESERVE_LUA)
                 .query_async(conn)
-                .await?;
-            call.query_async(conn).await
+                .await
+                .map_err(SendError::Redis)?;
+            call.query_async(conn).await.map_err(SendError::Redis)
         }
-        reply => reply,
+        reply => reply.map_err(SendError::Redis),
     }
 }
 

@@ -13,21 +13,24 @@ use redis::{AsyncCommands, Script};
 
 use super::redis_batches::{ReserveBatches, ScriptAttempt};
 use super::redis_keys::{drop_of, RoundKeys, ROUNDS};
+use super::redis_reconcile::Reconciler;
 use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
 use crate::catalog::LiveCatalog;
 use crate::domain::{OrderId, SkuId};
 use crate::order::Order;
-use crate::store::{restocked_units, OrderStore, Restock, StoreError};
+use crate::store::{OrderStore, Restock, RestockRecord};
 
 /// Bounds on every Redis call, so a dead or stalled Redis becomes a fast 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Bound on the order-store read that sets up a round Redis does not know.
+/// Bound on the order-store write of a restock.
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Tries of one reserve: a round set up in between (twice, should a
+/// reconciliation fence the round again meanwhile).
+const RESERVE_TRIES: usize = 3;
 
 struct Scripts {
     release: Script,
-    setup_round: Script,
     restock: Script,
 }
 
@@ -46,6 +49,9 @@ pub struct RedisEngine {
     scripts: Arc<Scripts>,
     /// Reserve attempts, gathered into one `reserve.lua` call per round.
     reserves: ReserveBatches,
+    /// Sets up rounds Redis does not know and reconciles them after Redis
+    /// may have lost state (I7).
+    reconciler: Arc<Reconciler>,
     catalog: LiveCatalog,
     store: OrderStore,
 }
@@ -78,14 +84,15 @@ impl RedisEngine {
         for _ in 1..RESERVE_CONNECTIONS {
             reserve_conns.push(connect(url).await?);
         }
+        let reconciler = Reconciler::start(conn.clone(), catalog.clone(), store.clone()).await?;
         let engine = Self {
-            reserves: ReserveBatches::start(reserve_conns),
+            reserves: ReserveBatches::start(reserve_conns, reconciler.clone()),
             conn,
             scripts: Arc::new(Scripts {
                 release: Script::new(include_str!("../../lua/release.lua")),
-                setup_round: Script::new(include_str!("../../lua/setup_round.lua")),
                 restock: Script::new(include_str!("../../lua/restock.lua")),
             }),
+            reconciler,
             catalog,
             store,
         };
@@ -126,59 +133,6 @@ impl RedisEngine {
             ),
         }
     }
-
-    /// Creates the round in Redis if absent, from the order store: every SKU
-    /// at its stock minus what live orders hold, and those orders' holdings.
-    async fn set_up_round(&self, round_id: &str) -> Result<(), EngineError> {
-        let drop = self
-            .catalog
-            .get(drop_of(round_id))
-            .ok_or_else(|| unavailable(format!("round {round_id} of an unknown drop")))?;
-        // A stalled database must not hang the requests waiting on this.
-        let read = async {
-            let live = self.store.live_in_round(round_id.to_owned()).await?;
-            let restocks = self.store.restocks(Some(round_id.to_owned())).await?;
-            Ok::<_, StoreError>((live, restocks))
-        };
-        let (live, restocks) = tokio::time::timeout(STORE_TIMEOUT, read)
-            .await
-            .map_err(|_| unavailable("the order store did not answer in time"))?
-            .map_err(unavailable)?;
-        let keys = RoundKeys::new(round_id);
-        let mut invocation = self.scripts.setup_round.key(&keys.stock);
-        invocation
-            .key(&keys.held)
-            .key(&keys.live)
-            .arg(drop.skus.len());
-        for sku in &drop.skus {
-            let held: u64 = live
-                .iter()
-                .filter(|o| o.sku == sku.id)
-                .map(|o| u64::from(o.quantity.get()))
-                .sum();
-            let allocated = sku.stock + restocked_units(&restocks, sku.id.as_str());
-            invocation
-                .arg(sku.id.as_str())
-                .arg(allocated.saturating_sub(held));
-        }
-        for order in &live {
-            invocation.arg(order.id.as_str()).arg(holding(order));
-        }
-        // Registered first: a round whose stock exists but that the order
-        // writer does not know would keep its winners out of the store.
-        let mut conn = self.conn.clone();
-        let _: i64 = conn.sadd(ROUNDS, round_id).await.map_err(unavailable)?;
-        let _: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-}
-
-/// How the scripts record what a live order holds.
-fn holding(order: &Order) -> String {
-    format!("{}\n{}\n{}", order.sku, order.quantity.get(), order.user_id)
 }
 
 fn parse_order(json: &str) -> Result<Order, EngineError> {
@@ -207,8 +161,8 @@ impl InventoryEngine for RedisEngine {
                 order_json: serde_json::to_string(order).map_err(unavailable)?,
             })
         };
-        // A round unknown to Redis is set up once, then the attempt retried.
-        for _ in 0..2 {
+        // A round unknown to Redis is set up, then the attempt sent again.
+        for _ in 0..RESERVE_TRIES {
             let (code, detail) = self.reserves.decide(&order.round_id, arguments()?).await?;
             return Ok(match code {
                 1 => ReserveOutcome::Won(attempt.order),
@@ -223,7 +177,7 @@ impl InventoryEngine for RedisEngine {
                 },
                 -5 => ReserveOutcome::IdempotencyMismatch,
                 NOT_SET_UP => {
-                    self.set_up_round(&order.round_id).await?;
+                    self.reconciler.set_up(&order.round_id).await?;
                     continue;
                 }
                 other => return Err(unavailable(format!("reserve script returned {other}"))),
@@ -241,6 +195,7 @@ impl InventoryEngine for RedisEngine {
             .key(&keys.stock)
             .key(&keys.held)
             .key(&keys.live)
+            .key(&keys.ended)
             .arg(order.id.as_str())
             .invoke_async(&mut conn)
             .await
@@ -264,7 +219,7 @@ impl InventoryEngine for RedisEngine {
             Some(left) => Ok(left),
             None if self.catalog.get(drop_of(round_id)).is_none() => Ok(allocated),
             None => {
-                self.set_up_round(round_id).await?;
+                self.reconciler.set_up(round_id).await?;
                 let left: Option<u64> = conn
                     .hget(&keys.stock, sku.as_str())
                     .await
@@ -274,16 +229,27 @@ impl InventoryEngine for RedisEngine {
         }
     }
 
-    async fn restock(&self, round_id: &str, sku: &SkuId, units: u64) -> Result<(), EngineError> {
+    async fn restock(
+        &self,
+        round_id: &str,
+        sku: &SkuId,
+        units: u64,
+        restock_id: &str,
+    ) -> Result<(), EngineError> {
         // The round must exist in Redis before the restock is stored: a
         // round set up from the store afterwards would count the units twice.
-        self.set_up_round(round_id).await?;
-        let restock = Restock {
-            round_id: round_id.to_owned(),
-            sku: sku.as_str().to_owned(),
-            units,
+        self.reconciler.set_up(round_id).await?;
+        let record = RestockRecord {
+            id: restock_id.to_owned(),
+            restock: Restock {
+                round_id: round_id.to_owned(),
+                sku: sku.as_str().to_owned(),
+                units,
+            },
         };
-        let stored = self.store.add_restock(restock, Timestamp::now());
+        // Stored even when recorded before (a retry): whether Redis applied
+        // it is for restock.lua to say, by the restock id.
+        let stored = self.store.add_restock(record, Timestamp::now());
         tokio::time::timeout(STORE_TIMEOUT, stored)
             .await
             .map_err(|_| unavailable("the order store did not answer in time"))?
@@ -294,15 +260,18 @@ impl InventoryEngine for RedisEngine {
             .scripts
             .restock
             .key(&keys.stock)
+            .key(&keys.restocks)
             .arg(sku.as_str())
             .arg(units)
+            .arg(restock_id)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        // -7 (this restock id was applied before: a retry) adds nothing.
         if left == NOT_SET_UP {
             // Redis lost the round between the set-up and now; the stored
             // restock is counted when the round is set up again.
-            self.set_up_round(round_id).await?;
+            self.reconciler.set_up(round_id).await?;
         }
         Ok(())
     }

@@ -16,6 +16,14 @@ pub struct RoundKeys {
     pub orders: String,
     pub live: String,
     pub winners: String,
+    /// Ids of orders whose units came back (`release.lua`), so a
+    /// reconciliation running at the same time does not put them back.
+    pub ended: String,
+    /// Restock ids applied, so a retried restock adds nothing.
+    pub restocks: String,
+    /// Winner entries the order writer could not store (unreadable, or
+    /// colliding with a stored order): kept here, never deleted.
+    pub dead: String,
 }
 
 impl RoundKeys {
@@ -28,6 +36,9 @@ impl RoundKeys {
             orders: key("orders"),
             live: key("live"),
             winners: key("winners"),
+            ended: key("ended"),
+            restocks: key("restocks"),
+            dead: key("dead"),
         }
     }
 }
@@ -51,6 +62,9 @@ mod tests {
             &keys.orders,
             &keys.live,
             &keys.winners,
+            &keys.ended,
+            &keys.restocks,
+            &keys.dead,
         ] {
             assert!(key.contains("{mi@20261127T020000Z}"), "{key}");
         }

@@ -42,6 +42,7 @@ pub struct RedisOrderWriter {
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
     lag: Arc<AtomicU64>,
+    dead_letters: Arc<AtomicU64>,
 }
 
 impl RedisOrderWriter {
@@ -56,8 +57,10 @@ impl RedisOrderWriter {
         let conn = connect(url).await?;
         let (stop, stopped) = watch::channel(false);
         let lag = Arc::new(AtomicU64::new(0));
+        let dead_letters = Arc::new(AtomicU64::new(0));
         let consumer = Consumer {
             lag: lag.clone(),
+            dead_letters: dead_letters.clone(),
             last_lag: Instant::now() - LAG_EVERY,
             conn,
             store,
@@ -72,7 +75,15 @@ impl RedisOrderWriter {
             stop,
             task: Mutex::new(Some(task)),
             lag,
+            dead_letters,
         })
+    }
+
+    /// Winner entries the writer could not store and kept aside in the
+    /// rounds' dead-letter streams, as last measured: each is a 201 that is
+    /// not in the order store and needs an operator.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Ordering::Relaxed)
     }
 
     /// Winners in the streams not yet stored and acknowledged, as last
@@ -103,6 +114,7 @@ struct Consumer {
     claim_idle: Duration,
     last_claim: Instant,
     lag: Arc<AtomicU64>,
+    dead_letters: Arc<AtomicU64>,
     last_lag: Instant,
 }
 
@@ -138,7 +150,8 @@ async fn run(mut consumer: Consumer, mut stopped: watch::Receiver<bool>) {
 }
 
 impl Consumer {
-    /// Moves one batch from every round's stream into the store.
+    /// Moves one batch from every round's stream into the store. A round
+    /// that fails is logged and retried next pass; the others go on.
     async fn pass(&mut self) -> Result<usize, String> {
         let rounds: Vec<String> = self
             .conn
@@ -153,28 +166,54 @@ impl Consumer {
         }
         if self.last_lag.elapsed() >= LAG_EVERY {
             self.last_lag = Instant::now();
-            let mut lag = 0u64;
-            for round in &rounds {
-                lag += self
-                    .conn
-                    .xlen::<_, u64>(RoundKeys::new(round).winners)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            self.lag.store(lag, Ordering::Relaxed);
+            self.measure(&rounds).await?;
         }
         let mut moved = 0;
         for round in rounds {
-            let keys = RoundKeys::new(&round);
-            self.ensure_group(&round, &keys.winners).await?;
-            let entries = self.read(&round, &keys.winners).await?;
-            moved += self.write(&keys.winners, entries).await?;
-            if claim {
-                let claimed = self.claim_from_the_dead(&keys.winners).await?;
-                moved += self.write(&keys.winners, claimed).await?;
+            match self.move_round(&round, claim).await {
+                Ok(n) => moved += n,
+                Err(e) => {
+                    tracing::warn!(round, error = %e, "order writer could not move this round's winners; retrying");
+                    // Redis may have come back without the round's group.
+                    self.grouped.remove(&round);
+                    self.caught_up.remove(&round);
+                }
             }
         }
         Ok(moved)
+    }
+
+    async fn move_round(&mut self, round: &str, claim: bool) -> Result<usize, String> {
+        let keys = RoundKeys::new(round);
+        self.ensure_group(round, &keys.winners).await?;
+        let entries = self.read(round, &keys.winners).await?;
+        let mut moved = self.write(&keys, entries).await?;
+        if claim {
+            let claimed = self.claim_from_the_dead(&keys.winners).await?;
+            moved += self.write(&keys, claimed).await?;
+        }
+        Ok(moved)
+    }
+
+    /// Winners not yet stored, and entries kept aside as dead letters.
+    async fn measure(&mut self, rounds: &[String]) -> Result<(), String> {
+        let mut pipe = redis::pipe();
+        for round in rounds {
+            let keys = RoundKeys::new(round);
+            pipe.xlen(keys.winners).xlen(keys.dead);
+        }
+        let lengths: Vec<u64> = pipe
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut lag, mut dead) = (0, 0);
+        for pair in lengths.chunks(2) {
+            lag += pair[0];
+            dead += pair.get(1).copied().unwrap_or(0);
+        }
+        self.lag.store(lag, Ordering::Relaxed);
+        self.dead_letters.store(dead, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn ensure_group(&mut self, round: &str, stream: &str) -> Result<(), String> {
@@ -233,38 +272,81 @@ impl Consumer {
         Ok(reply.claimed)
     }
 
-    /// Commits the entries' orders, then acknowledges and deletes them.
-    async fn write(&mut self, stream: &str, entries: Vec<StreamId>) -> Result<usize, String> {
+    /// Commits the entries' orders, then acknowledges and deletes them. An
+    /// entry that cannot be stored (unreadable, say after an upgrade that
+    /// changed the order's JSON, or colliding with another stored order) is
+    /// first copied to the round's dead-letter stream: nothing is deleted
+    /// that was neither stored nor kept.
+    async fn write(&mut self, keys: &RoundKeys, entries: Vec<StreamId>) -> Result<usize, String> {
         if entries.is_empty() {
             return Ok(0);
         }
         let mut orders = Vec::with_capacity(entries.len());
-        let mut ids = Vec::with_capacity(entries.len());
+        let mut unreadable = Vec::new();
         for entry in &entries {
-            ids.push(entry.id.clone());
             match decode(entry) {
-                Some(order) => orders.push(order),
-                // Acknowledged below so it cannot block the stream; logged to be found.
-                None => {
-                    tracing::error!(entry = %entry.id, stream, "unreadable winner entry skipped")
-                }
+                Some(keyed) => orders.push((entry, keyed)),
+                None => unreadable.push(entry),
             }
         }
-        self.store
-            .insert_many(orders)
+        let refused = self
+            .store
+            .insert_many(orders.iter().map(|(_, keyed)| keyed.clone()).collect())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut dead: Vec<(&StreamId, &str)> = unreadable
+            .into_iter()
+            .map(|entry| (entry, "unreadable"))
+            .collect();
+        dead.extend(
+            orders
+                .iter()
+                .filter(|(_, (order, _))| refused.contains(&order.id))
+                .map(|(entry, _)| (*entry, "collides with a stored order")),
+        );
+        for (entry, reason) in &dead {
+            self.keep_aside(&keys.dead, entry, reason).await?;
+            tracing::error!(
+                entry = %entry.id,
+                stream = %keys.winners,
+                reason,
+                "winner entry not stored: kept in the dead-letter stream"
+            );
+        }
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let _: i64 = self
+            .conn
+            .xack(&keys.winners, WRITERS_GROUP, &ids)
             .await
             .map_err(|e| e.to_string())?;
         let _: i64 = self
             .conn
-            .xack(stream, WRITERS_GROUP, &ids)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _: i64 = self
-            .conn
-            .xdel(stream, &ids)
+            .xdel(&keys.winners, &ids)
             .await
             .map_err(|e| e.to_string())?;
         Ok(ids.len())
+    }
+
+    /// Copies an entry, field by field, to the dead-letter stream.
+    async fn keep_aside(
+        &mut self,
+        dead: &str,
+        entry: &StreamId,
+        reason: &str,
+    ) -> Result<(), String> {
+        let mut fields: Vec<(String, Vec<u8>)> = entry
+            .map
+            .keys()
+            .filter_map(|field| Some((field.clone(), entry.get::<Vec<u8>>(field)?)))
+            .collect();
+        fields.push(("reason".into(), reason.as_bytes().to_vec()));
+        fields.push(("entry".into(), entry.id.as_bytes().to_vec()));
+        let _: String = self
+            .conn
+            .xadd(dead, "*", &fields)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 

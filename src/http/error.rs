@@ -36,6 +36,8 @@ pub enum ApiError {
     AmountMismatch { due: String },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyMismatch,
     #[error("a drop with this id exists")]
@@ -72,6 +74,7 @@ impl ApiError {
             | DuplicateTransaction
             | DropExists => StatusCode::CONFLICT,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Overloaded | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,6 +96,7 @@ impl ApiError {
             DuplicateTransaction => "duplicate_transaction",
             AmountMismatch { .. } => "amount_mismatch",
             PayloadTooLarge { .. } => "payload_too_large",
+            BodyTimeout => "request_timeout",
             IdempotencyMismatch => "idempotency_mismatch",
             DropExists => "drop_exists",
             RateLimited { .. } => "rate_limited",
@@ -109,6 +113,7 @@ impl ApiError {
             | NotFound(_)
             | AmountMismatch { .. }
             | PayloadTooLarge { .. }
+            | BodyTimeout
             | IdempotencyMismatch => "invalid",
             Unauthorized(_) => "unauthorized",
             NotOpen { .. } => "not_open",
@@ -135,6 +140,12 @@ impl ApiError {
             ApiError::Overloaded | ApiError::Unavailable(_) => Some(1),
             _ => None,
         }
+    }
+
+    /// True when the connection cannot serve another request: the rest of
+    /// an unread body would be taken for the next request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ApiError::BodyTimeout)
     }
 
     /// The body of a refusal that never varies, as `body()` renders it (a
@@ -207,9 +218,11 @@ impl From<InvalidValue> for ApiError {
 }
 
 impl From<EngineError> for ApiError {
+    /// The cause goes to the log, never to the client: backend text (a
+    /// Redis `MOVED` with a node's address, a script error) is not theirs.
     fn from(e: EngineError) -> Self {
         tracing::warn!(error = %e, "engine unavailable");
-        ApiError::Unavailable(e.to_string())
+        ApiError::Unavailable("the inventory engine is unavailable".into())
     }
 }
 
@@ -223,6 +236,15 @@ impl From<StoreError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_engine_error_reaches_the_client_without_its_cause() {
+        let cause = "MOVED 5931 127.0.0.1:7102";
+        let err = ApiError::from(EngineError::Unavailable(cause.into()));
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!err.body().to_string().contains("MOVED"), "{}", err.body());
+        assert!(!err.body().to_string().contains("7102"));
+    }
 
     #[test]
     fn fixed_bodies_are_what_body_renders() {

@@ -1,16 +1,20 @@
 //! Reading request bodies within the size limit, parsing JSON, and writing
 //! JSON responses.
 
+use std::pin::Pin;
+use std::task::Poll;
+
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde::Serialize;
 
 use super::error::ApiError;
+use crate::config::ServerSettings;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -37,6 +41,11 @@ pub fn error(err: &ApiError) -> HttpResponse {
         Some(body) => respond(err.status(), JSON, Bytes::from_static(body.as_bytes())),
         None => json(err.status(), &err.body()),
     };
+    if err.closes_connection() {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(seconds) = err.retry_after() {
         response
             .headers_mut()
@@ -45,9 +54,16 @@ pub fn error(err: &ApiError) -> HttpResponse {
     response
 }
 
-/// Reads the whole body, refusing with 413 anything over `limit` bytes;
-/// a declared length over the limit is refused before reading a byte.
-pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads the whole body within `settings.body_read_timeout`, refusing with
+/// 413 anything over `settings.max_body_bytes`; a declared length over the
+/// limit is refused before reading a byte. A client that declares a body and
+/// then sends it slowly or not at all gets 408 and loses the connection, so
+/// idle sockets cannot pile up behind unsent bodies.
+pub async fn read_body(
+    req: Request<Incoming>,
+    settings: &ServerSettings,
+) -> Result<Bytes, ApiError> {
+    let limit = settings.max_body_bytes;
     // hyper has parsed `Content-Length` already: a declared length is the
     // body's exact size hint (a chunked body's lower bound is 0).
     if req.body().size_hint().lower() > limit as u64 {
@@ -59,7 +75,24 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
     let mut body = req.into_body();
     let mut single = Bytes::new();
     let mut joined: Option<BytesMut> = None;
-    while let Some(frame) = body.frame().await {
+    // The clock starts only when a frame is not already there: a body that
+    // came with its headers (nearly every request) costs no timer.
+    let mut deadline = None;
+    loop {
+        let ready =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+        let next = match ready {
+            Poll::Ready(next) => next,
+            Poll::Pending => {
+                let deadline = *deadline.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + settings.body_read_timeout
+                });
+                tokio::time::timeout_at(deadline, body.frame())
+                    .await
+                    .map_err(|_| ApiError::BodyTimeout)?
+            }
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| {
             ApiError::InvalidRequest(format!("could not read the request body: {e}"))
         })?;

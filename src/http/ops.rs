@@ -19,6 +19,8 @@ pub async fn readyz(app: &App) -> Result<HttpResponse, ApiError> {
     let state = |up: bool| if up { "up" } else { "down" };
     let mut body = json!({"engine": state(engine), "database": state(database)});
     body["order_writer_lag"] = json!(app.writer_lag());
+    // A 201 the writer could not store waits for an operator: say so here.
+    body["dead_letters"] = json!(app.dead_letters());
     if engine && database {
         Ok(json(StatusCode::OK, &body))
     } else {

@@ -16,7 +16,7 @@ pub async fn notify(app: &App, req: Request<Incoming>) -> Result<HttpResponse, A
         .get("x-signature")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = read_body(req, app.settings.max_body_bytes).await?;
+    let body = read_body(req, &app.settings).await?;
     if !signature_is_valid(
         app.secrets.payment_secret.as_bytes(),
         &body,

@@ -90,7 +90,7 @@ pub async fn reserve(
         None => None,
         Some(raw) => Some(IdempotencyKey::parse(raw.to_str().unwrap_or(""))?),
     };
-    let bytes = read_body(req, app.settings.max_body_bytes).await?;
+    let bytes = read_body(req, &app.settings).await?;
     let body: ReserveBody = parse(&bytes)?;
     let quantity = Quantity::new(body.quantity)?;
     let sku = drop
@@ -162,7 +162,9 @@ pub async fn reserve(
             app.sold_out.clear(&order.round_id, order.sku.as_str());
             Ok(json(StatusCode::CREATED, &order))
         }
-        ReserveOutcome::Replayed(order) => Ok(json(StatusCode::OK, &order)),
+        ReserveOutcome::Replayed(order) => {
+            Ok(json(StatusCode::OK, &as_it_is_now(app, order).await))
+        }
         ReserveOutcome::SoldOut => {
             // Refused for one unit means none are left; refused for more
             // may leave a unit for someone asking for less.
@@ -172,6 +174,15 @@ pub async fn reserve(
             Err(ApiError::SoldOut)
         }
         refusal => Err(ApiError::from_refusal(refusal)),
+    }
+}
+
+/// A replayed order as the store has it now (paid, cancelled, …), not as
+/// it was created; the engine's copy while the store lacks it or is down.
+async fn as_it_is_now(app: &App, order: Order) -> Order {
+    match app.store.get(order.id.clone()).await {
+        Ok(Some(stored)) => stored,
+        _ => order,
     }
 }
 

@@ -12,6 +12,8 @@ mod writer;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -33,11 +35,74 @@ pub enum StoreError {
     Closed,
     #[error("the database did not answer within {0:?}")]
     TimedOut(Duration),
+    /// The order collides with another stored order (the same idempotency
+    /// key under another id) and was not stored.
+    #[error("order {0} collides with a stored order")]
+    Conflict(String),
+    /// The connection died during the commit and the database could not be
+    /// read back in time: the write may or may not be stored.
+    #[error("the commit's outcome is unknown (the database connection was lost)")]
+    OutcomeUnknown,
+}
+
+/// The embedded engine's claim to sell from an order store: its stock lives
+/// in its memory, so a second embedded instance on the same store would
+/// sell the same units again. SQLite: an exclusive lock on a file beside the
+/// database; PostgreSQL: a session advisory lock. Either is released by the
+/// operating system or the database the moment the process dies.
+pub struct EngineLease {
+    held: Arc<AtomicBool>,
+    hold: std::sync::Mutex<Option<LeaseHold>>,
+}
+
+enum LeaseHold {
+    /// The locked file: closing it releases the lock.
+    File { _locked: std::fs::File },
+    /// The task that keeps the lock's database session.
+    Session(tokio::task::JoinHandle<()>),
+}
+
+impl Drop for LeaseHold {
+    fn drop(&mut self) {
+        if let LeaseHold::Session(keeper) = self {
+            keeper.abort();
+        }
+    }
+}
+
+impl EngineLease {
+    fn file(file: std::fs::File) -> Self {
+        Self {
+            held: Arc::new(AtomicBool::new(true)),
+            hold: std::sync::Mutex::new(Some(LeaseHold::File { _locked: file })),
+        }
+    }
+
+    fn postgres(held: Arc<AtomicBool>, keeper: tokio::task::JoinHandle<()>) -> Self {
+        Self {
+            held,
+            hold: std::sync::Mutex::new(Some(LeaseHold::Session(keeper))),
+        }
+    }
+
+    /// Gives the lease up (a graceful stop): another instance may take it.
+    pub fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+        self.hold.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// False once the lease is lost (the database restarted and another
+    /// instance took it): this instance must not sell any more.
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
 }
 
 /// How long a read may take before the caller gets 503 instead of waiting
 /// on a stalled database.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// The bound on the reads that reconcile a round Redis may have lost.
+pub const RECOVERY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An order with the idempotency key (and request fingerprint) that made it.
 pub type Keyed = (Order, Option<(IdempotencyKey, String)>);
@@ -179,6 +244,13 @@ pub struct Restock {
     pub units: u64,
 }
 
+/// One operator restock as recorded: its id makes a retry add nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestockRecord {
+    pub id: String,
+    pub restock: Restock,
+}
+
 /// Units restocked for `sku`, out of one round's restocks.
 pub fn restocked_units(restocks: &[Restock], sku: &str) -> u64 {
     restocks
@@ -290,6 +362,15 @@ impl OrderStore {
         PgStore::open(url).await.map(OrderStore::Postgres)
     }
 
+    /// Takes the embedded engine's lease on this store; None if another
+    /// instance holds it.
+    pub async fn take_engine_lease(&self) -> Result<Option<EngineLease>, StoreError> {
+        match self {
+            OrderStore::Sqlite(store) => store.take_engine_lease(),
+            OrderStore::Postgres(store) => store.take_engine_lease().await,
+        }
+    }
+
     /// Takes a place in the writer's queue for an order not yet decided.
     pub async fn insert_slot(&self) -> Result<InsertSlot, StoreError> {
         match self {
@@ -299,8 +380,10 @@ impl OrderStore {
     }
 
     /// Commits orders decided elsewhere (the Redis engine) in one group
-    /// commit; orders already stored (same id) are left as they are.
-    pub async fn insert_many(&self, orders: Vec<Keyed>) -> Result<(), StoreError> {
+    /// commit; orders already stored (same id) are left as they are. Returns
+    /// the ids of orders that collide with another stored order (the same
+    /// idempotency key under another id), which were not stored.
+    pub async fn insert_many(&self, orders: Vec<Keyed>) -> Result<Vec<OrderId>, StoreError> {
         dispatch!(self.insert_many(orders))
     }
 
@@ -344,6 +427,32 @@ impl OrderStore {
         dispatch_read!(self.live_in_round(round_id))
     }
 
+    /// Every order of one round, with its key: what a round Redis may have
+    /// lost is reconciled from. Bounded like a read, but longer: it runs
+    /// only when Redis lost state, and a big round has many orders.
+    pub async fn round_orders(&self, round_id: String) -> Result<Vec<StoredOrder>, StoreError> {
+        tokio::time::timeout(RECOVERY_READ_TIMEOUT, async {
+            dispatch!(self.round_orders(round_id))
+        })
+        .await
+        .unwrap_or(Err(StoreError::TimedOut(RECOVERY_READ_TIMEOUT)))
+    }
+
+    /// The ids of one round's restocks.
+    pub async fn restock_ids(&self, round_id: String) -> Result<Vec<String>, StoreError> {
+        dispatch_read!(self.restock_ids(round_id))
+    }
+
+    /// Up to `max` ended orders whose units the engine has not taken back.
+    pub async fn releases_due(&self, max: usize) -> Result<Vec<Order>, StoreError> {
+        dispatch_read!(self.releases_due(max))
+    }
+
+    /// Records that the engine has taken these orders' units back.
+    pub async fn mark_released(&self, ids: Vec<OrderId>) -> Result<(), StoreError> {
+        dispatch!(self.mark_released(ids))
+    }
+
     /// Every live order and every order made with an idempotency key: what
     /// the embedded engine rebuilds its books from.
     pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
@@ -357,9 +466,14 @@ impl OrderStore {
             .unwrap_or(false)
     }
 
-    /// Records units an operator added to a round.
-    pub async fn add_restock(&self, restock: Restock, now: Timestamp) -> Result<(), StoreError> {
-        dispatch!(self.add_restock(restock, now))
+    /// Records units an operator added to a round; false if a restock with
+    /// this id was recorded before (a retry), which adds nothing.
+    pub async fn add_restock(
+        &self,
+        record: RestockRecord,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.add_restock(record, now))
     }
 
     /// Restocks of one round, or of every round.

@@ -1,19 +1,30 @@
-//! Orders in PostgreSQL. One writer task owns a connection and commits
+//! Orders in PostgreSQL. One writer task holds a connection and commits
 //! whatever jobs have queued in one transaction (group commit): all the
 //! batch's new orders in one multi-row insert, each state change in a
-//! savepoint of its own so one failure cannot sink the others. Reads use a
-//! second connection, which pipelines concurrent queries.
+//! savepoint of its own so one failure cannot sink the others. Reads take
+//! connections from a pool.
+//!
+//! Connections come from a maintained pool (deadpool-postgres), so a
+//! database restarted under a running server is reconnected: a dead
+//! connection is dropped and the next one is made afresh. A connection lost
+//! while a batch commits leaves the commit's outcome unknown; the writer
+//! then reads the batch's orders back before it reports anything, so a
+//! committed order is never reported failed (and never undone).
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use super::{
-    db_time, pay_step, restocks_sql, snapshot_sql, status_counts_sql, CancelOutcome, Keyed,
-    OrderColumns, PayOutcome, PayStep, Restock, StatusCounts, StoreError, StoredOrder,
-    ORDER_COLUMNS,
+    db_time, pay_step, restocks_sql, snapshot_sql, status_counts_sql, CancelOutcome, EngineLease,
+    Keyed, OrderColumns, PayOutcome, PayStep, Restock, RestockRecord, StatusCounts, StoreError,
+    StoredOrder, ORDER_COLUMNS, READ_TIMEOUT,
 };
 use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::order::{Order, OrderStatus};
@@ -22,7 +33,18 @@ use crate::payment::PaymentNotice;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_orders.sql"),
     include_str!("../../migrations/postgres/0002_operations.sql"),
+    include_str!("../../migrations/postgres/0003_recovery.sql"),
 ];
+/// Connections for reads; the writer and the engine lease hold one each on top.
+const POOL_SIZE: usize = 8;
+/// A connection attempt to a database that does not answer gives up after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the writer keeps trying to read back a batch whose commit's
+/// outcome is unknown before it reports the outcome as unknown.
+const READ_BACK_FOR: Duration = Duration::from_secs(10);
+/// The advisory lock the embedded engine holds while it sells from this
+/// database: its stock lives in its memory, so a second one would resell.
+const ENGINE_LEASE_LOCK: i64 = 0x6472_6f70_6761_7465; // "dropgate"
 /// Jobs committed together at most; bounds the latency one commit adds.
 const MAX_BATCH: usize = 2048;
 /// Jobs that may wait for the writer; a full queue makes callers wait.
@@ -45,7 +67,8 @@ enum Job {
     Insert {
         orders: Vec<Keyed>,
         settle: Option<Settle>,
-        reply: Reply<()>,
+        /// The ids not stored because they collide with another stored order.
+        reply: Reply<HashSet<String>>,
     },
     Cancel {
         id: OrderId,
@@ -71,6 +94,9 @@ enum Job {
 /// What one job did inside the batch's transaction.
 enum Done {
     Nothing,
+    /// The ids of the batch's orders that collided with another stored
+    /// order (the same idempotency key under another id) and were not stored.
+    Inserted(Arc<HashSet<String>>),
     Cancel(CancelOutcome),
     Pay(PayOutcome),
     Expired(Vec<Order>),
@@ -79,7 +105,8 @@ enum Done {
 #[derive(Clone)]
 pub struct PgStore {
     jobs: mpsc::Sender<Job>,
-    reader: Arc<Client>,
+    pool: Pool,
+    url: String,
 }
 
 /// A place in the writer's queue; queueing with it cannot wait or be cancelled.
@@ -98,18 +125,88 @@ impl PgSlot {
             settle: Some(Box::new(settle)),
             reply,
         });
-        async move { result.await.map_err(|_| StoreError::Closed)? }
+        async move { result.await.map_err(|_| StoreError::Closed)?.map(|_| ()) }
     }
 }
 
-async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| StoreError::Database(e.to_string()))?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    Ok(config)
+}
+
+/// The pool: a connection found closed (the database restarted) is
+/// dropped when taken, and a new one made; every wait is bounded.
+fn pool(url: &str) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        pg_config(url)?,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(POOL_SIZE + 1)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(READ_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| StoreError::Database(e.to_string()))
+}
+
+async fn connection(pool: &Pool) -> Result<Object, StoreError> {
+    pool.get()
+        .await
+        .map_err(|e| StoreError::Database(format!("no database connection: {e}")))
+}
+
+/// A connection of its own that holds the engine's advisory lock, or None
+/// if another session holds it.
+async fn lock_session(url: &str) -> Result<Option<Client>, StoreError> {
+    let (client, connection) = pg_config(url)?.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::error!(error = %e, "PostgreSQL connection ended");
+            tracing::warn!(error = %e, "the engine lease's connection ended");
         }
     });
-    Ok(client)
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&ENGINE_LEASE_LOCK])
+        .await?;
+    Ok(row.try_get::<_, bool>(0)?.then_some(client))
+}
+
+/// Watches the lease's connection. A restarted database drops the lock with
+/// the session: it is taken again on a new connection, and if another
+/// instance took it meanwhile, this one has lost it for good.
+async fn keep_lease(url: String, mut client: Client, held: Arc<AtomicBool>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if !client.is_closed() {
+            continue;
+        }
+        held.store(false, Ordering::SeqCst);
+        tracing::warn!("the database dropped the engine lease's session; taking the lease again");
+        loop {
+            match lock_session(&url).await {
+                Ok(Some(again)) => {
+                    client = again;
+                    held.store(true, Ordering::SeqCst);
+                    tracing::info!("engine lease taken again");
+                    break;
+                }
+                Ok(None) => {
+                    tracing::error!(
+                        "another embedded-engine instance took this database's lease: this one no longer sells"
+                    );
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
 }
 
 async fn migrate(client: &mut Client) -> Result<(), StoreError> {
@@ -143,12 +240,29 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
 
 impl PgStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let mut writer = connect(url).await?;
-        migrate(&mut writer).await?;
-        let reader = Arc::new(connect(url).await?);
+        let pool = pool(url)?;
+        let mut conn = connection(&pool).await?;
+        migrate(&mut conn).await?;
+        drop(conn);
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_writer(writer, queue));
-        Ok(Self { jobs, reader })
+        tokio::spawn(run_writer(pool.clone(), queue));
+        Ok(Self {
+            jobs,
+            pool,
+            url: url.to_owned(),
+        })
+    }
+
+    /// Takes the embedded engine's lease on this database: a session
+    /// advisory lock on a connection of its own, released by PostgreSQL the
+    /// moment this process dies. None if another instance holds it.
+    pub async fn take_engine_lease(&self) -> Result<Option<EngineLease>, StoreError> {
+        let Some(client) = lock_session(&self.url).await? else {
+            return Ok(None);
+        };
+        let held = Arc::new(AtomicBool::new(true));
+        let keeper = tokio::spawn(keep_lease(self.url.clone(), client, held.clone()));
+        Ok(Some(EngineLease::postgres(held, keeper)))
     }
 
     async fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
@@ -169,13 +283,19 @@ impl PgStore {
             .map_err(|_| StoreError::Closed)
     }
 
-    pub async fn insert_many(&self, orders: Vec<Keyed>) -> Result<(), StoreError> {
-        self.submit(|reply| Job::Insert {
-            orders,
-            settle: None,
-            reply,
-        })
-        .await
+    pub async fn insert_many(&self, orders: Vec<Keyed>) -> Result<Vec<OrderId>, StoreError> {
+        let ids: Vec<OrderId> = orders.iter().map(|(o, _)| o.id.clone()).collect();
+        let refused = self
+            .submit(|reply| Job::Insert {
+                orders,
+                settle: None,
+                reply,
+            })
+            .await?;
+        Ok(ids
+            .into_iter()
+            .filter(|id| refused.contains(id.as_str()))
+            .collect())
     }
 
     pub async fn cancel(
@@ -209,55 +329,100 @@ impl PgStore {
         self.submit(|reply| Job::Flush { reply }).await
     }
 
-    pub async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        Ok(
-            select(self.reader.as_ref(), "WHERE id = $1", &[&id.as_str()])
-                .await?
-                .pop(),
-        )
+    async fn orders_where(
+        &self,
+        tail: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Order>, StoreError> {
+        select(&**connection(&self.pool).await?, tail, params).await
     }
 
-    pub async fn list_for_user(&self, user: UserId) -> Result<Vec<Order>, StoreError> {
-        select(
-            self.reader.as_ref(),
-            "WHERE user_id = $1 ORDER BY id",
-            &[&user.as_str()],
-        )
-        .await
-    }
-
-    pub async fn live_in_round(&self, round_id: String) -> Result<Vec<Order>, StoreError> {
-        let live = "WHERE round_id = $1 AND status IN ('pending_payment', 'paid')";
-        select(self.reader.as_ref(), live, &[&round_id]).await
-    }
-
-    pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
-        let rows = self.reader.query(&snapshot_sql(), &[]).await?;
+    async fn keyed_where(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        let rows = connection(&self.pool).await?.query(sql, params).await?;
         rows.iter()
             .map(|row| StoredOrder::new(order_from_row(row)?, row.try_get(12)?, row.try_get(13)?))
             .collect()
     }
 
-    // Operators' writes are rare and each is one statement: they go straight
-    // to the database rather than through the order writer's queue.
-    pub async fn add_restock(&self, restock: Restock, now: Timestamp) -> Result<(), StoreError> {
-        self.reader
+    pub async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        Ok(self
+            .orders_where("WHERE id = $1", &[&id.as_str()])
+            .await?
+            .pop())
+    }
+
+    pub async fn list_for_user(&self, user: UserId) -> Result<Vec<Order>, StoreError> {
+        self.orders_where("WHERE user_id = $1 ORDER BY id", &[&user.as_str()])
+            .await
+    }
+
+    pub async fn live_in_round(&self, round_id: String) -> Result<Vec<Order>, StoreError> {
+        let live = "WHERE round_id = $1 AND status IN ('pending_payment', 'paid')";
+        self.orders_where(live, &[&round_id]).await
+    }
+
+    pub async fn round_orders(&self, round_id: String) -> Result<Vec<StoredOrder>, StoreError> {
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders WHERE round_id = $1"
+        );
+        self.keyed_where(&sql, &[&round_id]).await
+    }
+
+    pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
+        self.keyed_where(&snapshot_sql(), &[]).await
+    }
+
+    pub async fn releases_due(&self, max: usize) -> Result<Vec<Order>, StoreError> {
+        self.orders_where("WHERE release_due = 1 LIMIT $1", &[&(max as i64)])
+            .await
+    }
+
+    // Operators' writes and the release marks are rare single statements:
+    // they go straight to the database rather than through the order
+    // writer's queue. A release mark only clears a flag that the ending
+    // transaction set and committed before the release was even tried.
+    pub async fn mark_released(&self, ids: Vec<OrderId>) -> Result<(), StoreError> {
+        let ids: Vec<&str> = ids.iter().map(OrderId::as_str).collect();
+        connection(&self.pool)
+            .await?
             .execute(
-                "INSERT INTO restocks (round_id, sku, units, created_at) VALUES ($1, $2, $3, $4)",
-                &[
-                    &restock.round_id,
-                    &restock.sku,
-                    &(restock.units as i64),
-                    &db_time(now),
-                ],
+                "UPDATE orders SET release_due = 0 WHERE id = ANY($1)",
+                &[&ids],
             )
             .await?;
         Ok(())
     }
 
+    pub async fn add_restock(
+        &self,
+        record: RestockRecord,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let restock = &record.restock;
+        let inserted = connection(&self.pool)
+            .await?
+            .execute(
+                "INSERT INTO restocks (round_id, sku, units, created_at, id) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &restock.round_id,
+                    &restock.sku,
+                    &(restock.units as i64),
+                    &db_time(now),
+                    &record.id,
+                ],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
     pub async fn restocks(&self, round_id: Option<String>) -> Result<Vec<Restock>, StoreError> {
-        let rows = self
-            .reader
+        let rows = connection(&self.pool)
+            .await?
             .query(&restocks_sql("$1::text"), &[&round_id])
             .await?;
         rows.iter()
@@ -271,9 +436,20 @@ impl PgStore {
             .collect()
     }
 
+    pub async fn restock_ids(&self, round_id: String) -> Result<Vec<String>, StoreError> {
+        let rows = connection(&self.pool)
+            .await?
+            .query(
+                "SELECT id FROM restocks WHERE round_id = $1 AND id IS NOT NULL",
+                &[&round_id],
+            )
+            .await?;
+        rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+    }
+
     pub async fn status_counts(&self, round_id: String) -> Result<StatusCounts, StoreError> {
-        let rows = self
-            .reader
+        let rows = connection(&self.pool)
+            .await?
             .query(&status_counts_sql("$1"), &[&round_id])
             .await?;
         let mut counts = StatusCounts::default();
@@ -289,8 +465,8 @@ impl PgStore {
         definition: String,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        let inserted = self
-            .reader
+        let inserted = connection(&self.pool)
+            .await?
             .execute(
                 "INSERT INTO drops (id, definition, created_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (id) DO NOTHING",
@@ -301,8 +477,8 @@ impl PgStore {
     }
 
     pub async fn saved_drops(&self) -> Result<Vec<String>, StoreError> {
-        let rows = self
-            .reader
+        let rows = connection(&self.pool)
+            .await?
             .query("SELECT definition FROM drops ORDER BY created_at, id", &[])
             .await?;
         rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
@@ -313,7 +489,10 @@ impl PgStore {
     }
 
     pub async fn ping(&self) -> bool {
-        self.reader.simple_query("SELECT 1").await.is_ok()
+        match connection(&self.pool).await {
+            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
     }
 }
 
@@ -349,21 +528,105 @@ async fn select(
         .collect()
 }
 
-async fn run_writer(mut client: Client, mut queue: mpsc::Receiver<Job>) {
+async fn run_writer(pool: Pool, mut queue: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The writer's own connection, taken from the pool and kept; replaced
+    // when the database closed it (a restart).
+    let mut held: Option<Object> = None;
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         metrics::histogram!("dropgate_order_writer_batch_size").record(batch.len() as f64);
-        let results = match commit(&mut client, &batch).await {
-            Ok(results) => results,
-            Err(e) => {
-                tracing::error!(error = %e, jobs = batch.len(), "order writer commit failed");
-                batch.iter().map(|_| Err(e.clone())).collect()
-            }
-        };
+        let results = write_batch(&pool, &mut held, &batch).await;
         for (job, result) in batch.drain(..).zip(results) {
             deliver(job, result);
         }
     }
+}
+
+/// Commits one batch and says what became of each job. A batch that meets
+/// no connection fails at once (the callers answer 503) rather than waiting
+/// for the database to come back.
+async fn write_batch(
+    pool: &Pool,
+    held: &mut Option<Object>,
+    batch: &[Job],
+) -> Vec<Result<Done, StoreError>> {
+    if held.as_ref().is_some_and(|client| client.is_closed()) {
+        *held = None;
+    }
+    if held.is_none() {
+        match connection(pool).await {
+            Ok(client) => *held = Some(client),
+            Err(e) => {
+                tracing::error!(error = %e, jobs = batch.len(), "order writer has no database connection");
+                return batch.iter().map(|_| Err(e.clone())).collect();
+            }
+        }
+    }
+    let client = held.as_mut().expect("connected above");
+    match commit(client, batch).await {
+        Ok(results) => results,
+        Err(e) if client.is_closed() => {
+            // The connection died mid-batch: the commit may have happened.
+            *held = None;
+            tracing::warn!(error = %e, jobs = batch.len(), "connection lost during a commit; reading the batch back");
+            read_back(pool, batch, e).await
+        }
+        Err(e) => {
+            tracing::error!(error = %e, jobs = batch.len(), "order writer commit failed");
+            batch.iter().map(|_| Err(e.clone())).collect()
+        }
+    }
+}
+
+/// Settles a batch whose commit's outcome is unknown from what the database
+/// holds now: an insert whose orders are all stored succeeded. A state
+/// change's outcome stays unknown (reported failed); the change itself
+/// recorded any stock it owes (`release_due`), so nothing is lost either
+/// way. If the database cannot be read in time, inserts are reported
+/// `OutcomeUnknown`, which never undoes a reservation.
+async fn read_back(pool: &Pool, batch: &[Job], cause: StoreError) -> Vec<Result<Done, StoreError>> {
+    let ids: Vec<&str> = batch
+        .iter()
+        .flat_map(|job| match job {
+            Job::Insert { orders, .. } => orders.iter().map(|(o, _)| o.id.as_str()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + READ_BACK_FOR;
+    let stored: Option<HashSet<String>> = loop {
+        let attempt = async {
+            let rows = connection(pool)
+                .await?
+                .query("SELECT id FROM orders WHERE id = ANY($1)", &[&ids])
+                .await?;
+            rows.iter()
+                .map(|row| Ok(row.try_get::<_, String>(0)?))
+                .collect::<Result<HashSet<String>, StoreError>>()
+        };
+        match attempt.await {
+            Ok(stored) => break Some(stored),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not read back a batch whose commit is unknown");
+                break None;
+            }
+        }
+    };
+    batch
+        .iter()
+        .map(|job| match (job, &stored) {
+            (Job::Insert { orders, .. }, Some(stored))
+                if orders.iter().all(|(o, _)| stored.contains(o.id.as_str())) =>
+            {
+                Ok(Done::Inserted(Arc::default()))
+            }
+            (Job::Insert { .. }, Some(_)) => Err(cause.clone()),
+            (Job::Insert { .. }, None) => Err(StoreError::OutcomeUnknown),
+            _ => Err(cause.clone()),
+        })
+        .collect()
 }
 
 /// Runs the batch in one transaction; per-job results, valid once committed.
@@ -379,11 +642,12 @@ async fn commit(
             _ => Vec::new(),
         })
         .collect();
-    insert_orders(&tx, &new_orders).await?;
+    let refused = Arc::new(insert_orders(&tx, &new_orders).await?);
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let result = match job {
-            Job::Insert { .. } | Job::Flush { .. } => Ok(Done::Nothing),
+            Job::Insert { .. } => Ok(Done::Inserted(refused.clone())),
+            Job::Flush { .. } => Ok(Done::Nothing),
             transition => {
                 let savepoint = tx.savepoint("job").await?;
                 let result = transition_in(&savepoint, transition).await;
@@ -413,12 +677,32 @@ fn deliver(job: Job, result: Result<Done, StoreError>) {
     let wrong = || StoreError::Corrupt("writer result of another kind".into());
     // A waiter that has gone away is no error: the commit stands.
     match job {
-        Job::Insert { settle, reply, .. } => {
-            let result = result.map(|_| ());
-            if let Some(settle) = settle {
-                settle(&result);
+        Job::Insert {
+            orders,
+            settle,
+            reply,
+        } => {
+            let refused = match result {
+                Ok(Done::Inserted(refused)) => Ok(refused),
+                Ok(_) => Err(wrong()),
+                Err(e) => Err(e),
+            };
+            match settle {
+                // One reservation of the embedded engine: not stored is a failure.
+                Some(settle) => {
+                    let result = refused.and_then(|refused| {
+                        match orders.iter().find(|(o, _)| refused.contains(o.id.as_str())) {
+                            Some((order, _)) => Err(StoreError::Conflict(order.id.to_string())),
+                            None => Ok(HashSet::new()),
+                        }
+                    });
+                    settle(&result.as_ref().map(|_| ()).map_err(Clone::clone));
+                    let _ = reply.send(result);
+                }
+                None => {
+                    let _ = reply.send(refused.map(|r| (*r).clone()));
+                }
             }
-            let _ = reply.send(result);
         }
         Job::Flush { reply } => {
             let _ = reply.send(result.map(|_| ()));
@@ -453,10 +737,15 @@ fn deliver(job: Job, result: Result<Done, StoreError>) {
     }
 }
 
-/// All new orders of a batch in one statement; ids already stored are skipped.
-async fn insert_orders(tx: &impl GenericClient, orders: &[&Keyed]) -> Result<(), StoreError> {
+/// All new orders of a batch in one statement; ids already stored are
+/// skipped. Returns the ids that collided with another stored order (the
+/// same idempotency key under another id) and so were not stored.
+async fn insert_orders(
+    tx: &impl GenericClient,
+    orders: &[&Keyed],
+) -> Result<HashSet<String>, StoreError> {
     if orders.is_empty() {
-        return Ok(());
+        return Ok(HashSet::new());
     }
     let text =
         |f: &dyn Fn(&Order) -> String| orders.iter().map(|(o, _)| f(o)).collect::<Vec<String>>();
@@ -484,20 +773,40 @@ async fn insert_orders(tx: &impl GenericClient, orders: &[&Keyed]) -> Result<(),
         .iter()
         .map(|(_, k)| k.as_ref().map(|(_, f)| f.as_str()))
         .collect();
-    tx.execute(
-        "INSERT INTO orders (id, drop_id, round_id, sku, user_id, quantity, status, unit_price, amount_due, \
-         deposit_due, currency, created_at, pay_by, idempotency_key, request_fingerprint) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
-         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-         $14::text[], $15::text[]) \
-         ON CONFLICT (id) DO NOTHING",
-        &[
-            &ids, &drops, &rounds, &skus, &users, &quantities, &statuses, &prices, &dues, &deposits,
-            &currencies, &created, &pay_by, &keys, &prints,
-        ],
-    )
-    .await?;
-    Ok(())
+    let inserted = tx
+        .query(
+            "INSERT INTO orders (id, drop_id, round_id, sku, user_id, quantity, status, unit_price, amount_due, \
+             deposit_due, currency, created_at, pay_by, idempotency_key, request_fingerprint) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
+             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+             $14::text[], $15::text[]) \
+             ON CONFLICT DO NOTHING RETURNING id",
+            &[
+                &ids, &drops, &rounds, &skus, &users, &quantities, &statuses, &prices, &dues, &deposits,
+                &currencies, &created, &pay_by, &keys, &prints,
+            ],
+        )
+        .await?;
+    if inserted.len() == ids.len() {
+        return Ok(HashSet::new());
+    }
+    // Skipped: already stored (a redelivery, fine) or colliding (refused).
+    let inserted: HashSet<String> = inserted
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let skipped: Vec<&String> = ids.iter().filter(|id| !inserted.contains(*id)).collect();
+    let present: HashSet<String> = tx
+        .query("SELECT id FROM orders WHERE id = ANY($1)", &[&skipped])
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    Ok(skipped
+        .into_iter()
+        .filter(|id| !present.contains(*id))
+        .cloned()
+        .collect())
 }
 
 /// Moves a pending order to an end state; the row as it now is, if it moved.
@@ -508,8 +817,8 @@ async fn end(
     now: Timestamp,
 ) -> Result<Option<Order>, StoreError> {
     let sql = format!(
-        "UPDATE orders SET status = $2, ended_at = $3 WHERE id = $1 AND status = 'pending_payment' \
-         RETURNING {ORDER_COLUMNS}"
+        "UPDATE orders SET status = $2, ended_at = $3, release_due = 1 \
+         WHERE id = $1 AND status = 'pending_payment' RETURNING {ORDER_COLUMNS}"
     );
     let row = tx
         .query_opt(&sql, &[&id.as_str(), &to.as_str(), &db_time(now)])
@@ -599,7 +908,7 @@ async fn expire_due(
     max: usize,
 ) -> Result<Vec<Order>, StoreError> {
     let sql = format!(
-        "UPDATE orders SET status = 'expired', ended_at = $1 WHERE id IN ( \
+        "UPDATE orders SET status = 'expired', ended_at = $1, release_due = 1 WHERE id IN ( \
              SELECT id FROM orders WHERE status = 'pending_payment' AND pay_by <= $1 \
              ORDER BY pay_by LIMIT $2 FOR UPDATE SKIP LOCKED) \
          AND status = 'pending_payment' RETURNING {ORDER_COLUMNS}"

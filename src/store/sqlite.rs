@@ -7,8 +7,9 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    db_time, pay_step, restocks_sql, snapshot_sql, status_counts_sql, CancelOutcome, OrderColumns,
-    PayOutcome, PayStep, Restock, StatusCounts, StoreError, StoredOrder, ORDER_COLUMNS,
+    db_time, pay_step, restocks_sql, snapshot_sql, status_counts_sql, CancelOutcome, Keyed,
+    OrderColumns, PayOutcome, PayStep, Restock, RestockRecord, StatusCounts, StoreError,
+    StoredOrder, ORDER_COLUMNS,
 };
 use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::order::{Order, OrderStatus};
@@ -17,6 +18,7 @@ use crate::payment::PaymentNotice;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_orders.sql"),
     include_str!("../../migrations/sqlite/0002_operations.sql"),
+    include_str!("../../migrations/sqlite/0003_recovery.sql"),
 ];
 
 /// Opens the database file, creating it and its schema when new.
@@ -118,8 +120,29 @@ pub fn engine_snapshot(conn: &Connection) -> Result<Vec<StoredOrder>, StoreError
     Ok(out)
 }
 
+/// Every order of one round with its key: what a round Redis may have lost
+/// is reconciled from.
+pub fn round_orders(conn: &Connection, round_id: &str) -> Result<Vec<StoredOrder>, StoreError> {
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders WHERE round_id = ?1"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([round_id])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(StoredOrder::new(
+            order_from_row(row)?,
+            row.get(12)?,
+            row.get(13)?,
+        )?);
+    }
+    Ok(out)
+}
+
 /// Inserts an order; an order already stored (same id) is left as it is,
-/// so the Redis order writer may deliver the same winner twice.
+/// so the Redis order writer may deliver the same winner twice. An order
+/// that collides with another stored order (the same idempotency key under
+/// another id) is not stored: `Conflict`, never a silent success.
 pub fn insert(
     conn: &Connection,
     order: &Order,
@@ -129,9 +152,9 @@ pub fn insert(
         "INSERT INTO orders (id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
          amount_due, deposit_due, currency, created_at, pay_by, idempotency_key, request_fingerprint) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
-         ON CONFLICT (id) DO NOTHING",
+         ON CONFLICT DO NOTHING",
     )?;
-    stmt.execute(params![
+    let inserted = stmt.execute(params![
         order.id.as_str(),
         order.drop_id.as_str(),
         order.round_id,
@@ -148,10 +171,29 @@ pub fn insert(
         idempotency.map(|(k, _)| k.as_str()),
         idempotency.map(|(_, f)| f.as_str()),
     ])?;
+    if inserted == 0 && get(conn, order.id.as_str())?.is_none() {
+        return Err(StoreError::Conflict(order.id.to_string()));
+    }
     Ok(())
 }
 
+/// Inserts orders decided elsewhere; returns the ids that collided with
+/// another stored order and so were not stored.
+pub fn insert_many(conn: &Connection, orders: &[Keyed]) -> Result<Vec<OrderId>, StoreError> {
+    let mut refused = Vec::new();
+    for (order, key) in orders {
+        match insert(conn, order, key.as_ref()) {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => refused.push(order.id.clone()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
+}
+
 /// Moves a pending order to an end state; false when it was not pending.
+/// The order then owes its units back (`release_due`) until the engine has
+/// taken them.
 fn end(
     conn: &Connection,
     id: &OrderId,
@@ -159,7 +201,8 @@ fn end(
     now: Timestamp,
 ) -> Result<bool, StoreError> {
     let changed = conn.execute(
-        "UPDATE orders SET status = ?2, ended_at = ?3 WHERE id = ?1 AND status = 'pending_payment'",
+        "UPDATE orders SET status = ?2, ended_at = ?3, release_due = 1 \
+         WHERE id = ?1 AND status = 'pending_payment'",
         params![id.as_str(), to.as_str(), db_time(now)],
     )?;
     Ok(changed == 1)
@@ -249,16 +292,46 @@ pub fn expire_due(conn: &Connection, now: Timestamp, max: usize) -> Result<Vec<O
     Ok(expired)
 }
 
-pub fn add_restock(conn: &Connection, restock: &Restock, now: Timestamp) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO restocks (round_id, sku, units, created_at) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![
-        restock.round_id,
-        restock.sku,
-        restock.units as i64,
-        db_time(now)
-    ])?;
+/// Records a restock; false if one with its id was recorded before.
+pub fn add_restock(
+    conn: &Connection,
+    record: &RestockRecord,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let restock = &record.restock;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO restocks (round_id, sku, units, created_at, id) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            restock.round_id,
+            restock.sku,
+            restock.units as i64,
+            db_time(now),
+            record.id,
+        ])?;
+    Ok(inserted == 1)
+}
+
+pub fn restock_ids(conn: &Connection, round_id: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM restocks WHERE round_id = ?1 AND id IS NOT NULL")?;
+    let rows = stmt.query_map([round_id], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Ended orders whose units the engine has not taken back yet.
+pub fn releases_due(conn: &Connection, max: usize) -> Result<Vec<Order>, StoreError> {
+    query_orders(conn, "WHERE release_due = 1 LIMIT ?1", [max])
+}
+
+/// Records that the engine has taken back these orders' units.
+pub fn mark_released(conn: &Connection, ids: &[OrderId]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached("UPDATE orders SET release_due = 0 WHERE id = ?1")?;
+    for id in ids {
+        stmt.execute([id.as_str()])?;
+    }
     Ok(())
 }
 

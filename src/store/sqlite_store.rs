@@ -9,7 +9,8 @@ use rusqlite::Connection;
 
 use super::writer::{self, Writer};
 use super::{
-    sqlite, CancelOutcome, Keyed, PayOutcome, Restock, StatusCounts, StoreError, StoredOrder,
+    sqlite, CancelOutcome, EngineLease, Keyed, PayOutcome, Restock, RestockRecord, StatusCounts,
+    StoreError, StoredOrder,
 };
 use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::order::Order;
@@ -44,6 +45,7 @@ impl SqliteSlot {
 
 #[derive(Clone)]
 pub struct SqliteStore {
+    path: std::path::PathBuf,
     writer: Writer,
     /// One read connection; reads are short, and a std mutex is fine because
     /// it is only taken on blocking threads, never across an await.
@@ -60,9 +62,31 @@ impl SqliteStore {
         let read_conn = sqlite::open(path)?;
         let writer = Writer::spawn(write_conn).map_err(|e| StoreError::Database(e.to_string()))?;
         Ok(Self {
+            path: path.to_owned(),
             writer,
             reader: Arc::new(Mutex::new(read_conn)),
         })
+    }
+
+    /// An exclusive lock on `<database>.lock`, which the operating system
+    /// releases when this process exits or dies; None if another holds it.
+    pub fn take_engine_lease(&self) -> Result<Option<EngineLease>, StoreError> {
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Database(format!("{}: {e}", lock_path.to_string_lossy())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(EngineLease::file(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Database(format!(
+                "{}: {e}",
+                lock_path.to_string_lossy()
+            ))),
+        }
     }
 
     async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
@@ -85,13 +109,9 @@ impl SqliteStore {
 
     /// Commits orders decided elsewhere (the Redis engine) in one group
     /// commit; orders already stored are skipped.
-    pub async fn insert_many(&self, orders: Vec<Keyed>) -> Result<(), StoreError> {
+    pub async fn insert_many(&self, orders: Vec<Keyed>) -> Result<Vec<OrderId>, StoreError> {
         self.writer
-            .run(move |conn| {
-                orders
-                    .iter()
-                    .try_for_each(|(order, key)| sqlite::insert(conn, order, key.as_ref()))
-            })
+            .run(move |conn| sqlite::insert_many(conn, &orders))
             .await
     }
 
@@ -142,13 +162,37 @@ impl SqliteStore {
             .await
     }
 
+    pub async fn round_orders(&self, round_id: String) -> Result<Vec<StoredOrder>, StoreError> {
+        self.read(move |conn| sqlite::round_orders(conn, &round_id))
+            .await
+    }
+
+    pub async fn restock_ids(&self, round_id: String) -> Result<Vec<String>, StoreError> {
+        self.read(move |conn| sqlite::restock_ids(conn, &round_id))
+            .await
+    }
+
+    pub async fn releases_due(&self, max: usize) -> Result<Vec<Order>, StoreError> {
+        self.read(move |conn| sqlite::releases_due(conn, max)).await
+    }
+
+    pub async fn mark_released(&self, ids: Vec<OrderId>) -> Result<(), StoreError> {
+        self.writer
+            .run(move |conn| sqlite::mark_released(conn, &ids))
+            .await
+    }
+
     pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
         self.read(sqlite::engine_snapshot).await
     }
 
-    pub async fn add_restock(&self, restock: Restock, now: Timestamp) -> Result<(), StoreError> {
+    pub async fn add_restock(
+        &self,
+        record: RestockRecord,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
         self.writer
-            .run(move |conn| sqlite::add_restock(conn, &restock, now))
+            .run(move |conn| sqlite::add_restock(conn, &record, now))
             .await
     }
 

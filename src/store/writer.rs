@@ -48,6 +48,24 @@ where
     }
 }
 
+/// Runs every job in `tx` and commits. Some errors (SQLITE_FULL, an I/O
+/// error) make SQLite roll the whole transaction back on its own; the
+/// connection is then in autocommit, and a later job's statements would be
+/// committed one by one while the batch is reported failed. So the batch
+/// stops at the first job after which no transaction is open, and fails as
+/// a whole: every job in it is reported failed and none of them is stored.
+fn run_batch(tx: rusqlite::Transaction<'_>, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
+    for job in batch.iter_mut() {
+        job.execute(&tx);
+        if tx.is_autocommit() {
+            return Err(StoreError::Database(
+                "SQLite rolled the batch's transaction back".into(),
+            ));
+        }
+    }
+    tx.commit().map_err(StoreError::from)
+}
+
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Box<dyn Job>>,
@@ -126,12 +144,7 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
 fn commit(conn: &mut Connection, batch: &mut Vec<Box<dyn Job>>) {
     metrics::histogram!("dropgate_order_writer_batch_size").record(batch.len() as f64);
     let committed = match conn.transaction() {
-        Ok(tx) => {
-            for job in batch.iter_mut() {
-                job.execute(&tx);
-            }
-            tx.commit().map_err(StoreError::from)
-        }
+        Ok(tx) => run_batch(tx, batch),
         Err(e) => Err(StoreError::from(e)),
     };
     if let Err(e) = &committed {
@@ -139,5 +152,79 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Box<dyn Job>>) {
     }
     for job in batch.drain(..) {
         job.settle(committed.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(
+        statements: impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+    ) -> (Box<dyn Job>, oneshot::Receiver<Result<(), StoreError>>) {
+        let (reply, result) = oneshot::channel();
+        let job = Queued {
+            statements: Some(statements),
+            outcome: None,
+            settle: |_: &Result<(), StoreError>| {},
+            reply,
+        };
+        (Box::new(job), result)
+    }
+
+    fn insert(n: i64) -> impl FnOnce(&Connection) -> Result<(), StoreError> + Send {
+        move |conn| {
+            conn.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
+            Ok(())
+        }
+    }
+
+    /// What SQLite does on SQLITE_FULL or an I/O error in some statements:
+    /// it rolls the whole transaction back and leaves autocommit on.
+    #[test]
+    fn a_batch_whose_transaction_sqlite_rolled_back_fails_whole_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
+        let (before, before_result) = queued(insert(1));
+        let (rollback, rollback_result) = queued(|conn| {
+            conn.execute_batch("ROLLBACK")?;
+            Err(StoreError::Database("disk full".into()))
+        });
+        let (after, after_result) = queued(insert(2));
+        let mut batch = vec![before, rollback, after];
+        commit(&mut conn, &mut batch);
+
+        for mut result in [before_result, rollback_result, after_result] {
+            assert!(
+                matches!(result.try_recv(), Ok(Err(_))),
+                "every job is reported failed"
+            );
+        }
+        let stored: i64 = conn
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 0, "no job of the failed batch is stored");
+    }
+
+    #[test]
+    fn a_job_that_fails_alone_leaves_the_others_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
+        let (good, good_result) = queued(insert(1));
+        let (bad, bad_result) = queued(|conn| {
+            conn.execute("INSERT INTO missing (n) VALUES (1)", [])?;
+            Ok(())
+        });
+        let mut batch = vec![good, bad];
+        commit(&mut conn, &mut batch);
+        let (mut good_result, mut bad_result) = (good_result, bad_result);
+        assert!(matches!(good_result.try_recv(), Ok(Ok(()))));
+        assert!(matches!(bad_result.try_recv(), Ok(Err(_))));
+        let stored: i64 = conn
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 1);
     }
 }

@@ -82,12 +82,22 @@ async fn drained_db(server: &mut TestServer) -> Audit {
 }
 
 fn attempt(user: &str, opens_at: Timestamp, closes_at: Timestamp) -> ReserveAttempt {
+    attempt_for(DROP, user, opens_at, closes_at)
+}
+
+/// One unit of SKU `sku` in a test round of `drop`, for the engine directly.
+pub fn attempt_for(
+    drop: &str,
+    user: &str,
+    opens_at: Timestamp,
+    closes_at: Timestamp,
+) -> ReserveAttempt {
     let now = Timestamp::now();
-    let round = format!("{DROP}@window-test");
+    let round = format!("{drop}@window-test");
     ReserveAttempt {
         order: Order {
             id: OrderId::generate(),
-            drop_id: DropId::parse(DROP).unwrap(),
+            drop_id: DropId::parse(drop).unwrap(),
             round_id: round,
             sku: SkuId::parse(SKU).unwrap(),
             quantity: Quantity::new(1).unwrap(),
@@ -414,6 +424,37 @@ async fn a_replay_of_the_last_win_returns_its_order_after_sell_out(backend: Back
     assert_eq!(keyed_late.error(), "sold_out");
 }
 
+/// A replay answers the order as it is now, not as it was created.
+async fn a_replay_answers_the_order_as_it_is_now(backend: Backend) {
+    let s = server(&backend, 10, 2).await;
+    let body = format!(r#"{{"sku": "{SKU}", "quantity": 1}}"#);
+    let won = s.http.reserve_keyed(DROP, "alice", "tap", &body).await;
+    assert_eq!(won.status, 201);
+    let id = won.body["id"].as_str().unwrap();
+    assert_eq!(s.http.cancel(id, "alice").await.status, 200);
+    let replay = s.http.reserve_keyed(DROP, "alice", "tap", &body).await;
+    assert_eq!(replay.status, 200, "{:?}", replay.body);
+    assert_eq!(replay.body["id"], won.body["id"]);
+    assert_eq!(replay.body["status"], json!("cancelled"));
+}
+
+/// A restock sent again with the same id (a retry after a 503) adds once.
+async fn a_restock_sent_twice_with_one_id_adds_once(backend: Backend) {
+    let s = server(&backend, 1, 2).await;
+    let path = format!("/admin/v1/drops/{DROP}/restock");
+    let body = format!(r#"{{"sku": "{SKU}", "units": 2, "restock_id": "r-1"}}"#);
+    for _ in 0..3 {
+        let restocked = s.http.admin(hyper::Method::POST, &path, &body).await;
+        assert_eq!(restocked.status, 200, "{:?}", restocked.body);
+        assert_eq!(restocked.body["stock"]["allocated"], json!(3));
+    }
+    assert_eq!(s.http.remaining(DROP).await, 3);
+    let other = format!(r#"{{"sku": "{SKU}", "units": 1, "restock_id": "r-2"}}"#);
+    let restocked = s.http.admin(hyper::Method::POST, &path, &other).await;
+    assert_eq!(restocked.body["stock"]["allocated"], json!(4));
+    assert_eq!(s.http.remaining(DROP).await, 4);
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         conformance!(@backend embedded_sqlite, embedded, $($test),*);
@@ -446,4 +487,6 @@ conformance!(
     an_expiry_puts_a_sold_out_sku_back_on_sale_within_the_bound,
     a_restock_is_on_sale_at_once_and_counted,
     a_replay_of_the_last_win_returns_its_order_after_sell_out,
+    a_replay_answers_the_order_as_it_is_now,
+    a_restock_sent_twice_with_one_id_adds_once,
 );

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,46 +15,6 @@ use jiff::Timestamp;
 use crate::support::*;
 
 const STOCK: i64 = 300;
-
-/// Starts the binary and reads the address it prints once it listens.
-fn spawn_dropgate(config: &Path, data_dir: &Path) -> (Child, SocketAddr) {
-    spawn_dropgate_with(config, data_dir, &[])
-}
-
-fn spawn_dropgate_with(config: &Path, data_dir: &Path, extra: &[String]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dropgate"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the dropgate binary starts");
-    let mut first_line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first_line)
-        .unwrap();
-    let addr = first_line
-        .trim()
-        .strip_prefix("dropgate listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
-        .parse()
-        .unwrap();
-    (child, addr)
-}
-
-/// Stops a child with SIGTERM (drain, flush) and waits for it.
-fn terminate(mut child: Child) {
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    assert!(child.wait().unwrap().success(), "dropgate exited uncleanly");
-}
 
 /// 150 concurrent shoppers' loops, each reserving one unit per new user,
 /// until the server is gone or the round is sold out; every 201 is recorded.

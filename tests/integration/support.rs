@@ -3,8 +3,10 @@
 //! of the SQLite order store.
 
 use rusqlite::OptionalExtension;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,9 +26,9 @@ use dropgate::config::{Config, SecretSource};
 use dropgate::domain::UserId;
 use dropgate::{auth, App, Database, EngineChoice};
 
-pub const JWT_SECRET: &str = "test-jwt-secret";
-pub const ADMIN_TOKEN: &str = "test-admin-token";
-pub const PAYMENT_SECRET: &str = "test-payment-secret";
+pub const JWT_SECRET: &str = "test-jwt-secret-of-at-least-32-bytes";
+pub const ADMIN_TOKEN: &str = "test-admin-token-of-at-least-32-bytes";
+pub const PAYMENT_SECRET: &str = "test-payment-secret-of-at-least-32-bytes";
 
 /// Logs go to the test output only when TEST_LOG is set.
 pub fn init_logging() {
@@ -166,6 +168,21 @@ impl Http {
             headers,
             body,
         })
+    }
+
+    /// The body of a GET as text (metrics, say).
+    pub async fn get_text(&self, path: &str) -> String {
+        let req = Request::builder()
+            .uri(format!("{}{path}", self.base))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = self
+            .client
+            .request(req)
+            .await
+            .expect("request reaches the server");
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
@@ -633,26 +650,30 @@ pub struct PostgresServer {
     _dir: TempDir,
 }
 
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+}
+
+/// A PostgreSQL program, run as `nobody` when the tests run as root.
+fn postgres_command(program: &str) -> std::process::Command {
+    let path = postgres_bin_dir().join(program);
+    if running_as_root() {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", "nobody", "--"]).arg(path);
+        command
+    } else {
+        std::process::Command::new(path)
+    }
+}
+
 impl PostgresServer {
     pub fn start() -> Self {
-        let bin = postgres_bin_dir();
         let dir = tempfile::tempdir().unwrap();
-        let as_root = std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout == b"0\n")
-            .unwrap_or(false);
-        let run = |program: &str| {
-            let path = bin.join(program);
-            if as_root {
-                let mut command = std::process::Command::new("runuser");
-                command.args(["-u", "nobody", "--"]).arg(path);
-                command
-            } else {
-                std::process::Command::new(path)
-            }
-        };
-        if as_root {
+        if running_as_root() {
             std::process::Command::new("chown")
                 .arg("nobody")
                 .arg(dir.path())
@@ -660,7 +681,7 @@ impl PostgresServer {
                 .unwrap();
         }
         let data = dir.path().join("data");
-        let initdb = run("initdb")
+        let initdb = postgres_command("initdb")
             .arg("-D")
             .arg(&data)
             .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
@@ -672,15 +693,7 @@ impl PostgresServer {
             String::from_utf8_lossy(&initdb.stderr)
         );
         let port = free_port();
-        let child = run("postgres")
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("postgres starts");
+        let child = Self::spawn(dir.path(), port);
         let server = Self {
             child,
             port,
@@ -688,6 +701,42 @@ impl PostgresServer {
         };
         server.wait_until_ready();
         server
+    }
+
+    fn spawn(dir: &Path, port: u16) -> std::process::Child {
+        postgres_command("postgres")
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("postgres starts")
+    }
+
+    /// Stops the server as `pg_ctl stop -m fast` does (SIGINT to the
+    /// postmaster: every session is cut), waits for it to exit, then starts
+    /// it again on the same data and port.
+    pub fn restart_fast(&mut self) {
+        self.stop_fast();
+        self.start_again();
+    }
+
+    pub fn stop_fast(&mut self) {
+        let stopped = postgres_command("pg_ctl")
+            .args(["stop", "-m", "fast", "-w", "-D"])
+            .arg(self._dir.path().join("data"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(stopped.success(), "pg_ctl stop -m fast failed");
+        let _ = self.child.wait();
+    }
+
+    pub fn start_again(&mut self) {
+        self.child = Self::spawn(self._dir.path(), self.port);
+        self.wait_until_ready();
     }
 
     /// Sends `signal` (e.g. `-STOP`, `-CONT`) to the postmaster and every
@@ -760,4 +809,72 @@ fn postgres_bin_dir() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("PostgreSQL-mode tests need PostgreSQL (apt-get install postgresql)")
         })
+}
+
+/// Starts the binary and reads the address it prints once it listens.
+pub fn spawn_dropgate(config: &Path, data_dir: &Path) -> (Child, SocketAddr) {
+    spawn_dropgate_with(config, data_dir, &[])
+}
+
+pub fn spawn_dropgate_with(
+    config: &Path,
+    data_dir: &Path,
+    extra: &[String],
+) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dropgate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the dropgate binary starts");
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let addr = first_line
+        .trim()
+        .strip_prefix("dropgate listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+/// Stops a child with SIGTERM (drain, flush) and waits for it.
+pub fn terminate(mut child: Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert!(child.wait().unwrap().success(), "dropgate exited uncleanly");
+}
+
+/// A dropgate child process that is killed if the test panics before it
+/// stops it, so a failed test leaves no server running.
+pub struct Running(Option<Child>);
+
+impl Running {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Stops it with SIGTERM and checks that it exits cleanly.
+    pub fn terminate(mut self) {
+        terminate(self.0.take().expect("running"));
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -1,0 +1,292 @@
+//! Redis never knows less than the order store (I7). A round Redis does not
+//! know (a first sale, or a restart without persistence) and every live
+//! round after Redis may have rolled back (a restart from an older
+//! snapshot or AOF, a failover to a lagging replica) is reconciled from the
+//! store before it sells again: its live orders, their holdings, the
+//! idempotency keys and order ids, the restocks.
+//!
+//! How a rollback is noticed: Redis's `run_id` changes with every restart
+//! and differs on every server, and its role says whether it is a master.
+//! The identity is read at start, every [`WATCH_EVERY`], and before
+//! `reserve.lua` is loaded into a Redis that answered `NOSCRIPT`: scripts
+//! are kept in no snapshot, AOF or replica, so a restarted or promoted
+//! Redis always answers the first reserve that way, and decides nothing
+//! before this check has run (`redis_batches.rs`).
+//!
+//! How selling stops meanwhile, on every instance: the round's stock hash is
+//! deleted first (the fence). `reserve.lua` answers "not set up" for a round
+//! without stock, so every instance's reserves wait for a reconciliation
+//! (`reconcile.lua` creates the stock again) instead of selling stale units.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use jiff::Timestamp;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use tokio::sync::Mutex;
+
+use super::redis_engine::unavailable;
+use super::redis_keys::{drop_of, RoundKeys, ROUNDS};
+use super::EngineError;
+use crate::catalog::LiveCatalog;
+use crate::schedule::Phase;
+use crate::store::{restocked_units, OrderStore, StoreError, StoredOrder, RECOVERY_READ_TIMEOUT};
+
+/// How often every instance reads Redis's identity.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// Orders whose JSON and keys are put back per Redis call.
+const RESTORE_CHUNK: usize = 500;
+
+/// What identifies the Redis server state this instance sells against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    run_id: String,
+    role: String,
+}
+
+pub struct Reconciler {
+    conn: ConnectionManager,
+    reconcile: Script,
+    catalog: LiveCatalog,
+    store: OrderStore,
+    /// One reconciliation of a round at a time in this instance; requests
+    /// that meet the round unset wait for it rather than each starting one.
+    rounds: DashMap<String, Arc<Mutex<()>>>,
+    /// The identity last seen; held while every round is reconciled after
+    /// a change, so a second check waits for that to finish.
+    seen: Mutex<Option<Identity>>,
+}
+
+impl Reconciler {
+    /// Reads the identity and reconciles every live round, then watches the
+    /// identity for as long as the engine lives.
+    pub async fn start(
+        conn: ConnectionManager,
+        catalog: LiveCatalog,
+        store: OrderStore,
+    ) -> Result<Arc<Self>, EngineError> {
+        let reconciler = Arc::new(Self {
+            conn,
+            reconcile: Script::new(include_str!("../../lua/reconcile.lua")),
+            catalog,
+            store,
+            rounds: DashMap::new(),
+            seen: Mutex::new(None),
+        });
+        {
+            let mut seen = reconciler.seen.lock().await;
+            *seen = Some(reconciler.identity().await?);
+            // This instance cannot know what happened to Redis while it was
+            // down: every live round is reconciled before it sells.
+            reconciler.reconcile_live_rounds().await?;
+        }
+        tokio::spawn(watch(Arc::downgrade(&reconciler)));
+        Ok(reconciler)
+    }
+
+    /// Sets up a round Redis does not know (its stock hash is absent): once,
+    /// however many requests ask at the same moment.
+    pub async fn set_up(&self, round_id: &str) -> Result<(), EngineError> {
+        let gate = self.gate(round_id);
+        let _one_at_a_time = gate.lock().await;
+        let keys = RoundKeys::new(round_id);
+        let mut conn = self.conn.clone();
+        let exists: bool = conn.exists(&keys.stock).await.map_err(unavailable)?;
+        if exists {
+            return Ok(()); // another request's set-up finished meanwhile
+        }
+        self.merge(round_id).await
+    }
+
+    /// Reads the identity now and, if Redis is not the server it was,
+    /// reconciles every live round before returning.
+    pub async fn check_identity(&self) -> Result<(), EngineError> {
+        let mut seen = self.seen.lock().await;
+        let now = self.identity().await?;
+        if seen.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        tracing::warn!(
+            before = ?seen.as_ref(),
+            now = ?now,
+            "Redis is not the server it was (restart, rollback or failover): reconciling every live round"
+        );
+        if now.role != "master" {
+            tracing::error!(role = %now.role, "the Redis server is not a master: writes will fail");
+        }
+        self.reconcile_live_rounds().await?;
+        *seen = Some(now);
+        metrics::counter!("dropgate_redis_reconciliations_total").increment(1);
+        Ok(())
+    }
+
+    async fn identity(&self) -> Result<Identity, EngineError> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        Ok(Identity {
+            run_id: field("run_id"),
+            role: field("role"),
+        })
+    }
+
+    /// Fences and reconciles the current round of every drop that is not closed.
+    async fn reconcile_live_rounds(&self) -> Result<(), EngineError> {
+        let now = Timestamp::now();
+        for drop in self.catalog.snapshot().drops() {
+            let round = drop.round_at(now);
+            if round.phase_at(now) == Phase::Closed {
+                continue;
+            }
+            let gate = self.gate(&round.id);
+            let _one_at_a_time = gate.lock().await;
+            let mut conn = self.conn.clone();
+            // The fence: no instance sells this round until it is merged.
+            let _: i64 = conn
+                .del(RoundKeys::new(&round.id).stock)
+                .await
+                .map_err(unavailable)?;
+            self.merge(&round.id).await?;
+        }
+        Ok(())
+    }
+
+    fn gate(&self, round_id: &str) -> Arc<Mutex<()>> {
+        self.rounds.entry(round_id.to_owned()).or_default().clone()
+    }
+
+    /// Puts back what the store knows of the round, then settles stock and
+    /// holdings in one step (`reconcile.lua`).
+    async fn merge(&self, round_id: &str) -> Result<(), EngineError> {
+        let drop = self
+            .catalog
+            .get(drop_of(round_id))
+            .ok_or_else(|| unavailable(format!("round {round_id} of an unknown drop")))?;
+        let read = async {
+            let orders = self.store.round_orders(round_id.to_owned()).await?;
+            let restocks = self.store.restocks(Some(round_id.to_owned())).await?;
+            let restock_ids = self.store.restock_ids(round_id.to_owned()).await?;
+            Ok::<_, StoreError>((orders, restocks, restock_ids))
+        };
+        let (orders, restocks, restock_ids) = tokio::time::timeout(RECOVERY_READ_TIMEOUT, read)
+            .await
+            .map_err(|_| unavailable("the order store did not answer in time"))?
+            .map_err(unavailable)?;
+        let keys = RoundKeys::new(round_id);
+        let mut conn = self.conn.clone();
+        // Registered first: a round whose stock exists but that the order
+        // writer does not know would keep its winners out of the store.
+        let _: i64 = conn.sadd(ROUNDS, round_id).await.map_err(unavailable)?;
+        self.restore(&keys, &orders, &restock_ids).await?;
+
+        let mut settle = self.reconcile.key(&keys.stock);
+        settle
+            .key(&keys.held)
+            .key(&keys.live)
+            .key(&keys.ended)
+            .arg(drop.skus.len());
+        for sku in &drop.skus {
+            settle
+                .arg(sku.id.as_str())
+                .arg(sku.stock + restocked_units(&restocks, sku.id.as_str()));
+        }
+        let (live, ended): (Vec<&StoredOrder>, Vec<&StoredOrder>) =
+            orders.iter().partition(|o| o.order.status.is_live());
+        settle.arg(live.len());
+        for stored in &live {
+            settle
+                .arg(stored.order.id.as_str())
+                .arg(holding(&stored.order));
+        }
+        for stored in &ended {
+            settle.arg(stored.order.id.as_str());
+        }
+        let live_units: i64 = settle.invoke_async(&mut conn).await.map_err(unavailable)?;
+        tracing::info!(
+            round = round_id,
+            stored = orders.len(),
+            live_units,
+            "round reconciled with the order store"
+        );
+        Ok(())
+    }
+
+    /// The orders' JSON (replays, resent calls), the idempotency keys and
+    /// the restock ids the store knows, put back in chunks. Only adds: safe
+    /// while the round sells elsewhere.
+    async fn restore(
+        &self,
+        keys: &RoundKeys,
+        orders: &[StoredOrder],
+        restock_ids: &[String],
+    ) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        let wanted = orders
+            .iter()
+            .filter(|o| o.order.status.is_live() || o.idempotency.is_some());
+        let wanted: Vec<&StoredOrder> = wanted.collect();
+        for chunk in wanted.chunks(RESTORE_CHUNK) {
+            let mut pipe = redis::pipe();
+            let mut jsons = Vec::with_capacity(chunk.len());
+            for stored in chunk {
+                let json = serde_json::to_string(&stored.order).map_err(unavailable)?;
+                jsons.push((stored.order.id.as_str(), json));
+            }
+            pipe.hset_multiple(&keys.orders, &jsons).ignore();
+            let keyed: Vec<(String, String)> = chunk
+                .iter()
+                .filter_map(|stored| {
+                    let (key, fingerprint) = stored.idempotency.as_ref()?;
+                    let order = &stored.order;
+                    Some((
+                        format!("{}\n{}", order.user_id, key.as_str()),
+                        format!("{fingerprint}\n{}", order.id),
+                    ))
+                })
+                .collect();
+            if !keyed.is_empty() {
+                pipe.hset_multiple(&keys.keys, &keyed).ignore();
+            }
+            let _: () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        }
+        for chunk in restock_ids.chunks(RESTORE_CHUNK) {
+            let applied: Vec<(&str, &str)> =
+                chunk.iter().map(|id| (id.as_str(), "stored")).collect();
+            let _: () = conn
+                .hset_multiple(&keys.restocks, &applied)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
+
+/// How the scripts record what a live order holds.
+pub fn holding(order: &crate::order::Order) -> String {
+    format!("{}\n{}\n{}", order.sku, order.quantity.get(), order.user_id)
+}
+
+/// Reads the identity every [`WATCH_EVERY`] until the engine is gone.
+async fn watch(reconciler: Weak<Reconciler>) {
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let Some(reconciler) = reconciler.upgrade() else {
+            return;
+        };
+        if let Err(e) = reconciler.check_identity().await {
+            tracing::debug!(error = %e, "could not read Redis's identity");
+        }
+    }
+}
