@@ -596,3 +596,124 @@ async fn a_second_embedded_engine_on_one_store_is_refused() {
         );
     }
 }
+
+/// A TCP proxy in front of PostgreSQL that, once armed, cuts the connection
+/// that carries the server's answer to the `COMMIT` of a transaction that
+/// inserted orders, before the client reads it: the commit happened, and
+/// the client only knows that it lost the line.
+struct CommitCutter {
+    port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CommitCutter {
+    async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let armed_here = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                tokio::spawn(Self::pipe(client, server, armed_here.clone()));
+            }
+        });
+        Self { port, armed }
+    }
+
+    async fn pipe(
+        client: tokio::net::TcpStream,
+        server: tokio::net::TcpStream,
+        armed: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use std::sync::atomic::Ordering;
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        // Whether this connection's client has sent an insert of orders.
+        let inserted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let inserting = inserted.clone();
+        let upstream = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match from_client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if buf[..n].windows(18).any(|w| w == b"INSERT INTO orders") {
+                    inserting.store(true, Ordering::SeqCst);
+                }
+                if to_server.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let commit_answered = buf[..n].windows(7).any(|w| w == b"COMMIT\0");
+            if commit_answered
+                && inserted.swap(false, Ordering::SeqCst)
+                && armed.swap(false, Ordering::SeqCst)
+            {
+                upstream.abort();
+                return; // both sockets drop here: the answer never arrives
+            }
+            if to_client.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        upstream.abort();
+    }
+}
+
+/// Item 6, "commit unknown": the connection dies after PostgreSQL committed
+/// a reservation's order but before dropgate heard so. The writer reads the
+/// batch back: the win is answered 201, the order stays, and its unit is
+/// never given back (which would sell it twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_whose_answer_was_lost_is_read_back_not_undone() {
+    let pg = PostgresServer::start();
+    let cutter = CommitCutter::start(pg.port).await;
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cutter.port);
+    let database = dropgate::Database::Postgres(url);
+    let now = Timestamp::now();
+    let config = config_head("") + &window_drop(DROP, SKU, 3, 1, now - hours(1), now + hours(1));
+    let mut s =
+        TestServer::start_with_database(&config, &database, now, &dropgate::EngineChoice::Embedded)
+            .await;
+
+    cutter
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let won = s.http.reserve(DROP, SKU, 1, "alice").await;
+    assert!(
+        !cutter.armed.load(std::sync::atomic::Ordering::SeqCst),
+        "a commit's answer was cut"
+    );
+    assert_eq!(
+        won.status, 201,
+        "the stored win is answered as a win: {:?}",
+        won.body
+    );
+    assert_eq!(s.http.remaining(DROP).await, 2, "its unit stays sold");
+    for user in ["bob", "carol", "dave", "erin"] {
+        s.http.reserve(DROP, SKU, 1, user).await;
+    }
+    s.stop().await;
+    let audit = Audit::open(&pg.database()).await;
+    assert_eq!(
+        audit.live_units("rec@%").await,
+        3,
+        "exactly the stock, nothing sold twice"
+    );
+    assert_eq!(
+        audit.status_of(won.body["id"].as_str().unwrap()).await,
+        "pending_payment"
+    );
+}
