@@ -133,7 +133,7 @@ async fn invoke(
     hash: &str,
     round_id: &str,
     attempts: &[Pending],
-    reconciler: &Reconciler,
+    reconciler: &Arc<Reconciler>,
 ) -> Result<Vec<Answer>, EngineError> {
     // Built as one command, so each argument is copied once into it.
     let keys = RoundKeys::new(round_id);
@@ -186,7 +186,7 @@ async fn invoke(
 async fn send(
     conn: &mut ConnectionManager,
     call: &Cmd,
-    reconciler: &Reconciler,
+    reconciler: &Arc<Reconciler>,
 ) -> Result<Vec<redis::Value>, EngineError> {
     match send_loading(conn, call, reconciler).await {
         Err(SendError::Redis(e)) if e.is_unrecoverable_error() && !e.is_timeout() => {
@@ -215,7 +215,7 @@ enum SendError {
 async fn send_loading(
     conn: &mut ConnectionManager,
     call: &Cmd,
-    reconciler: &Reconciler,
+    reconciler: &Arc<Reconciler>,
 ) -> Result<Vec<redis::Value>, SendError> {
     match call.query_async(conn).await {
         Err(e) if e.code() == Some("NOSCRIPT") => {

@@ -36,6 +36,10 @@ use crate::store::{restocked_units, OrderStore, StoreError, StoredOrder, RECOVER
 
 /// How often every instance reads Redis's identity.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// How long a request waits for a set-up or reconciliation before it gets
+/// 503; the work itself goes on (a big round, a slow store) and the retry
+/// finds it done.
+const REQUEST_WAIT: Duration = Duration::from_secs(2);
 /// Orders whose JSON and keys are put back per Redis call.
 const RESTORE_CHUNK: usize = 500;
 
@@ -88,7 +92,19 @@ impl Reconciler {
 
     /// Sets up a round Redis does not know (its stock hash is absent): once,
     /// however many requests ask at the same moment.
-    pub async fn set_up(&self, round_id: &str) -> Result<(), EngineError> {
+    pub async fn set_up(self: &Arc<Self>, round_id: &str) -> Result<(), EngineError> {
+        let (this, round_id) = (self.clone(), round_id.to_owned());
+        bounded(async move { this.set_up_now(&round_id).await }).await
+    }
+
+    /// Reads the identity now and, if Redis is not the server it was,
+    /// reconciles every live round before returning.
+    pub async fn check_identity(self: &Arc<Self>) -> Result<(), EngineError> {
+        let this = self.clone();
+        bounded(async move { this.check_identity_now().await }).await
+    }
+
+    async fn set_up_now(&self, round_id: &str) -> Result<(), EngineError> {
         let gate = self.gate(round_id);
         let _one_at_a_time = gate.lock().await;
         let keys = RoundKeys::new(round_id);
@@ -100,9 +116,7 @@ impl Reconciler {
         self.merge(round_id).await
     }
 
-    /// Reads the identity now and, if Redis is not the server it was,
-    /// reconciles every live round before returning.
-    pub async fn check_identity(&self) -> Result<(), EngineError> {
+    async fn check_identity_now(&self) -> Result<(), EngineError> {
         let mut seen = self.seen.lock().await;
         let now = self.identity().await?;
         if seen.as_ref() == Some(&now) {
@@ -273,6 +287,22 @@ impl Reconciler {
     }
 }
 
+/// Runs `work` on a task of its own and waits for it up to [`REQUEST_WAIT`]:
+/// a request that stops waiting does not cancel a reconciliation half-way
+/// (which would leave a fenced round for the next request to start over).
+async fn bounded<F>(work: F) -> Result<(), EngineError>
+where
+    F: std::future::Future<Output = Result<(), EngineError>> + Send + 'static,
+{
+    match tokio::time::timeout(REQUEST_WAIT, tokio::spawn(work)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(unavailable("the reconciliation task failed")),
+        Err(_) => Err(unavailable(
+            "Redis is being reconciled with the order store; retry shortly",
+        )),
+    }
+}
+
 /// How the scripts record what a live order holds.
 pub fn holding(order: &crate::order::Order) -> String {
     format!("{}\n{}\n{}", order.sku, order.quantity.get(), order.user_id)
@@ -285,7 +315,7 @@ async fn watch(reconciler: Weak<Reconciler>) {
         let Some(reconciler) = reconciler.upgrade() else {
             return;
         };
-        if let Err(e) = reconciler.check_identity().await {
+        if let Err(e) = reconciler.check_identity_now().await {
             tracing::debug!(error = %e, "could not read Redis's identity");
         }
     }

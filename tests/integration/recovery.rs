@@ -523,11 +523,10 @@ async fn the_window_is_checked_after_the_wait_for_the_writer() {
     let s = TestServer::start_with_clock(&config, now).await;
     // Every place in the writer's queue taken: the next reserve waits.
     let mut slots = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_millis(200), s.app.store.insert_slot()).await {
-            Ok(slot) => slots.push(slot.unwrap()),
-            Err(_) => break,
-        }
+    while let Ok(slot) =
+        tokio::time::timeout(Duration::from_millis(200), s.app.store.insert_slot()).await
+    {
+        slots.push(slot.unwrap());
     }
     let attempt = crate::conformance::attempt_for(DROP, "alice", now - hours(1), closes);
     let app = s.app.clone();
