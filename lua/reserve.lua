@@ -26,7 +26,8 @@
 --   -3 sold out
 --   -4 limit exceeded      detail: the limit
 --   -5 key reused for another request
---   -6 round not set up    (run setup_round.lua, then call again)
+--   -6 round not set up, or fenced while it is reconciled (run reconcile.lua,
+--                         then call again)
 --
 -- Redis does not roll back a script that fails half-way, so within each
 -- attempt every read and check comes before the first write.
