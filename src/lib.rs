@@ -6,12 +6,16 @@
 //!
 //! Layout:
 //! - [`config`], [`demo`]: the configuration file and the no-config demo.
-//! - [`domain`], [`money`], [`catalog`], [`schedule`], [`order`]: checked values and the domain.
-//! - [`engine`]: the inventory engine trait and the embedded engine.
-//! - [`store`]: the order store (SQLite) and its group-commit writer.
-//! - [`lifecycle`], [`sweeper`]: cancel, pay, expire; the expiry sweeper.
+//! - [`domain`], [`money`], [`catalog`], [`schedule`], [`clock`], [`order`]:
+//!   checked values, the catalog and its rounds, time, the order.
+//! - [`engine`]: the inventory engine trait, the embedded engine, and the
+//!   Redis engine (scripts in `lua/`, reconciliation, the order writer).
+//! - [`store`]: the order store (SQLite or PostgreSQL) and its group-commit writers.
+//! - [`lifecycle`], [`sweeper`]: cancel, pay, expire, durable releases; the sweeper.
+//! - [`admission`], [`sold_out`]: token buckets and the in-flight cap; local sold-out marks.
 //! - [`auth`], [`payment`]: shopper tokens; payment notification signatures.
 //! - [`http`]: the hyper server, routing and handlers.
+//! - [`telemetry`], [`upkeep`]: metrics; periodic pruning and drop loading.
 //! - [`app`]: the shared state, put together from the configuration.
 
 pub mod admission;

@@ -1,6 +1,6 @@
 //! The inventory engine: the one place that decides reservations.
 //!
-//! Both engines (embedded now, Redis later) implement [`InventoryEngine`]: one
+//! Both engines (embedded and Redis) implement [`InventoryEngine`]: one
 //! atomic step checks the window, the idempotency key, the per-user limit and
 //! the stock, and hands the winner on durably; release returns a cancelled or
 //! expired order's units exactly once.
