@@ -6,6 +6,11 @@
 /// writer reads streams from.
 pub const ROUNDS: &str = "dg:rounds";
 
+/// The `run_id` of the Redis server process under which every live round
+/// was last reconciled with the order store (not per round): a Redis whose
+/// `run_id` differs may know less than the store.
+pub const RECONCILED_UNDER: &str = "dg:reconciled_under";
+
 /// The consumer group of the order writers on every round's stream.
 pub const WRITERS_GROUP: &str = "order-writers";
 

@@ -6,8 +6,13 @@
 //! idempotency keys and order ids, the restocks.
 //!
 //! How a rollback is noticed: Redis's `run_id` changes with every restart
-//! and differs on every server, and its role says whether it is a master.
-//! The identity is read at start, every [`WATCH_EVERY`], and before
+//! and differs on every server. After reconciling, an instance writes the
+//! `run_id` it reconciled under to [`RECONCILED_UNDER`]; a Redis whose
+//! `run_id` differs from that key (a restart, a snapshot, a replica, or a
+//! flush that took the key too) may know less than the store. The key is
+//! shared, so after a restart one instance reconciles and the others see
+//! the work done, and an instance that restarts while Redis stays up
+//! reconciles nothing. The check runs at start, every [`WATCH_EVERY`], and before
 //! `reserve.lua` is loaded into a Redis that answered `NOSCRIPT`: scripts
 //! are kept in no snapshot, AOF or replica, so a restarted or promoted
 //! Redis always answers the first reserve that way, and decides nothing
@@ -28,7 +33,7 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::Mutex;
 
 use super::redis_engine::unavailable;
-use super::redis_keys::{drop_of, RoundKeys, ROUNDS};
+use super::redis_keys::{drop_of, RoundKeys, RECONCILED_UNDER, ROUNDS};
 use super::EngineError;
 use crate::catalog::LiveCatalog;
 use crate::schedule::Phase;
@@ -43,7 +48,7 @@ const REQUEST_WAIT: Duration = Duration::from_secs(2);
 /// Orders whose JSON and keys are put back per Redis call.
 const RESTORE_CHUNK: usize = 500;
 
-/// What identifies the Redis server state this instance sells against.
+/// Which Redis server process answers, and as what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Identity {
     run_id: String,
@@ -58,9 +63,9 @@ pub struct Reconciler {
     /// One reconciliation of a round at a time in this instance; requests
     /// that meet the round unset wait for it rather than each starting one.
     rounds: DashMap<String, Arc<Mutex<()>>>,
-    /// The identity last seen; held while every round is reconciled after
-    /// a change, so a second check waits for that to finish.
-    seen: Mutex<Option<Identity>>,
+    /// One identity check at a time in this instance; held while every
+    /// round is reconciled, so a second check waits and then finds it done.
+    checking: Mutex<()>,
 }
 
 impl Reconciler {
@@ -77,15 +82,11 @@ impl Reconciler {
             catalog,
             store,
             rounds: DashMap::new(),
-            seen: Mutex::new(None),
+            checking: Mutex::new(()),
         });
-        {
-            let mut seen = reconciler.seen.lock().await;
-            *seen = Some(reconciler.identity().await?);
-            // This instance cannot know what happened to Redis while it was
-            // down: every live round is reconciled before it sells.
-            reconciler.reconcile_live_rounds().await?;
-        }
+        // Whatever happened to Redis while this instance was down is found
+        // out before it sells.
+        reconciler.check_identity_now().await?;
         tokio::spawn(watch(Arc::downgrade(&reconciler)));
         Ok(reconciler)
     }
@@ -117,21 +118,28 @@ impl Reconciler {
     }
 
     async fn check_identity_now(&self) -> Result<(), EngineError> {
-        let mut seen = self.seen.lock().await;
+        let _one_at_a_time = self.checking.lock().await;
         let now = self.identity().await?;
-        if seen.as_ref() == Some(&now) {
+        let mut conn = self.conn.clone();
+        let reconciled_under: Option<String> =
+            conn.get(RECONCILED_UNDER).await.map_err(unavailable)?;
+        if reconciled_under.as_deref() == Some(now.run_id.as_str()) {
             return Ok(());
         }
         tracing::warn!(
-            before = ?seen.as_ref(),
+            reconciled_under = ?reconciled_under,
             now = ?now,
-            "Redis is not the server it was (restart, rollback or failover): reconciling every live round"
+            "Redis may know less than the order store (a restart, a rollback, a failover, or a first start): \
+             reconciling every live round"
         );
         if now.role != "master" {
             tracing::error!(role = %now.role, "the Redis server is not a master: writes will fail");
         }
         self.reconcile_live_rounds().await?;
-        *seen = Some(now);
+        let _: () = conn
+            .set(RECONCILED_UNDER, &now.run_id)
+            .await
+            .map_err(unavailable)?;
         metrics::counter!("dropgate_redis_reconciliations_total").increment(1);
         Ok(())
     }
