@@ -560,9 +560,6 @@ fn parse_schedule(
             format!("unknown time zone {:?}", section.time_zone),
         )
     })?;
-    if section.days.is_empty() {
-        return Err(err("schedule.days", "at least one day is needed".into()));
-    }
     let days = section
         .days
         .iter()
@@ -579,15 +576,8 @@ fn parse_schedule(
     })?;
     let duration =
         parse_positive_duration(&section.duration).map_err(|m| err("schedule.duration", m))?;
-    if duration > SignedDuration::from_hours(24 * 7) {
-        return Err(err("schedule.duration", "must not exceed a week".into()));
-    }
-    Ok(WeeklySchedule {
-        days,
-        at,
-        time_zone,
-        duration,
-    })
+    WeeklySchedule::new(days, at, time_zone, duration)
+        .map_err(|e| err(&format!("schedule.{}", e.field()), e.to_string()))
 }
 
 fn parse_weekday(raw: &str) -> Option<Weekday> {

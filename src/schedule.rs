@@ -46,12 +46,34 @@ impl Round {
 }
 
 /// A drop that opens on some weekdays at a local time, for a fixed duration.
+/// Built only through [`WeeklySchedule::new`], so every schedule has a day
+/// and a duration from a moment to a week: it always has a round within
+/// the next eight days.
 #[derive(Debug, Clone)]
 pub struct WeeklySchedule {
-    pub days: Vec<Weekday>,
-    pub at: Time,
-    pub time_zone: TimeZone,
-    pub duration: SignedDuration,
+    days: Vec<Weekday>,
+    at: Time,
+    time_zone: TimeZone,
+    duration: SignedDuration,
+}
+
+/// Why a weekly schedule was refused, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("at least one day is needed")]
+    NoDays,
+    #[error("must be longer than zero and not exceed a week")]
+    Duration,
+}
+
+impl ScheduleError {
+    /// The schedule's field the error is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ScheduleError::NoDays => "days",
+            ScheduleError::Duration => "duration",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +100,26 @@ impl Timing {
 }
 
 impl WeeklySchedule {
+    pub fn new(
+        days: Vec<Weekday>,
+        at: Time,
+        time_zone: TimeZone,
+        duration: SignedDuration,
+    ) -> Result<Self, ScheduleError> {
+        if days.is_empty() {
+            return Err(ScheduleError::NoDays);
+        }
+        if duration <= SignedDuration::ZERO || duration > SignedDuration::from_hours(24 * 7) {
+            return Err(ScheduleError::Duration);
+        }
+        Ok(Self {
+            days,
+            at,
+            time_zone,
+            duration,
+        })
+    }
+
     fn round_at(&self, drop: &DropId, now: Timestamp) -> Round {
         let today = now.to_zoned(self.time_zone.clone()).date();
         // A round that opened on an earlier day may still be open now, so the
@@ -105,7 +147,9 @@ impl WeeklySchedule {
                 return Round::new(drop, opens_at, closes_at);
             }
         }
-        unreachable!("a weekly schedule with at least one day has a round within 8 days")
+        // Only at the end of representable time (a schedule always has a
+        // day within eight): a round that has already closed, not a panic.
+        Round::new(drop, now, now)
     }
 }
 
@@ -122,12 +166,15 @@ mod tests {
     }
 
     fn mon_wed_fri_10_shanghai() -> Timing {
-        Timing::Weekly(WeeklySchedule {
-            days: vec![Weekday::Monday, Weekday::Wednesday, Weekday::Friday],
-            at: Time::constant(10, 0, 0, 0),
-            time_zone: TimeZone::get("Asia/Shanghai").unwrap(),
-            duration: SignedDuration::from_hours(2),
-        })
+        Timing::Weekly(
+            WeeklySchedule::new(
+                vec![Weekday::Monday, Weekday::Wednesday, Weekday::Friday],
+                Time::constant(10, 0, 0, 0),
+                TimeZone::get("Asia/Shanghai").unwrap(),
+                SignedDuration::from_hours(2),
+            )
+            .unwrap(),
+        )
     }
 
     #[test]
@@ -156,12 +203,15 @@ mod tests {
 
     #[test]
     fn a_round_that_crosses_midnight_is_still_current_after_midnight() {
-        let timing = Timing::Weekly(WeeklySchedule {
-            days: vec![Weekday::Saturday],
-            at: Time::constant(23, 0, 0, 0),
-            time_zone: TimeZone::get("Asia/Shanghai").unwrap(),
-            duration: SignedDuration::from_hours(3),
-        });
+        let timing = Timing::Weekly(
+            WeeklySchedule::new(
+                vec![Weekday::Saturday],
+                Time::constant(23, 0, 0, 0),
+                TimeZone::get("Asia/Shanghai").unwrap(),
+                SignedDuration::from_hours(3),
+            )
+            .unwrap(),
+        );
         // Sunday 2026-11-29 01:00 Shanghai = Saturday 17:00 UTC.
         let round = timing.round_at(&drop_id(), ts("2026-11-28T17:00:00Z"));
         assert_eq!(round.opens_at, ts("2026-11-28T15:00:00Z"));
@@ -174,12 +224,15 @@ mod tests {
 
     #[test]
     fn daylight_saving_keeps_the_local_opening_time() {
-        let timing = Timing::Weekly(WeeklySchedule {
-            days: vec![Weekday::Sunday],
-            at: Time::constant(10, 0, 0, 0),
-            time_zone: TimeZone::get("America/New_York").unwrap(),
-            duration: SignedDuration::from_hours(1),
-        });
+        let timing = Timing::Weekly(
+            WeeklySchedule::new(
+                vec![Weekday::Sunday],
+                Time::constant(10, 0, 0, 0),
+                TimeZone::get("America/New_York").unwrap(),
+                SignedDuration::from_hours(1),
+            )
+            .unwrap(),
+        );
         // 2026-03-01 is EST (UTC-5), 2026-03-08 switches to EDT (UTC-4) at 02:00.
         let before = timing.round_at(&drop_id(), ts("2026-03-01T00:00:00Z"));
         assert_eq!(before.opens_at, ts("2026-03-01T15:00:00Z"));
@@ -189,12 +242,15 @@ mod tests {
 
     #[test]
     fn an_opening_inside_the_spring_forward_gap_moves_forward() {
-        let timing = Timing::Weekly(WeeklySchedule {
-            days: vec![Weekday::Sunday],
-            at: Time::constant(2, 30, 0, 0),
-            time_zone: TimeZone::get("America/New_York").unwrap(),
-            duration: SignedDuration::from_hours(1),
-        });
+        let timing = Timing::Weekly(
+            WeeklySchedule::new(
+                vec![Weekday::Sunday],
+                Time::constant(2, 30, 0, 0),
+                TimeZone::get("America/New_York").unwrap(),
+                SignedDuration::from_hours(1),
+            )
+            .unwrap(),
+        );
         // 02:30 does not exist on 2026-03-08; it becomes 03:30 EDT = 07:30 UTC.
         let round = timing.round_at(&drop_id(), ts("2026-03-07T12:00:00Z"));
         assert_eq!(round.opens_at, ts("2026-03-08T07:30:00Z"));
@@ -210,5 +266,25 @@ mod tests {
         assert_eq!(round.phase_at(ts("2026-11-30T01:59:59Z")), Phase::Upcoming);
         assert_eq!(round.phase_at(ts("2026-11-30T02:00:00Z")), Phase::Open);
         assert_eq!(round.phase_at(ts("2026-11-30T04:00:00Z")), Phase::Closed);
+    }
+
+    #[test]
+    fn a_schedule_without_days_or_with_an_odd_duration_cannot_be_built() {
+        let at = Time::constant(10, 0, 0, 0);
+        let tz = TimeZone::get("Asia/Shanghai").unwrap();
+        let hour = SignedDuration::from_hours(1);
+        let no_days = WeeklySchedule::new(vec![], at, tz.clone(), hour);
+        assert_eq!(no_days.unwrap_err(), ScheduleError::NoDays);
+        for duration in [SignedDuration::ZERO, SignedDuration::from_hours(24 * 7 + 1)] {
+            let odd = WeeklySchedule::new(vec![Weekday::Monday], at, tz.clone(), duration);
+            assert_eq!(odd.unwrap_err(), ScheduleError::Duration);
+        }
+    }
+
+    #[test]
+    fn the_end_of_time_gives_a_closed_round_not_a_panic() {
+        let schedule = mon_wed_fri_10_shanghai();
+        let round = schedule.round_at(&drop_id(), Timestamp::MAX);
+        assert_eq!(round.phase_at(Timestamp::MAX), Phase::Closed);
     }
 }
