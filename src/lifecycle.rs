@@ -21,23 +21,42 @@ pub enum Cancelled {
 /// Orders expired per store transaction by the sweeper.
 const EXPIRE_BATCH: usize = 512;
 
-/// In Redis mode a winner reaches the store through the order writer, which
-/// may lag: an order the store lacks but the engine knows is stored first,
-/// so its fate is decided in the store like any other.
-async fn catch_up(app: &App, id: &OrderId) -> Result<(), StoreError> {
-    if app.store.get(id.clone()).await?.is_some() {
-        return Ok(());
+/// Where an order was found.
+pub enum Found {
+    /// In the order store.
+    Stored(Order),
+    /// Only in the engine: a win the Redis order writer has not stored yet.
+    Fresh(Order),
+    Missing,
+}
+
+/// Finds an order, fresh or stored: the store first, then the engine (in
+/// Redis mode a win reaches the store through the order writer, which may
+/// lag). While the store does not answer, a fresh win is still found; the
+/// store's error comes back only if the engine lacks the order too.
+pub async fn find_order(app: &App, id: &OrderId) -> Result<Found, StoreError> {
+    let stored = app.store.get(id.clone()).await;
+    if let Ok(Some(order)) = stored {
+        return Ok(Found::Stored(order));
     }
-    match app.engine.recent_order(id).await {
-        Ok(Some(order)) => {
-            let refused = app.store.insert_many(vec![(order, None)]).await?;
-            match refused.first() {
-                Some(id) => Err(StoreError::Conflict(id.to_string())),
-                None => Ok(()),
-            }
-        }
-        Ok(None) => Ok(()),
-        Err(e) => Err(StoreError::Database(e.to_string())),
+    match (stored, app.engine.recent_order(id).await) {
+        (_, Ok(Some(order))) => Ok(Found::Fresh(order)),
+        (Err(e), _) => Err(e),
+        (Ok(_), Ok(None)) => Ok(Found::Missing),
+        (Ok(_), Err(e)) => Err(StoreError::Database(e.to_string())),
+    }
+}
+
+/// An order the store lacks but the engine knows is stored first, so its
+/// fate is decided in the store like any other.
+async fn catch_up(app: &App, id: &OrderId) -> Result<(), StoreError> {
+    let Found::Fresh(order) = find_order(app, id).await? else {
+        return Ok(());
+    };
+    let refused = app.store.insert_many(vec![(order, None)]).await?;
+    match refused.first() {
+        Some(id) => Err(StoreError::Conflict(id.to_string())),
+        None => Ok(()),
     }
 }
 

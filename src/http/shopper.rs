@@ -16,7 +16,7 @@ use crate::app::App;
 use crate::auth::Shopper;
 use crate::domain::{IdempotencyKey, OrderId, Quantity};
 use crate::engine::{ReserveAttempt, ReserveOutcome};
-use crate::lifecycle::{self, Cancelled};
+use crate::lifecycle::{self, Cancelled, Found};
 use crate::money::Currency;
 use crate::order::{Order, OrderStatus};
 use crate::schedule::Phase;
@@ -216,13 +216,9 @@ pub async fn get_order(
     let (shopper, id) = caller_and_order(app, order_id, req)?;
     // Read-your-writes: a win the Redis order writer has not stored yet is
     // read from the engine, also while the store does not answer.
-    let order = match app.store.get(id.clone()).await {
-        Ok(Some(order)) => Some(order),
-        Ok(None) => app.engine.recent_order(&id).await?,
-        Err(e) => match app.engine.recent_order(&id).await {
-            Ok(Some(order)) => Some(order),
-            _ => return Err(e.into()),
-        },
+    let order = match lifecycle::find_order(app, &id).await? {
+        Found::Stored(order) | Found::Fresh(order) => Some(order),
+        Found::Missing => None,
     };
     match order {
         // Another shopper's order is answered like a missing one, so ids cannot be probed.
