@@ -1,5 +1,5 @@
 //! What turning a request away costs at each admission layer, in the order
-//! the request path meets them (DESIGN.md): each case runs every check up to
+//! the request path meets them (ARCHITECTURE.md): each case runs every check up to
 //! and including the one that refuses, as a request would.
 //!
 //! - `ip`: the per-address bucket, before anything is parsed;

@@ -1,6 +1,6 @@
 //! Admission control: token buckets per client address, per shopper and
 //! for the whole server, plus a cap on engine calls in flight. Each check is
-//! cheap and runs before the work it protects (see DESIGN.md, request path).
+//! cheap and runs before the work it protects (ARCHITECTURE.md, the request path).
 //!
 //! governor fixes a limiter's quota when it is built, so a change of limits
 //! builds a fresh set of buckets and swaps it in atomically: requests never

@@ -1,4 +1,4 @@
-//! The configuration file of API.md, secrets from the environment, and the
+//! The configuration file (README, "Configuration"), secrets from the environment, and the
 //! checks that stop start-up with a message naming the drop and the field.
 
 use std::collections::HashSet;

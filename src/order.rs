@@ -43,7 +43,7 @@ impl OrderStatus {
     }
 }
 
-/// Serialized as API.md's `Order`; the Redis engine also carries it as JSON
+/// Serialized as the API's `Order` (openapi.yaml); the Redis engine also carries it as JSON
 /// from the reserve script to the order writer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {

@@ -11,7 +11,7 @@ use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
 use crate::clock::Clock;
 use crate::domain::SkuId;
 use crate::order::Order;
-use crate::store::{EngineLease, OrderStore, Restock, RestockRecord, StoreError};
+use crate::store::{EngineLease, OrderStore, RestockRecord, StoreError};
 
 pub struct EmbeddedEngine {
     /// One book per round. The lock is a std mutex because it is held only
@@ -179,14 +179,7 @@ impl InventoryEngine for EmbeddedEngine {
     ) -> Result<(), EngineError> {
         // Stored first: a restart rebuilds the round with these units. A
         // restock id seen before is a retry: its units are in already.
-        let record = RestockRecord {
-            id: restock_id.to_owned(),
-            restock: Restock {
-                round_id: round_id.to_owned(),
-                sku: sku.as_str().to_owned(),
-                units,
-            },
-        };
+        let record = RestockRecord::new(restock_id, round_id, sku, units);
         let new = self
             .store
             .add_restock(record, self.clock.now())

@@ -18,7 +18,7 @@ use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
 use crate::catalog::LiveCatalog;
 use crate::domain::{OrderId, SkuId};
 use crate::order::Order;
-use crate::store::{OrderStore, Restock, RestockRecord};
+use crate::store::{OrderStore, RestockRecord};
 
 /// Bounds on every Redis call, so a dead or stalled Redis becomes a fast 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -239,14 +239,7 @@ impl InventoryEngine for RedisEngine {
         // The round must exist in Redis before the restock is stored: a
         // round set up from the store afterwards would count the units twice.
         self.reconciler.set_up(round_id).await?;
-        let record = RestockRecord {
-            id: restock_id.to_owned(),
-            restock: Restock {
-                round_id: round_id.to_owned(),
-                sku: sku.as_str().to_owned(),
-                units,
-            },
-        };
+        let record = RestockRecord::new(restock_id, round_id, sku, units);
         // Stored even when recorded before (a retry): whether Redis applied
         // it is for restock.lua to say, by the restock id.
         let stored = self.store.add_restock(record, Timestamp::now());

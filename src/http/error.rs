@@ -1,5 +1,5 @@
 //! The HTTP error boundary: every refusal a client can see, with its status,
-//! its code from API.md, and any extra fields, rendered as one JSON shape.
+//! its code as openapi.yaml and the README list it, and any extra fields, rendered as one JSON shape.
 
 use hyper::StatusCode;
 use jiff::Timestamp;

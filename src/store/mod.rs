@@ -19,7 +19,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use rust_decimal::Decimal;
 
-use crate::domain::{IdempotencyKey, OrderId, UserId};
+use crate::domain::{IdempotencyKey, OrderId, SkuId, UserId};
 use crate::order::{Order, OrderStatus};
 use crate::payment::PaymentNotice;
 use postgres::{PgSlot, PgStore};
@@ -119,6 +119,14 @@ pub(crate) fn snapshot_sql() -> String {
     format!(
         "SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders \
          WHERE status IN ('pending_payment', 'paid') OR idempotency_key IS NOT NULL"
+    )
+}
+
+/// Every order of one round (`param` its id) with the key columns last:
+/// what a round Redis may have lost is reconciled from.
+pub(crate) fn round_orders_sql(param: &str) -> String {
+    format!(
+        "SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders WHERE round_id = {param}"
     )
 }
 
@@ -249,6 +257,19 @@ pub struct Restock {
 pub struct RestockRecord {
     pub id: String,
     pub restock: Restock,
+}
+
+impl RestockRecord {
+    pub fn new(id: &str, round_id: &str, sku: &SkuId, units: u64) -> Self {
+        Self {
+            id: id.to_owned(),
+            restock: Restock {
+                round_id: round_id.to_owned(),
+                sku: sku.as_str().to_owned(),
+                units,
+            },
+        }
+    }
 }
 
 /// Units restocked for `sku`, out of one round's restocks.
@@ -420,11 +441,6 @@ impl OrderStore {
 
     pub async fn list_for_user(&self, user: UserId) -> Result<Vec<Order>, StoreError> {
         dispatch_read!(self.list_for_user(user))
-    }
-
-    /// Live orders of one round: what a round Redis lost is rebuilt from.
-    pub async fn live_in_round(&self, round_id: String) -> Result<Vec<Order>, StoreError> {
-        dispatch_read!(self.live_in_round(round_id))
     }
 
     /// Every order of one round, with its key: what a round Redis may have

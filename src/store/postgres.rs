@@ -22,9 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use super::{
-    db_time, pay_step, restocks_sql, snapshot_sql, status_counts_sql, CancelOutcome, EngineLease,
-    Keyed, OrderColumns, PayOutcome, PayStep, Restock, RestockRecord, StatusCounts, StoreError,
-    StoredOrder, ORDER_COLUMNS, READ_TIMEOUT,
+    db_time, pay_step, restocks_sql, round_orders_sql, snapshot_sql, status_counts_sql,
+    CancelOutcome, EngineLease, Keyed, OrderColumns, PayOutcome, PayStep, Restock, RestockRecord,
+    StatusCounts, StoreError, StoredOrder, ORDER_COLUMNS, READ_TIMEOUT,
 };
 use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::order::{Order, OrderStatus};
@@ -360,16 +360,9 @@ impl PgStore {
             .await
     }
 
-    pub async fn live_in_round(&self, round_id: String) -> Result<Vec<Order>, StoreError> {
-        let live = "WHERE round_id = $1 AND status IN ('pending_payment', 'paid')";
-        self.orders_where(live, &[&round_id]).await
-    }
-
     pub async fn round_orders(&self, round_id: String) -> Result<Vec<StoredOrder>, StoreError> {
-        let sql = format!(
-            "SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders WHERE round_id = $1"
-        );
-        self.keyed_where(&sql, &[&round_id]).await
+        self.keyed_where(&round_orders_sql("$1"), &[&round_id])
+            .await
     }
 
     pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {

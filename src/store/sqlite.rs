@@ -7,9 +7,9 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    db_time, pay_step, restocks_sql, snapshot_sql, status_counts_sql, CancelOutcome, Keyed,
-    OrderColumns, PayOutcome, PayStep, Restock, RestockRecord, StatusCounts, StoreError,
-    StoredOrder, ORDER_COLUMNS,
+    db_time, pay_step, restocks_sql, round_orders_sql, snapshot_sql, status_counts_sql,
+    CancelOutcome, Keyed, OrderColumns, PayOutcome, PayStep, Restock, RestockRecord, StatusCounts,
+    StoreError, StoredOrder, ORDER_COLUMNS,
 };
 use crate::domain::{IdempotencyKey, OrderId, UserId};
 use crate::order::{Order, OrderStatus};
@@ -92,14 +92,6 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Order>, StoreError> {
     Ok(query_orders(conn, "WHERE id = ?1", [id])?.pop())
 }
 
-pub fn live_in_round(conn: &Connection, round_id: &str) -> Result<Vec<Order>, StoreError> {
-    query_orders(
-        conn,
-        "WHERE round_id = ?1 AND status IN ('pending_payment', 'paid')",
-        [round_id],
-    )
-}
-
 pub fn list_for_user(conn: &Connection, user: &UserId) -> Result<Vec<Order>, StoreError> {
     query_orders(conn, "WHERE user_id = ?1 ORDER BY id", [user.as_str()])
 }
@@ -107,27 +99,23 @@ pub fn list_for_user(conn: &Connection, user: &UserId) -> Result<Vec<Order>, Sto
 /// Everything the embedded engine needs to rebuild its books: every live
 /// order (it holds stock) and every order made with an idempotency key.
 pub fn engine_snapshot(conn: &Connection) -> Result<Vec<StoredOrder>, StoreError> {
-    let mut stmt = conn.prepare(&snapshot_sql())?;
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(StoredOrder::new(
-            order_from_row(row)?,
-            row.get(12)?,
-            row.get(13)?,
-        )?);
-    }
-    Ok(out)
+    keyed_orders(conn, &snapshot_sql(), [])
 }
 
 /// Every order of one round with its key: what a round Redis may have lost
 /// is reconciled from.
 pub fn round_orders(conn: &Connection, round_id: &str) -> Result<Vec<StoredOrder>, StoreError> {
-    let sql = format!(
-        "SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders WHERE round_id = ?1"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query([round_id])?;
+    keyed_orders(conn, &round_orders_sql("?1"), [round_id])
+}
+
+/// Orders with their key columns, from a query that selects them last.
+fn keyed_orders(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<StoredOrder>, StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(StoredOrder::new(

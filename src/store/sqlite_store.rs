@@ -156,12 +156,6 @@ impl SqliteStore {
             .await
     }
 
-    /// Live orders of one round: what a round Redis lost is rebuilt from.
-    pub async fn live_in_round(&self, round_id: String) -> Result<Vec<Order>, StoreError> {
-        self.read(move |conn| sqlite::live_in_round(conn, &round_id))
-            .await
-    }
-
     pub async fn round_orders(&self, round_id: String) -> Result<Vec<StoredOrder>, StoreError> {
         self.read(move |conn| sqlite::round_orders(conn, &round_id))
             .await

@@ -1,4 +1,4 @@
-//! The HTTP contract of API.md: every shopper endpoint and every error code.
+//! The HTTP contract (openapi.yaml, the README): every shopper endpoint and every error code.
 
 use hyper::Method;
 use jiff::Timestamp;

@@ -153,11 +153,7 @@ async fn a_redis_restarted_from_an_older_snapshot_resells_nothing() {
         assert_eq!(reply.status, 201);
         won.push(reply.body["id"].as_str().unwrap().to_owned());
     }
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_conn(&redis).await;
     let _: () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
     let mut after_snapshot = None;
     for n in 0..20 {
@@ -410,11 +406,7 @@ async fn backend_error_text_never_reaches_a_client() {
     let now = Timestamp::now();
     let config = config_head("") + &window_drop(DROP, SKU, 5, 1, now - hours(1), now + hours(1));
     let s = TestServer::start_with_engine(&config, now, &redis.engine()).await;
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_conn(&redis).await;
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxmemory")
@@ -455,11 +447,7 @@ async fn winners_the_writer_cannot_store_are_kept_as_dead_letters() {
     })
     .await;
 
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_conn(&redis).await;
     let stream = format!("dg:{{{round}}}:winners");
     let _: String = conn
         .xadd(
@@ -715,25 +703,6 @@ async fn a_commit_whose_answer_was_lost_is_read_back_not_undone() {
         audit.status_of(won.body["id"].as_str().unwrap()).await,
         "pending_payment"
     );
-}
-
-/// Calls of one command Redis has served so far (scripts' calls included).
-async fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
 }
 
 /// An instance that starts while Redis stays up reconciles nothing (the

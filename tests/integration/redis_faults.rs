@@ -22,14 +22,6 @@ fn config(stock: i64) -> (String, Timestamp) {
     )
 }
 
-async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 /// Waits until the order writer has stored, acknowledged and trimmed every
 /// entry of `stream`.
 async fn wait_until_drained(conn: &mut redis::aio::MultiplexedConnection, stream: &str) {

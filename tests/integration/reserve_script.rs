@@ -55,11 +55,7 @@ async fn call(
 }
 
 async fn with_stock(redis: &RedisServer, units: i64) -> redis::aio::MultiplexedConnection {
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_conn(redis).await;
     let _: () = conn.hset(key("stock"), "sku", units).await.unwrap();
     conn
 }
@@ -134,22 +130,8 @@ async fn concurrent_reserves_share_script_calls() {
     }
     assert!(statuses.iter().all(|&status| status == 201), "{statuses:?}");
 
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let calls: usize = stats
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .expect("EVALSHA was called");
+    let calls = redis_calls(&redis, "evalsha").await as usize;
+    assert!(calls >= 1, "EVALSHA was called");
     assert!(
         calls < shoppers,
         "{shoppers} concurrent reserves took {calls} script calls"

@@ -487,7 +487,33 @@ impl RedisServer {
     pub fn engine(&self) -> EngineChoice {
         EngineChoice::Redis { url: self.url() }
     }
+}
 
+/// A connection of the test's own to a test Redis.
+pub async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Calls of one command Redis has served so far (scripts' calls included).
+pub async fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
+    let mut conn = redis_conn(redis).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+impl RedisServer {
     /// True once the server answers PING; false if it exited first.
     fn wait_until_ready(&mut self) -> bool {
         use std::io::{Read, Write};
