@@ -6,8 +6,9 @@
 //!
 //! Layout:
 //! - [`config`], [`demo`]: the configuration file and the no-config demo.
-//! - [`domain`], [`money`], [`catalog`], [`schedule`], [`clock`], [`order`]:
-//!   checked values, the catalog and its rounds, time, the order.
+//! - [`domain`], [`money`], [`catalog`], [`schedule`], [`clock`], [`order`],
+//!   [`order_states`]: checked values, the catalog and its rounds, time, the
+//!   order and its state machine.
 //! - [`engine`]: the inventory engine trait, the embedded engine, and the
 //!   Redis engine (scripts in `lua/`, reconciliation, the order writer).
 //! - [`store`]: the order store (SQLite or PostgreSQL) and its group-commit writers.
@@ -31,6 +32,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod money;
 pub mod order;
+pub mod order_states;
 pub mod payment;
 pub mod schedule;
 pub mod sold_out;

@@ -1,5 +1,5 @@
-//! The order a won reservation becomes, and its life: pending payment, then
-//! exactly one of paid, cancelled or expired (invariant I5).
+//! The order a won reservation becomes. Its life (statuses and the moves
+//! between them) is the state machine in [`crate::order_states`].
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;
@@ -8,40 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{DropId, OrderId, Quantity, SkuId, UserId};
 use crate::money::{as_cents_string, Currency};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderStatus {
-    PendingPayment,
-    Paid,
-    Cancelled,
-    Expired,
-}
-
-impl OrderStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::PendingPayment => "pending_payment",
-            OrderStatus::Paid => "paid",
-            OrderStatus::Cancelled => "cancelled",
-            OrderStatus::Expired => "expired",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "pending_payment" => OrderStatus::PendingPayment,
-            "paid" => OrderStatus::Paid,
-            "cancelled" => OrderStatus::Cancelled,
-            "expired" => OrderStatus::Expired,
-            _ => return None,
-        })
-    }
-
-    /// Live orders hold stock: pending payment or paid.
-    pub fn is_live(self) -> bool {
-        matches!(self, OrderStatus::PendingPayment | OrderStatus::Paid)
-    }
-}
+pub use crate::order_states::OrderStatus;
 
 /// Serialized as the API's `Order` (openapi.yaml); the Redis engine also carries it as JSON
 /// from the reserve script to the order writer.

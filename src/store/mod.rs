@@ -1,29 +1,34 @@
 //! The order store: the durable record of every order, in SQLite (embedded,
 //! the default) or PostgreSQL (production), chosen by `--database`. Both keep
-//! the same schema (`migrations/`) and behave the same: every write goes
-//! through a group-commit writer that commits many jobs per transaction, and
-//! every transition out of `pending_payment` is one guarded statement.
+//! the same schema (`migrations/`) and run the same code: every statement is
+//! written once (`orders.rs`) over the small [`sql::Sql`] interface each
+//! database implements, and every write goes through the one group-commit
+//! writer design (`writer.rs`), many jobs per transaction.
 
+mod orders;
 mod postgres;
+mod sql;
 mod sqlite;
-mod sqlite_store;
 mod writer;
 
 use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{IdempotencyKey, OrderId, SkuId, UserId};
 use crate::order::{Order, OrderStatus};
 use crate::payment::PaymentNotice;
-use postgres::{PgSlot, PgStore};
-use sqlite_store::{SqliteSlot, SqliteStore};
+use postgres::{PgDb, PgStore};
+use sqlite::{finish_now, SqliteStore};
+use writer::{Job, Reply};
+
+pub use orders::db_time;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -113,41 +118,6 @@ pub struct StoredOrder {
     pub idempotency: Option<(IdempotencyKey, String)>,
 }
 
-/// Every live order and every order made with an idempotency key, with the
-/// key columns last: what the embedded engine rebuilds its books from.
-pub(crate) fn snapshot_sql() -> String {
-    format!(
-        "SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders \
-         WHERE status IN ('pending_payment', 'paid') OR idempotency_key IS NOT NULL"
-    )
-}
-
-/// Every order of one round (`param` its id) with the key columns last:
-/// what a round Redis may have lost is reconciled from.
-pub(crate) fn round_orders_sql(param: &str) -> String {
-    format!(
-        "SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders WHERE round_id = {param}"
-    )
-}
-
-impl StoredOrder {
-    /// An order with the key columns it was stored with.
-    pub(crate) fn new(
-        order: Order,
-        key: Option<String>,
-        fingerprint: Option<String>,
-    ) -> Result<Self, StoreError> {
-        let idempotency = match (key, fingerprint) {
-            (Some(key), Some(fingerprint)) => Some((
-                IdempotencyKey::parse(&key).map_err(|e| StoreError::Corrupt(e.0))?,
-                fingerprint,
-            )),
-            _ => None,
-        };
-        Ok(Self { order, idempotency })
-    }
-}
-
 pub enum CancelOutcome {
     Cancelled(Order),
     /// No such order, or it belongs to someone else.
@@ -197,53 +167,6 @@ pub(crate) fn pay_step(order: &Order, notice: &PaymentNotice, now: Timestamp) ->
     PayStep::Pay
 }
 
-/// The columns of an order as both backends store them, as text but the quantity.
-pub(crate) struct OrderColumns {
-    pub id: String,
-    pub drop_id: String,
-    pub round_id: String,
-    pub sku: String,
-    pub user_id: String,
-    pub quantity: i64,
-    pub status: String,
-    pub unit_price: String,
-    pub amount_due: String,
-    pub deposit_due: String,
-    pub created_at: String,
-    pub pay_by: String,
-}
-
-/// Column list matching `OrderColumns`, for SELECTs in either backend.
-pub(crate) const ORDER_COLUMNS: &str =
-    "id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
-     amount_due, deposit_due, created_at, pay_by";
-
-impl OrderColumns {
-    pub fn into_order(self) -> Result<Order, StoreError> {
-        let corrupt = |what: &str, value: &str| StoreError::Corrupt(format!("{what} {value:?}"));
-        let time = |raw: &str| raw.parse().map_err(|_| corrupt("time", raw));
-        let money = |raw: &str| crate::money::parse_amount(raw).map_err(|_| corrupt("amount", raw));
-        let checked = |e: crate::domain::InvalidValue| StoreError::Corrupt(e.0);
-        Ok(Order {
-            id: OrderId::from_store(self.id),
-            drop_id: crate::domain::DropId::parse(&self.drop_id).map_err(checked)?,
-            round_id: self.round_id,
-            sku: crate::domain::SkuId::parse(&self.sku).map_err(checked)?,
-            user_id: UserId::parse(&self.user_id).map_err(checked)?,
-            quantity: crate::domain::Quantity::new(self.quantity).map_err(checked)?,
-            status: OrderStatus::parse(&self.status)
-                .ok_or_else(|| corrupt("status", &self.status))?,
-            unit_price: money(&self.unit_price)?,
-            amount_due: money(&self.amount_due)?,
-            deposit_due: money(&self.deposit_due)?,
-            currency: crate::money::Currency::Cny,
-            created_at: time(&self.created_at)?,
-            pay_by: time(&self.pay_by)?,
-        })
-    }
-}
-
-/// UTC with milliseconds and a fixed width, so text order is time order.
 /// Units an operator added to a SKU in a round (summed over restocks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restock {
@@ -281,57 +204,39 @@ pub fn restocked_units(restocks: &[Restock], sku: &str) -> u64 {
         .sum()
 }
 
-/// A round's orders by status, for the operators' statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct StatusCounts {
-    pub pending_payment: u64,
-    pub paid: u64,
-    pub cancelled: u64,
-    pub expired: u64,
-}
+/// A round's orders by status, for the operators' statistics: every
+/// status of the state machine, zero included.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusCounts(std::collections::BTreeMap<OrderStatus, u64>);
 
 impl StatusCounts {
     fn add(&mut self, status: &str, n: u64) {
-        match status {
-            "pending_payment" => self.pending_payment += n,
-            "paid" => self.paid += n,
-            "cancelled" => self.cancelled += n,
-            "expired" => self.expired += n,
-            other => tracing::warn!(status = other, "unknown order status in the store"),
+        match OrderStatus::parse(status) {
+            Some(status) => *self.0.entry(status).or_default() += n,
+            None => tracing::warn!(status, "unknown order status in the store"),
         }
+    }
+
+    pub fn get(&self, status: OrderStatus) -> u64 {
+        self.0.get(&status).copied().unwrap_or(0)
     }
 }
 
-/// Restocks summed per round and SKU; all rounds when the parameter is NULL.
-fn restocks_sql(param: &str) -> String {
-    format!(
-        "SELECT round_id, sku, CAST(SUM(units) AS BIGINT) FROM restocks \
-         WHERE {param} IS NULL OR round_id = {param} GROUP BY round_id, sku"
-    )
-}
-
-fn status_counts_sql(param: &str) -> String {
-    format!("SELECT status, COUNT(*) FROM orders WHERE round_id = {param} GROUP BY status")
-}
-
-pub fn db_time(t: Timestamp) -> String {
-    format!(
-        "{}.{:03}Z",
-        t.strftime("%Y-%m-%dT%H:%M:%S"),
-        t.subsec_millisecond()
-    )
+impl serde::Serialize for StatusCounts {
+    fn serialize<S: serde::Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = out.serialize_map(Some(OrderStatus::ALL.len()))?;
+        for status in OrderStatus::ALL {
+            map.serialize_entry(status.as_str(), &self.get(status))?;
+        }
+        map.end()
+    }
 }
 
 /// A place in the writer's queue for one new order. Taken before the
 /// engine decides, so that a win, once decided, is always queued: the
 /// queueing can neither wait nor be cancelled by a client hanging up.
-pub enum InsertSlot {
-    Sqlite(SqliteSlot),
-    Postgres(PgSlot),
-}
-
-/// The result of a queued insert, awaited after the queueing is done.
-pub type Inserted = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+pub struct InsertSlot(mpsc::OwnedPermit<Job>);
 
 impl InsertSlot {
     /// Queues the order now (no await). `settle` runs once the commit is
@@ -341,63 +246,90 @@ impl InsertSlot {
         order: Order,
         idempotency: Option<(IdempotencyKey, String)>,
         settle: impl FnOnce(&Result<(), StoreError>) + Send + Sync + 'static,
-    ) -> Inserted {
-        match self {
-            InsertSlot::Sqlite(slot) => Box::pin(slot.insert(order, idempotency, settle)),
-            InsertSlot::Postgres(slot) => Box::pin(slot.insert(order, idempotency, settle)),
-        }
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (reply, result) = oneshot::channel();
+        self.0.send(Job::Insert {
+            orders: vec![(order, idempotency)],
+            settle: Some(Box::new(settle)),
+            reply,
+        });
+        async move { result.await.map_err(|_| StoreError::Closed)?.map(drop) }
     }
 }
 
 #[derive(Clone)]
-pub enum OrderStore {
+pub struct OrderStore {
+    /// The writer's queue: every write goes through it.
+    jobs: mpsc::Sender<Job>,
+    /// Where reads go.
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
     Sqlite(SqliteStore),
     Postgres(PgStore),
 }
 
-/// Calls the same method on whichever backend this store is.
-macro_rules! dispatch {
-    ($self:ident.$method:ident($($arg:expr),*)) => {
-        match $self {
-            OrderStore::Sqlite(store) => store.$method($($arg),*).await,
-            OrderStore::Postgres(store) => store.$method($($arg),*).await,
-        }
-    };
-}
-
-/// Like `dispatch!`, for reads: gives up after [`READ_TIMEOUT`].
-macro_rules! dispatch_read {
-    ($self:ident.$method:ident($($arg:expr),*)) => {
-        tokio::time::timeout(READ_TIMEOUT, async { dispatch!($self.$method($($arg),*)) })
-            .await
-            .unwrap_or(Err(StoreError::TimedOut(READ_TIMEOUT)))
+/// Runs one shared read (`$query`, a future over `$db`) on whichever
+/// database this store is; gives up after [`READ_TIMEOUT`].
+macro_rules! read {
+    ($store:expr, $timeout:expr, |$db:ident| $query:expr) => {
+        tokio::time::timeout($timeout, async move {
+            match &$store.backend {
+                Backend::Sqlite(sqlite) => sqlite.read(move |$db| finish_now($query)).await,
+                Backend::Postgres(pg) => {
+                    let conn = pg.connection().await?;
+                    let $db = &mut PgDb(&**conn);
+                    $query.await
+                }
+            }
+        })
+        .await
+        .unwrap_or(Err(StoreError::TimedOut($timeout)))
     };
 }
 
 impl OrderStore {
     pub fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
-        SqliteStore::open(path).map(OrderStore::Sqlite)
+        let (jobs, queue) = writer::queue();
+        let backend = Backend::Sqlite(SqliteStore::open(path, queue)?);
+        Ok(Self { jobs, backend })
     }
 
     pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
-        PgStore::open(url).await.map(OrderStore::Postgres)
+        let (jobs, queue) = writer::queue();
+        let backend = Backend::Postgres(PgStore::open(url, queue).await?);
+        Ok(Self { jobs, backend })
     }
 
     /// Takes the embedded engine's lease on this store; None if another
     /// instance holds it.
     pub async fn take_engine_lease(&self) -> Result<Option<EngineLease>, StoreError> {
-        match self {
-            OrderStore::Sqlite(store) => store.take_engine_lease(),
-            OrderStore::Postgres(store) => store.take_engine_lease().await,
+        match &self.backend {
+            Backend::Sqlite(store) => store.take_engine_lease(),
+            Backend::Postgres(store) => store.take_engine_lease().await,
         }
     }
 
     /// Takes a place in the writer's queue for an order not yet decided.
     pub async fn insert_slot(&self) -> Result<InsertSlot, StoreError> {
-        match self {
-            OrderStore::Sqlite(store) => store.insert_slot().await.map(InsertSlot::Sqlite),
-            OrderStore::Postgres(store) => store.insert_slot().await.map(InsertSlot::Postgres),
-        }
+        self.jobs
+            .clone()
+            .reserve_owned()
+            .await
+            .map(InsertSlot)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues a job for the writer; its result once its commit is known.
+    async fn write<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+        let (reply, result) = oneshot::channel();
+        self.jobs
+            .send(job(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        result.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Commits orders decided elsewhere (the Redis engine) in one group
@@ -405,7 +337,12 @@ impl OrderStore {
     /// the ids of orders that collide with another stored order (the same
     /// idempotency key under another id), which were not stored.
     pub async fn insert_many(&self, orders: Vec<Keyed>) -> Result<Vec<OrderId>, StoreError> {
-        dispatch!(self.insert_many(orders))
+        self.write(|reply| Job::Insert {
+            orders,
+            settle: None,
+            reply,
+        })
+        .await
     }
 
     pub async fn cancel(
@@ -414,7 +351,13 @@ impl OrderStore {
         user: UserId,
         now: Timestamp,
     ) -> Result<CancelOutcome, StoreError> {
-        dispatch!(self.cancel(id, user, now))
+        self.write(|reply| Job::Cancel {
+            id,
+            user,
+            now,
+            reply,
+        })
+        .await
     }
 
     pub async fn pay(
@@ -422,64 +365,22 @@ impl OrderStore {
         notice: PaymentNotice,
         now: Timestamp,
     ) -> Result<PayOutcome, StoreError> {
-        dispatch!(self.pay(notice, now))
+        self.write(|reply| Job::Pay { notice, now, reply }).await
     }
 
     /// Expires up to `max` orders unpaid at `now` and returns them.
     pub async fn expire_due(&self, now: Timestamp, max: usize) -> Result<Vec<Order>, StoreError> {
-        dispatch!(self.expire_due(now, max))
+        self.write(|reply| Job::Expire { now, max, reply }).await
     }
 
     /// Returns once everything queued before it is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        dispatch!(self.flush())
-    }
-
-    pub async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        dispatch_read!(self.get(id))
-    }
-
-    pub async fn list_for_user(&self, user: UserId) -> Result<Vec<Order>, StoreError> {
-        dispatch_read!(self.list_for_user(user))
-    }
-
-    /// Every order of one round, with its key: what a round Redis may have
-    /// lost is reconciled from. Bounded like a read, but longer: it runs
-    /// only when Redis lost state, and a big round has many orders.
-    pub async fn round_orders(&self, round_id: String) -> Result<Vec<StoredOrder>, StoreError> {
-        tokio::time::timeout(RECOVERY_READ_TIMEOUT, async {
-            dispatch!(self.round_orders(round_id))
-        })
-        .await
-        .unwrap_or(Err(StoreError::TimedOut(RECOVERY_READ_TIMEOUT)))
-    }
-
-    /// The ids of one round's restocks.
-    pub async fn restock_ids(&self, round_id: String) -> Result<Vec<String>, StoreError> {
-        dispatch_read!(self.restock_ids(round_id))
-    }
-
-    /// Up to `max` ended orders whose units the engine has not taken back.
-    pub async fn releases_due(&self, max: usize) -> Result<Vec<Order>, StoreError> {
-        dispatch_read!(self.releases_due(max))
+        self.write(|reply| Job::Flush { reply }).await
     }
 
     /// Records that the engine has taken these orders' units back.
     pub async fn mark_released(&self, ids: Vec<OrderId>) -> Result<(), StoreError> {
-        dispatch!(self.mark_released(ids))
-    }
-
-    /// Every live order and every order made with an idempotency key: what
-    /// the embedded engine rebuilds its books from.
-    pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
-        dispatch!(self.engine_snapshot())
-    }
-
-    /// True when the database answers a trivial query.
-    pub async fn ping(&self) -> bool {
-        tokio::time::timeout(READ_TIMEOUT, async { dispatch!(self.ping()) })
-            .await
-            .unwrap_or(false)
+        self.write(|reply| Job::MarkReleased { ids, reply }).await
     }
 
     /// Records units an operator added to a round; false if a restock with
@@ -489,16 +390,8 @@ impl OrderStore {
         record: RestockRecord,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        dispatch!(self.add_restock(record, now))
-    }
-
-    /// Restocks of one round, or of every round.
-    pub async fn restocks(&self, round_id: Option<String>) -> Result<Vec<Restock>, StoreError> {
-        dispatch_read!(self.restocks(round_id))
-    }
-
-    pub async fn status_counts(&self, round_id: String) -> Result<StatusCounts, StoreError> {
-        dispatch_read!(self.status_counts(round_id))
+        self.write(|reply| Job::AddRestock { record, now, reply })
+            .await
     }
 
     /// Records a drop an operator created; false if its id is taken.
@@ -508,19 +401,77 @@ impl OrderStore {
         definition: String,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        dispatch!(self.save_drop(id, definition, now))
+        self.write(|reply| Job::SaveDrop {
+            id,
+            definition,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn get(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| orders::get(db, &id))
+    }
+
+    pub async fn list_for_user(&self, user: UserId) -> Result<Vec<Order>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| orders::list_for_user(db, &user))
+    }
+
+    /// Every order of one round, with its key: what a round Redis may have
+    /// lost is reconciled from. Bounded like a read, but longer: it runs
+    /// only when Redis lost state, and a big round has many orders.
+    pub async fn round_orders(&self, round_id: String) -> Result<Vec<StoredOrder>, StoreError> {
+        read!(self, RECOVERY_READ_TIMEOUT, |db| orders::round_orders(
+            db, &round_id
+        ))
+    }
+
+    /// The ids of one round's restocks.
+    pub async fn restock_ids(&self, round_id: String) -> Result<Vec<String>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| orders::restock_ids(db, &round_id))
+    }
+
+    /// Up to `max` ended orders whose units the engine has not taken back.
+    pub async fn releases_due(&self, max: usize) -> Result<Vec<Order>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| orders::releases_due(db, max))
+    }
+
+    /// Every live order and every order made with an idempotency key: what
+    /// the embedded engine rebuilds its books from. Unbounded: it runs once,
+    /// at start-up, before anything is served.
+    pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
+        read!(self, Duration::MAX, |db| orders::engine_snapshot(db))
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        let answered: Result<_, StoreError> =
+            read!(self, READ_TIMEOUT, |db| sql::Sql::rows(db, "SELECT 1", &[]));
+        answered.is_ok()
+    }
+
+    /// Restocks of one round, or of every round.
+    pub async fn restocks(&self, round_id: Option<String>) -> Result<Vec<Restock>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| orders::restocks(
+            db,
+            round_id.as_deref()
+        ))
+    }
+
+    pub async fn status_counts(&self, round_id: String) -> Result<StatusCounts, StoreError> {
+        read!(self, READ_TIMEOUT, |db| orders::status_counts(
+            db, &round_id
+        ))
     }
 
     /// Every drop operators created, as the JSON they sent, oldest first.
     pub async fn saved_drops(&self) -> Result<Vec<String>, StoreError> {
-        dispatch_read!(self.saved_drops())
+        read!(self, READ_TIMEOUT, |db| orders::saved_drops(db))
     }
 
     /// Jobs waiting for (or in) the writer's next commit.
     pub fn queued(&self) -> usize {
-        match self {
-            OrderStore::Sqlite(store) => store.queued(),
-            OrderStore::Postgres(store) => store.queued(),
-        }
+        self.jobs.max_capacity() - self.jobs.capacity()
     }
 }

@@ -1,19 +1,19 @@
-//! SQLite specifics: opening with WAL and full sync, migrations, and the SQL
-//! of every read and state change, each run on a connection it is handed.
+//! SQLite: opening the file with WAL and full sync, migrations, the engine
+//! lease, the writer's thread, and [`Sql`] for a connection. Reads run on a
+//! connection of their own beside the writer's (WAL lets them).
 
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
-use jiff::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::Connection;
 
-use super::{
-    db_time, pay_step, restocks_sql, round_orders_sql, snapshot_sql, status_counts_sql,
-    CancelOutcome, Keyed, OrderColumns, PayOutcome, PayStep, Restock, RestockRecord, StatusCounts,
-    StoreError, StoredOrder, ORDER_COLUMNS,
-};
-use crate::domain::{IdempotencyKey, OrderId, UserId};
-use crate::order::{Order, OrderStatus};
-use crate::payment::PaymentNotice;
+use super::sql::{self, Dialect, Insert, Row, Sql, Value};
+use super::writer::{self, Job, Queue};
+use super::{EngineLease, StoreError};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_orders.sql"),
@@ -21,8 +21,14 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_recovery.sql"),
 ];
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
 /// Opens the database file, creating it and its schema when new.
-pub fn open(path: &Path) -> Result<Connection, StoreError> {
+fn open(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL makes every commit reach the disk before it returns: a 201 is
@@ -55,316 +61,265 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn order_from_row(row: &Row<'_>) -> Result<Order, StoreError> {
-    OrderColumns {
-        id: row.get(0)?,
-        drop_id: row.get(1)?,
-        round_id: row.get(2)?,
-        sku: row.get(3)?,
-        user_id: row.get(4)?,
-        quantity: row.get(5)?,
-        status: row.get(6)?,
-        unit_price: row.get(7)?,
-        amount_due: row.get(8)?,
-        deposit_due: row.get(9)?,
-        created_at: row.get(10)?,
-        pay_by: row.get(11)?,
+/// SQLite's statements never wait on anything but the disk, so the store's
+/// futures over a SQLite connection finish on their first poll: they are
+/// run to the end here, on the calling (blocking) thread.
+pub(crate) fn finish_now<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::yield_now();
     }
-    .into_order()
 }
 
-fn query_orders(
-    conn: &Connection,
-    sql_tail: &str,
-    params: impl rusqlite::Params,
-) -> Result<Vec<Order>, StoreError> {
-    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders {sql_tail}");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params)?;
-    let mut orders = Vec::new();
-    while let Some(row) = rows.next()? {
-        orders.push(order_from_row(row)?);
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Int(n) => ToSqlOutput::Borrowed(ValueRef::Integer(*n)),
+            Value::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+        })
     }
-    Ok(orders)
 }
 
-pub fn get(conn: &Connection, id: &str) -> Result<Option<Order>, StoreError> {
-    Ok(query_orders(conn, "WHERE id = ?1", [id])?.pop())
+fn value(raw: ValueRef<'_>) -> Result<Value, StoreError> {
+    match raw {
+        ValueRef::Null => Ok(Value::Null),
+        ValueRef::Integer(n) => Ok(Value::Int(n)),
+        ValueRef::Text(text) => Ok(Value::Text(
+            std::str::from_utf8(text)
+                .map_err(|_| StoreError::Corrupt("text that is not UTF-8".into()))?
+                .to_owned(),
+        )),
+        ValueRef::Real(_) | ValueRef::Blob(_) => Err(StoreError::Corrupt(
+            "a column of a type never stored".into(),
+        )),
+    }
 }
 
-pub fn list_for_user(conn: &Connection, user: &UserId) -> Result<Vec<Order>, StoreError> {
-    query_orders(conn, "WHERE user_id = ?1 ORDER BY id", [user.as_str()])
-}
-
-/// Everything the embedded engine needs to rebuild its books: every live
-/// order (it holds stock) and every order made with an idempotency key.
-pub fn engine_snapshot(conn: &Connection) -> Result<Vec<StoredOrder>, StoreError> {
-    keyed_orders(conn, &snapshot_sql(), [])
-}
-
-/// Every order of one round with its key: what a round Redis may have lost
-/// is reconciled from.
-pub fn round_orders(conn: &Connection, round_id: &str) -> Result<Vec<StoredOrder>, StoreError> {
-    keyed_orders(conn, &round_orders_sql("?1"), [round_id])
-}
-
-/// Orders with their key columns, from a query that selects them last.
-fn keyed_orders(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> Result<Vec<StoredOrder>, StoreError> {
-    let mut stmt = conn.prepare(sql)?;
-    let mut rows = stmt.query(params)?;
+fn rows_of(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Row>, StoreError> {
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(StoredOrder::new(
-            order_from_row(row)?,
-            row.get(12)?,
-            row.get(13)?,
-        )?);
+        let width = row.as_ref().column_count();
+        let values = (0..width)
+            .map(|i| value(row.get_ref(i)?))
+            .collect::<Result<_, StoreError>>()?;
+        out.push(Row(values));
     }
     Ok(out)
 }
 
-/// Inserts an order; an order already stored (same id) is left as it is,
-/// so the Redis order writer may deliver the same winner twice. An order
-/// that collides with another stored order (the same idempotency key under
-/// another id) is not stored: `Conflict`, never a silent success.
-pub fn insert(
-    conn: &Connection,
-    order: &Order,
-    idempotency: Option<&(IdempotencyKey, String)>,
-) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO orders (id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
-         amount_due, deposit_due, currency, created_at, pay_by, idempotency_key, request_fingerprint) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
-         ON CONFLICT DO NOTHING",
-    )?;
-    let inserted = stmt.execute(params![
-        order.id.as_str(),
-        order.drop_id.as_str(),
-        order.round_id,
-        order.sku.as_str(),
-        order.user_id.as_str(),
-        order.quantity.get(),
-        order.status.as_str(),
-        order.unit_price.to_string(),
-        order.amount_due.to_string(),
-        order.deposit_due.to_string(),
-        order.currency.as_str(),
-        db_time(order.created_at),
-        db_time(order.pay_by),
-        idempotency.map(|(k, _)| k.as_str()),
-        idempotency.map(|(_, f)| f.as_str()),
-    ])?;
-    if inserted == 0 && get(conn, order.id.as_str())?.is_none() {
-        return Err(StoreError::Conflict(order.id.to_string()));
-    }
-    Ok(())
-}
+/// A SQLite connection (the writer's, inside its transaction, or the reader's).
+pub(crate) struct SqliteDb<'a>(&'a Connection);
 
-/// Inserts orders decided elsewhere; returns the ids that collided with
-/// another stored order and so were not stored.
-pub fn insert_many(conn: &Connection, orders: &[Keyed]) -> Result<Vec<OrderId>, StoreError> {
-    let mut refused = Vec::new();
-    for (order, key) in orders {
-        match insert(conn, order, key.as_ref()) {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => refused.push(order.id.clone()),
-            Err(e) => return Err(e),
+impl Sql for SqliteDb<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn rows(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let mut stmt = self.0.prepare_cached(&sql::sqlite_placeholders(sql))?;
+        let rows = rows_of(stmt.query(rusqlite::params_from_iter(params))?);
+        rows
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let mut stmt = self.0.prepare_cached(&sql::sqlite_placeholders(sql))?;
+        Ok(stmt.execute(rusqlite::params_from_iter(params))? as u64)
+    }
+
+    async fn insert(
+        &mut self,
+        insert: &Insert,
+        rows: Vec<Vec<Value>>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.0.prepare_cached(&sql::sqlite_insert(insert))?;
+        let mut inserted = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut returned = stmt.query(rusqlite::params_from_iter(row))?;
+            if let Some(row) = returned.next()? {
+                inserted.push(row.get(0)?);
+            }
         }
+        Ok(inserted)
     }
-    Ok(refused)
+
+    fn transaction_lost(&self) -> bool {
+        // Some errors (SQLITE_FULL, an I/O error, RAISE(ROLLBACK)) make
+        // SQLite roll the whole transaction back on its own; the connection
+        // is then in autocommit, and later statements would commit one by one.
+        self.0.is_autocommit()
+    }
 }
 
-/// Moves a pending order to an end state; false when it was not pending.
-/// The order then owes its units back (`release_due`) until the engine has
-/// taken them.
-fn end(
-    conn: &Connection,
-    id: &OrderId,
-    to: OrderStatus,
-    now: Timestamp,
-) -> Result<bool, StoreError> {
-    let changed = conn.execute(
-        "UPDATE orders SET status = ?2, ended_at = ?3, release_due = 1 \
-         WHERE id = ?1 AND status = 'pending_payment'",
-        params![id.as_str(), to.as_str(), db_time(now)],
-    )?;
-    Ok(changed == 1)
+#[derive(Clone)]
+pub(crate) struct SqliteStore {
+    path: PathBuf,
+    /// One read connection; reads are short, and a std mutex is fine because
+    /// it is only taken on blocking threads, never across an await.
+    reader: Arc<Mutex<Connection>>,
 }
 
-pub fn cancel(
-    conn: &Connection,
-    id: &OrderId,
-    user: &UserId,
-    now: Timestamp,
-) -> Result<CancelOutcome, StoreError> {
-    let Some(order) = get(conn, id.as_str())?.filter(|o| &o.user_id == user) else {
-        return Ok(CancelOutcome::NotFound);
-    };
-    if !end(conn, id, OrderStatus::Cancelled, now)? {
-        return Ok(CancelOutcome::NotCancellable(order));
-    }
-    Ok(CancelOutcome::Cancelled(Order {
-        status: OrderStatus::Cancelled,
-        ..order
-    }))
-}
-
-pub fn pay(
-    conn: &Connection,
-    notice: &PaymentNotice,
-    now: Timestamp,
-) -> Result<PayOutcome, StoreError> {
-    let recorded: Option<String> = conn
-        .query_row(
-            "SELECT id FROM orders WHERE transaction_id = ?1",
-            [&notice.transaction_id],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(paid_id) = recorded {
-        // A gateway redelivers notifications: the same transaction is a no-op.
-        return Ok(match paid_id == notice.order_id.as_str() {
-            true => PayOutcome::AlreadyRecorded(
-                get(conn, &paid_id)?.ok_or(StoreError::Corrupt(paid_id))?,
-            ),
-            false => PayOutcome::TransactionUsedElsewhere,
-        });
-    }
-    let Some(order) = get(conn, notice.order_id.as_str())? else {
-        return Ok(PayOutcome::NotFound);
-    };
-    match pay_step(&order, notice, now) {
-        PayStep::Refuse(outcome) => Ok(outcome),
-        PayStep::Expire => {
-            end(conn, &order.id, OrderStatus::Expired, now)?;
-            Ok(PayOutcome::ExpiredNow(Order {
-                status: OrderStatus::Expired,
-                ..order
-            }))
+impl SqliteStore {
+    /// Opens the store and starts its writer thread on `queue`.
+    pub fn open(path: &Path, queue: Queue) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
         }
-        PayStep::Pay => {
-            conn.execute(
-                "UPDATE orders SET status = 'paid', transaction_id = ?2, payment_method = ?3, paid_at = ?4 \
-                 WHERE id = ?1 AND status = 'pending_payment'",
-                params![order.id.as_str(), notice.transaction_id, notice.method.as_str(), db_time(now)],
-            )?;
-            Ok(PayOutcome::Paid(Order {
-                status: OrderStatus::Paid,
-                ..order
-            }))
-        }
-    }
-}
-
-/// Expires up to `max` orders unpaid at `now` and returns them.
-pub fn expire_due(conn: &Connection, now: Timestamp, max: usize) -> Result<Vec<Order>, StoreError> {
-    let due = query_orders(
-        conn,
-        "WHERE status = 'pending_payment' AND pay_by <= ?1 ORDER BY pay_by LIMIT ?2",
-        params![db_time(now), max],
-    )?;
-    let mut expired = Vec::with_capacity(due.len());
-    for order in due {
-        if end(conn, &order.id, OrderStatus::Expired, now)? {
-            expired.push(Order {
-                status: OrderStatus::Expired,
-                ..order
-            });
-        }
-    }
-    Ok(expired)
-}
-
-/// Records a restock; false if one with its id was recorded before.
-pub fn add_restock(
-    conn: &Connection,
-    record: &RestockRecord,
-    now: Timestamp,
-) -> Result<bool, StoreError> {
-    let restock = &record.restock;
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO restocks (round_id, sku, units, created_at, id) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
-            restock.round_id,
-            restock.sku,
-            restock.units as i64,
-            db_time(now),
-            record.id,
-        ])?;
-    Ok(inserted == 1)
-}
-
-pub fn restock_ids(conn: &Connection, round_id: &str) -> Result<Vec<String>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT id FROM restocks WHERE round_id = ?1 AND id IS NOT NULL")?;
-    let rows = stmt.query_map([round_id], |row| row.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Ended orders whose units the engine has not taken back yet.
-pub fn releases_due(conn: &Connection, max: usize) -> Result<Vec<Order>, StoreError> {
-    query_orders(conn, "WHERE release_due = 1 LIMIT ?1", [max])
-}
-
-/// Records that the engine has taken back these orders' units.
-pub fn mark_released(conn: &Connection, ids: &[OrderId]) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached("UPDATE orders SET release_due = 0 WHERE id = ?1")?;
-    for id in ids {
-        stmt.execute([id.as_str()])?;
-    }
-    Ok(())
-}
-
-pub fn restocks(conn: &Connection, round_id: Option<&str>) -> Result<Vec<Restock>, StoreError> {
-    let mut stmt = conn.prepare_cached(&restocks_sql("?1"))?;
-    let rows = stmt.query_map([round_id], |row| {
-        Ok(Restock {
-            round_id: row.get(0)?,
-            sku: row.get(1)?,
-            units: row.get::<_, i64>(2)? as u64,
+        let write_conn = open(path)?;
+        let read_conn = open(path)?;
+        std::thread::Builder::new()
+            .name("order-writer".into())
+            .spawn(move || run_writer(write_conn, queue))
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            reader: Arc::new(Mutex::new(read_conn)),
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-pub fn status_counts(conn: &Connection, round_id: &str) -> Result<StatusCounts, StoreError> {
-    let mut stmt = conn.prepare_cached(&status_counts_sql("?1"))?;
-    let rows = stmt.query_map([round_id], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-    })?;
-    let mut counts = StatusCounts::default();
-    for row in rows {
-        let (status, n) = row?;
-        counts.add(&status, n as u64);
     }
-    Ok(counts)
+
+    /// Runs `read` on the read connection, on a blocking thread.
+    pub async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut SqliteDb<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            read(&mut SqliteDb(&conn))
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// An exclusive lock on `<database>.lock`, which the operating system
+    /// releases when this process exits or dies; None if another holds it.
+    pub fn take_engine_lease(&self) -> Result<Option<EngineLease>, StoreError> {
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".lock");
+        let failed = |e: std::io::Error| {
+            StoreError::Database(format!("{}: {e}", lock_path.to_string_lossy()))
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(failed)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(EngineLease::file(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
+        }
+    }
 }
 
-/// Records a drop unless its id is taken; false if it was.
-pub fn save_drop(
-    conn: &Connection,
-    id: &str,
-    definition: &str,
-    now: Timestamp,
-) -> Result<bool, StoreError> {
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO drops (id, definition, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
-        )?
-        .execute(params![id, definition, db_time(now)])?;
-    Ok(inserted == 1)
+fn run_writer(mut conn: Connection, mut queue: Queue) {
+    let mut batch = Vec::with_capacity(writer::MAX_BATCH);
+    while queue.blocking_recv_many(&mut batch, writer::MAX_BATCH) > 0 {
+        metrics::histogram!("dropgate_order_writer_batch_size").record(batch.len() as f64);
+        commit(&mut conn, &mut batch);
+    }
 }
 
-pub fn saved_drops(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT definition FROM drops ORDER BY created_at, id")?;
-    let rows = stmt.query_map([], |row| row.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+/// Runs one batch in one transaction and reports every job's outcome once
+/// the commit is on disk (or has failed).
+fn commit(conn: &mut Connection, jobs: &mut Vec<Job>) {
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = StoreError::from(e);
+            tracing::error!(error = %e, jobs = jobs.len(), "order writer cannot begin a transaction");
+            for job in jobs.drain(..) {
+                job.not_run().report(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let (ran, executed) = finish_now(writer::run_batch(&mut SqliteDb(&tx), jobs));
+    // A failed batch is rolled back when `tx` is dropped.
+    let committed = executed.and_then(|()| tx.commit().map_err(StoreError::from));
+    if let Err(e) = &committed {
+        tracing::error!(error = %e, jobs = ran.len(), "order writer commit failed");
+    }
+    for job in ran {
+        job.report(committed.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RestockRecord;
+    use tokio::sync::oneshot;
+
+    fn restock(id: &str) -> (Job, oneshot::Receiver<Result<bool, StoreError>>) {
+        let (reply, result) = oneshot::channel();
+        let sku = crate::domain::SkuId::parse("sku-1").unwrap();
+        let job = Job::AddRestock {
+            record: RestockRecord::new(id, "round-1", &sku, 1),
+            now: jiff::Timestamp::UNIX_EPOCH,
+            reply,
+        };
+        (job, result)
+    }
+
+    fn restocks_stored(conn: &Connection) -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM restocks", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A trigger makes the restock with id `bad` fail as `how` says.
+    fn failing(how: &str) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("orders.db")).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TRIGGER fail BEFORE INSERT ON restocks WHEN NEW.id = 'bad' \
+             BEGIN SELECT RAISE({how}, 'refused by the test'); END;"
+        ))
+        .unwrap();
+        (dir, conn)
+    }
+
+    /// What SQLite does on SQLITE_FULL or an I/O error in some statements:
+    /// it rolls the whole transaction back and leaves autocommit on
+    /// (RAISE(ROLLBACK) does exactly that).
+    #[test]
+    fn a_batch_whose_transaction_sqlite_rolled_back_fails_whole_and_stores_nothing() {
+        let (_dir, mut conn) = failing("ROLLBACK");
+        let (before, before_result) = restock("a");
+        let (rollback, rollback_result) = restock("bad");
+        let (after, after_result) = restock("b");
+        commit(&mut conn, &mut vec![before, rollback, after]);
+
+        for mut result in [before_result, rollback_result, after_result] {
+            assert!(
+                matches!(result.try_recv(), Ok(Err(_))),
+                "every job is reported failed"
+            );
+        }
+        assert_eq!(
+            restocks_stored(&conn),
+            0,
+            "no job of the failed batch is stored"
+        );
+    }
+
+    #[test]
+    fn a_job_that_fails_alone_leaves_the_others_committed() {
+        let (_dir, mut conn) = failing("ABORT");
+        let (good, mut good_result) = restock("a");
+        let (bad, mut bad_result) = restock("bad");
+        let (after, mut after_result) = restock("b");
+        commit(&mut conn, &mut vec![good, bad, after]);
+        assert!(matches!(good_result.try_recv(), Ok(Ok(true))));
+        assert!(matches!(bad_result.try_recv(), Ok(Err(_))));
+        assert!(matches!(after_result.try_recv(), Ok(Ok(true))));
+        assert_eq!(restocks_stored(&conn), 2);
+    }
 }

@@ -1,230 +1,282 @@
-//! The group-commit writer: one thread owns the write connection and commits
-//! whatever jobs have queued up in one transaction, so many reservations share
-//! one fsync. Each job learns its result only after that commit.
+//! The group-commit writer, one design for both databases: one writer owns
+//! the write connection and commits whatever jobs have queued up in one
+//! transaction, so many reservations share one fsync. All the batch's new
+//! orders go in one insert; every other job runs in a savepoint of its own,
+//! so one failing change cannot sink the others. Each job learns its result
+//! only after the commit.
+//!
+//! SQLite runs the loop on a thread of its own (`sqlite.rs`), PostgreSQL on
+//! a task (`postgres.rs`); both hand each batch to [`run_batch`].
 
-use rusqlite::Connection;
+use std::collections::HashSet;
+
+use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
+use super::sql::Sql;
+use super::{orders, CancelOutcome, Keyed, PayOutcome, RestockRecord, StoreError};
+use crate::domain::{OrderId, UserId};
+use crate::order::Order;
+use crate::payment::PaymentNotice;
 
 /// Jobs committed together at most; bounds the latency one commit adds.
-const MAX_BATCH: usize = 2048;
+pub(crate) const MAX_BATCH: usize = 2048;
 /// Jobs that may wait for the writer; a full queue makes callers wait for a
 /// slot (backpressure) before they decide anything.
 const QUEUE_DEPTH: usize = 64 * 1024;
 
-/// A unit of work for the writer: statements run inside the batch's
-/// transaction, then the commit's outcome is reported.
-trait Job: Send {
-    fn execute(&mut self, conn: &Connection);
-    fn settle(self: Box<Self>, commit: Result<(), StoreError>);
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+/// Runs once an order's commit is known, whether or not anyone awaits it.
+pub(crate) type Settle = Box<dyn FnOnce(&Result<(), StoreError>) + Send + Sync>;
+
+/// A unit of work for the writer, with where its result goes.
+pub(crate) enum Job {
+    Insert {
+        orders: Vec<Keyed>,
+        /// Set for one reservation of the embedded engine: there, an order
+        /// not stored (a collision) is a failure.
+        settle: Option<Settle>,
+        /// The ids not stored because they collide with another stored order.
+        reply: Reply<Vec<OrderId>>,
+    },
+    Cancel {
+        id: OrderId,
+        user: UserId,
+        now: Timestamp,
+        reply: Reply<CancelOutcome>,
+    },
+    Pay {
+        notice: PaymentNotice,
+        now: Timestamp,
+        reply: Reply<PayOutcome>,
+    },
+    Expire {
+        now: Timestamp,
+        max: usize,
+        reply: Reply<Vec<Order>>,
+    },
+    MarkReleased {
+        ids: Vec<OrderId>,
+        reply: Reply<()>,
+    },
+    AddRestock {
+        record: RestockRecord,
+        now: Timestamp,
+        reply: Reply<bool>,
+    },
+    SaveDrop {
+        id: String,
+        definition: String,
+        now: Timestamp,
+        reply: Reply<bool>,
+    },
+    Flush {
+        reply: Reply<()>,
+    },
 }
 
-struct Queued<T, F, S> {
-    statements: Option<F>,
-    outcome: Option<Result<T, StoreError>>,
-    settle: S,
-    reply: oneshot::Sender<Result<T, StoreError>>,
+pub(crate) type Queue = mpsc::Receiver<Job>;
+
+/// The writer's queue: callers hold the sender, the writer the receiver.
+pub(crate) fn queue() -> (mpsc::Sender<Job>, Queue) {
+    mpsc::channel(QUEUE_DEPTH)
 }
 
-impl<T, F, S> Job for Queued<T, F, S>
-where
-    T: Send,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
-    S: FnOnce(&Result<T, StoreError>) + Send,
-{
-    fn execute(&mut self, conn: &Connection) {
-        if let Some(statements) = self.statements.take() {
-            self.outcome = Some(statements(conn));
+/// A job whose statements have run: what tells its waiter the outcome once
+/// the commit's is known.
+pub(crate) struct Ran {
+    /// The orders an insert job wrote, read back when a commit's outcome is
+    /// unknown; None for other jobs.
+    pub new_orders: Option<Vec<String>>,
+    report: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
+
+impl Ran {
+    /// Tells the waiter: the job's own result if the commit held, else the
+    /// commit's error. A waiter that has gone away is no error.
+    pub fn report(self, commit: Result<(), StoreError>) {
+        (self.report)(commit)
+    }
+
+    fn of<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Self {
+        Ran {
+            new_orders: None,
+            report: Box::new(move |commit| {
+                let _ = reply.send(commit.and(result));
+            }),
         }
     }
 
-    fn settle(self: Box<Self>, commit: Result<(), StoreError>) {
-        let not_run = Err(StoreError::Database("the batch was not run".into()));
-        let result = commit.and(self.outcome.unwrap_or(not_run));
-        (self.settle)(&result);
-        // The waiter may have gone away (client hung up); settle ran anyway.
-        let _ = self.reply.send(result);
+    fn insert(
+        orders: Vec<Keyed>,
+        settle: Option<Settle>,
+        reply: Reply<Vec<OrderId>>,
+        refused: &HashSet<String>,
+    ) -> Self {
+        let refused: Vec<OrderId> = orders
+            .iter()
+            .filter(|(o, _)| refused.contains(o.id.as_str()))
+            .map(|(o, _)| o.id.clone())
+            .collect();
+        let new_orders = orders.into_iter().map(|(o, _)| o.id.to_string()).collect();
+        Ran {
+            new_orders: Some(new_orders),
+            report: Box::new(move |commit| match settle {
+                Some(settle) => {
+                    let result = commit.and_then(|()| match refused.first() {
+                        Some(id) => Err(StoreError::Conflict(id.to_string())),
+                        None => Ok(()),
+                    });
+                    settle(&result);
+                    let _ = reply.send(result.map(|()| Vec::new()));
+                }
+                None => {
+                    let _ = reply.send(commit.map(|()| refused));
+                }
+            }),
+        }
     }
 }
 
-/// Runs every job in `tx` and commits. Some errors (SQLITE_FULL, an I/O
-/// error) make SQLite roll the whole transaction back on its own; the
-/// connection is then in autocommit, and a later job's statements would be
-/// committed one by one while the batch is reported failed. So the batch
-/// stops at the first job after which no transaction is open, and fails as
-/// a whole: every job in it is reported failed and none of them is stored.
-fn run_batch(tx: rusqlite::Transaction<'_>, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
-    for job in batch.iter_mut() {
-        job.execute(&tx);
-        if tx.is_autocommit() {
-            return Err(StoreError::Database(
-                "SQLite rolled the batch's transaction back".into(),
+fn not_run() -> StoreError {
+    StoreError::Database("the batch was not run".into())
+}
+
+impl Job {
+    /// The job, not run: only met in a batch that fails as a whole.
+    pub fn not_run(self) -> Ran {
+        match self {
+            Job::Insert {
+                orders,
+                settle,
+                reply,
+            } => Ran::insert(orders, settle, reply, &HashSet::new()),
+            Job::Cancel { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::Pay { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::Expire { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::MarkReleased { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::AddRestock { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::SaveDrop { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::Flush { reply } => Ran::of(reply, Ok(())),
+        }
+    }
+
+    /// Runs the job's statements (an insert's ran with the batch's, which
+    /// refused `refused`). A savepoint that cannot be taken or ended fails
+    /// the batch: that error comes back beside the job.
+    async fn run<S: Sql>(self, db: &mut S, refused: &HashSet<String>) -> (Ran, Option<StoreError>) {
+        // Runs one change in a savepoint of its own.
+        macro_rules! savepointed {
+            ($reply:expr, $change:expr) => {{
+                let outcome = match savepoint(db).await {
+                    Ok(()) => {
+                        let result = $change.await;
+                        release(db, result).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(result) => (Ran::of($reply, result), None),
+                    Err(e) => (Ran::of($reply, Err(e.clone())), Some(e)),
+                }
+            }};
+        }
+        match self {
+            Job::Insert {
+                orders,
+                settle,
+                reply,
+            } => (Ran::insert(orders, settle, reply, refused), None),
+            Job::Flush { reply } => (Ran::of(reply, Ok(())), None),
+            Job::Cancel {
+                id,
+                user,
+                now,
+                reply,
+            } => savepointed!(reply, orders::cancel(db, &id, &user, now)),
+            Job::Pay { notice, now, reply } => {
+                savepointed!(reply, orders::pay(db, &notice, now))
+            }
+            Job::Expire { now, max, reply } => {
+                savepointed!(reply, orders::expire_due(db, now, max))
+            }
+            Job::MarkReleased { ids, reply } => {
+                savepointed!(reply, orders::mark_released(db, &ids))
+            }
+            Job::AddRestock { record, now, reply } => {
+                savepointed!(reply, orders::add_restock(db, &record, now))
+            }
+            Job::SaveDrop {
+                id,
+                definition,
+                now,
+                reply,
+            } => savepointed!(reply, orders::save_drop(db, &id, &definition, now)),
+        }
+    }
+}
+
+async fn savepoint<S: Sql>(db: &mut S) -> Result<(), StoreError> {
+    db.execute("SAVEPOINT job", &[]).await.map(drop)
+}
+
+/// Keeps the job's changes if it succeeded, undoes them if it failed; the
+/// job's result, unless the savepoint could not be ended.
+async fn release<S: Sql, T>(
+    db: &mut S,
+    result: Result<T, StoreError>,
+) -> Result<Result<T, StoreError>, StoreError> {
+    if result.is_err() {
+        db.execute("ROLLBACK TO SAVEPOINT job", &[]).await?;
+    }
+    db.execute("RELEASE SAVEPOINT job", &[]).await?;
+    Ok(result)
+}
+
+/// Runs a batch inside the transaction `db` is in: the new orders of every
+/// insert job in one statement, then each other job in a savepoint. Returns
+/// every job, ready to report, and whether the transaction may commit: a
+/// statement that fails outside a savepoint, or a transaction the database
+/// gave up, fails the batch as a whole (every job reported failed, none
+/// stored), never committing what is left of it.
+pub(crate) async fn run_batch<S: Sql>(
+    db: &mut S,
+    batch: &mut Vec<Job>,
+) -> (Vec<Ran>, Result<(), StoreError>) {
+    let new_orders: Vec<&Keyed> = batch
+        .iter()
+        .flat_map(|job| match job {
+            Job::Insert { orders, .. } => orders.iter().collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let inserted = orders::insert_orders(db, &new_orders).await;
+    let (refused, mut failure) = match inserted {
+        Ok(refused) => (refused, None),
+        Err(e) => (HashSet::new(), Some(e)),
+    };
+    let mut ran = Vec::with_capacity(batch.len());
+    for job in batch.drain(..) {
+        if failure.is_none() && db.transaction_lost() {
+            failure = Some(StoreError::Database(
+                "the database rolled the batch's transaction back".into(),
             ));
         }
-    }
-    tx.commit().map_err(StoreError::from)
-}
-
-#[derive(Clone)]
-pub struct Writer {
-    jobs: mpsc::Sender<Box<dyn Job>>,
-}
-
-/// A place in the writer's queue. Once held, queueing a job cannot wait or
-/// be cancelled, so a decision taken after getting a slot is always written.
-pub struct Slot(mpsc::OwnedPermit<Box<dyn Job>>);
-
-impl Writer {
-    /// Starts the writer thread; it ends when every `Writer` handle is dropped.
-    pub fn spawn(conn: Connection) -> std::io::Result<Self> {
-        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        std::thread::Builder::new()
-            .name("order-writer".into())
-            .spawn(move || run(conn, queue))?;
-        Ok(Self { jobs })
-    }
-
-    /// Jobs queued or being written now (reserved places included).
-    pub fn queued(&self) -> usize {
-        self.jobs.max_capacity() - self.jobs.capacity()
-    }
-
-    pub async fn slot(&self) -> Result<Slot, StoreError> {
-        self.jobs
-            .clone()
-            .reserve_owned()
-            .await
-            .map(Slot)
-            .map_err(|_| StoreError::Closed)
-    }
-
-    /// Runs `statements` in the next group commit; returns their result
-    /// once that commit is on disk. A failed commit fails every job in it.
-    pub async fn run<T, F>(&self, statements: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.slot().await?.run(statements, |_| {}).await
-    }
-}
-
-impl Slot {
-    /// Queues `statements`; `settle` runs on the writer thread with the
-    /// final result whether or not anyone still awaits the returned future.
-    pub fn run<T, F, S>(
-        self,
-        statements: F,
-        settle: S,
-    ) -> impl std::future::Future<Output = Result<T, StoreError>>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-        S: FnOnce(&Result<T, StoreError>) + Send + 'static,
-    {
-        let (reply, result) = oneshot::channel();
-        self.0.send(Box::new(Queued {
-            statements: Some(statements),
-            outcome: None,
-            settle,
-            reply,
-        }));
-        async move { result.await.map_err(|_| StoreError::Closed)? }
-    }
-}
-
-fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
-        commit(&mut conn, &mut batch);
-    }
-}
-
-fn commit(conn: &mut Connection, batch: &mut Vec<Box<dyn Job>>) {
-    metrics::histogram!("dropgate_order_writer_batch_size").record(batch.len() as f64);
-    let committed = match conn.transaction() {
-        Ok(tx) => run_batch(tx, batch),
-        Err(e) => Err(StoreError::from(e)),
-    };
-    if let Err(e) = &committed {
-        tracing::error!(error = %e, jobs = batch.len(), "order writer commit failed");
-    }
-    for job in batch.drain(..) {
-        job.settle(committed.clone());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn queued(
-        statements: impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
-    ) -> (Box<dyn Job>, oneshot::Receiver<Result<(), StoreError>>) {
-        let (reply, result) = oneshot::channel();
-        let job = Queued {
-            statements: Some(statements),
-            outcome: None,
-            settle: |_: &Result<(), StoreError>| {},
-            reply,
-        };
-        (Box::new(job), result)
-    }
-
-    fn insert(n: i64) -> impl FnOnce(&Connection) -> Result<(), StoreError> + Send {
-        move |conn| {
-            conn.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
-            Ok(())
+        if failure.is_some() {
+            ran.push(job.not_run());
+            continue;
         }
+        let (done, failed) = job.run(db, &refused).await;
+        ran.push(done);
+        failure = failed;
     }
-
-    /// What SQLite does on SQLITE_FULL or an I/O error in some statements:
-    /// it rolls the whole transaction back and leaves autocommit on.
-    #[test]
-    fn a_batch_whose_transaction_sqlite_rolled_back_fails_whole_and_stores_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
-        conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
-        let (before, before_result) = queued(insert(1));
-        let (rollback, rollback_result) = queued(|conn| {
-            conn.execute_batch("ROLLBACK")?;
-            Err(StoreError::Database("disk full".into()))
-        });
-        let (after, after_result) = queued(insert(2));
-        let mut batch = vec![before, rollback, after];
-        commit(&mut conn, &mut batch);
-
-        for mut result in [before_result, rollback_result, after_result] {
-            assert!(
-                matches!(result.try_recv(), Ok(Err(_))),
-                "every job is reported failed"
-            );
-        }
-        let stored: i64 = conn
-            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(stored, 0, "no job of the failed batch is stored");
+    if failure.is_none() && db.transaction_lost() {
+        failure = Some(StoreError::Database(
+            "the database rolled the batch's transaction back".into(),
+        ));
     }
-
-    #[test]
-    fn a_job_that_fails_alone_leaves_the_others_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
-        conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
-        let (good, good_result) = queued(insert(1));
-        let (bad, bad_result) = queued(|conn| {
-            conn.execute("INSERT INTO missing (n) VALUES (1)", [])?;
-            Ok(())
-        });
-        let mut batch = vec![good, bad];
-        commit(&mut conn, &mut batch);
-        let (mut good_result, mut bad_result) = (good_result, bad_result);
-        assert!(matches!(good_result.try_recv(), Ok(Ok(()))));
-        assert!(matches!(bad_result.try_recv(), Ok(Err(_))));
-        let stored: i64 = conn
-            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(stored, 1);
+    if let Some(e) = &failure {
+        tracing::error!(error = %e, jobs = ran.len(), "order writer batch failed");
     }
+    (ran, failure.map_or(Ok(()), Err))
 }

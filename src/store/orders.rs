@@ -1,0 +1,499 @@
+//! Every statement of the order store, written once for both databases:
+//! the row mapping, the reads, the insert of new orders and each state
+//! change. An order moves only through [`move_order`], which asks the state
+//! machine ([`crate::order_states`]) whether the move is allowed.
+
+use std::collections::HashSet;
+
+use jiff::Timestamp;
+
+use super::sql::{text_list, Column, Insert, Row, Sql, Value};
+use super::{
+    pay_step, CancelOutcome, Keyed, PayOutcome, PayStep, Restock, RestockRecord, StatusCounts,
+    StoreError, StoredOrder,
+};
+use crate::domain::{DropId, IdempotencyKey, OrderId, Quantity, SkuId, UserId};
+use crate::money::{parse_amount, Currency};
+use crate::order::{Order, OrderStatus};
+use crate::order_states::transition;
+use crate::payment::PaymentNotice;
+
+/// The columns an order is read from, in this order (`order_from`).
+const ORDER_COLUMNS: &str = "id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
+     amount_due, deposit_due, created_at, pay_by";
+/// Where the key columns start in a keyed select.
+const KEY_COLUMN: usize = 12;
+
+/// A new order as inserted: its columns and the idempotency key's.
+const NEW_ORDER: Insert = Insert {
+    table: "orders",
+    columns: &[
+        ("id", Column::Text),
+        ("drop_id", Column::Text),
+        ("round_id", Column::Text),
+        ("sku", Column::Text),
+        ("user_id", Column::Text),
+        ("quantity", Column::Int),
+        ("status", Column::Text),
+        ("unit_price", Column::Text),
+        ("amount_due", Column::Text),
+        ("deposit_due", Column::Text),
+        ("currency", Column::Text),
+        ("created_at", Column::Text),
+        ("pay_by", Column::Text),
+        ("idempotency_key", Column::Text),
+        ("request_fingerprint", Column::Text),
+    ],
+};
+
+/// UTC with milliseconds and a fixed width, so text order is time order.
+pub fn db_time(t: Timestamp) -> String {
+    format!(
+        "{}.{:03}Z",
+        t.strftime("%Y-%m-%dT%H:%M:%S"),
+        t.subsec_millisecond()
+    )
+}
+
+/// The one row mapping: an order from the columns of `ORDER_COLUMNS`.
+fn order_from(row: &Row) -> Result<Order, StoreError> {
+    let corrupt = |what: &str, value: &str| StoreError::Corrupt(format!("{what} {value:?}"));
+    let checked = |e: crate::domain::InvalidValue| StoreError::Corrupt(e.0);
+    let time = |i: usize| -> Result<Timestamp, StoreError> {
+        let raw = row.text(i)?;
+        raw.parse().map_err(|_| corrupt("time", &raw))
+    };
+    let money = |i: usize| {
+        let raw = row.text(i)?;
+        parse_amount(&raw).map_err(|_| corrupt("amount", &raw))
+    };
+    let status = row.text(6)?;
+    Ok(Order {
+        id: OrderId::from_store(row.text(0)?),
+        drop_id: DropId::parse(&row.text(1)?).map_err(checked)?,
+        round_id: row.text(2)?,
+        sku: SkuId::parse(&row.text(3)?).map_err(checked)?,
+        user_id: UserId::parse(&row.text(4)?).map_err(checked)?,
+        quantity: Quantity::new(row.int(5)?).map_err(checked)?,
+        status: OrderStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        unit_price: money(7)?,
+        amount_due: money(8)?,
+        deposit_due: money(9)?,
+        currency: Currency::Cny,
+        created_at: time(10)?,
+        pay_by: time(11)?,
+    })
+}
+
+fn keyed_from(row: &Row) -> Result<StoredOrder, StoreError> {
+    let order = order_from(row)?;
+    let idempotency = match (row.opt_text(KEY_COLUMN)?, row.opt_text(KEY_COLUMN + 1)?) {
+        (Some(key), Some(fingerprint)) => Some((
+            IdempotencyKey::parse(&key).map_err(|e| StoreError::Corrupt(e.0))?,
+            fingerprint,
+        )),
+        _ => None,
+    };
+    Ok(StoredOrder { order, idempotency })
+}
+
+async fn orders_where<S: Sql>(
+    db: &mut S,
+    tail: &str,
+    params: &[Value],
+) -> Result<Vec<Order>, StoreError> {
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders {tail}");
+    db.rows(&sql, params)
+        .await?
+        .iter()
+        .map(order_from)
+        .collect()
+}
+
+async fn keyed_where<S: Sql>(
+    db: &mut S,
+    tail: &str,
+    params: &[Value],
+) -> Result<Vec<StoredOrder>, StoreError> {
+    let sql =
+        format!("SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders {tail}");
+    db.rows(&sql, params)
+        .await?
+        .iter()
+        .map(keyed_from)
+        .collect()
+}
+
+async fn texts<S: Sql>(db: &mut S, sql: &str, params: &[Value]) -> Result<Vec<String>, StoreError> {
+    db.rows(sql, params)
+        .await?
+        .iter()
+        .map(|r| r.text(0))
+        .collect()
+}
+
+pub async fn get<S: Sql>(db: &mut S, id: &OrderId) -> Result<Option<Order>, StoreError> {
+    Ok(orders_where(db, "WHERE id = $1", &[id.as_str().into()])
+        .await?
+        .pop())
+}
+
+pub async fn list_for_user<S: Sql>(db: &mut S, user: &UserId) -> Result<Vec<Order>, StoreError> {
+    orders_where(
+        db,
+        "WHERE user_id = $1 ORDER BY id",
+        &[user.as_str().into()],
+    )
+    .await
+}
+
+/// Every order of one round with its key: what a round Redis may have lost
+/// is reconciled from.
+pub async fn round_orders<S: Sql>(
+    db: &mut S,
+    round_id: &str,
+) -> Result<Vec<StoredOrder>, StoreError> {
+    keyed_where(db, "WHERE round_id = $1", &[round_id.into()]).await
+}
+
+/// Every live order (it holds stock) and every order made with an
+/// idempotency key: what the embedded engine rebuilds its books from.
+pub async fn engine_snapshot<S: Sql>(db: &mut S) -> Result<Vec<StoredOrder>, StoreError> {
+    let released: Vec<&str> = OrderStatus::ALL
+        .into_iter()
+        .filter(|s| !s.is_live())
+        .map(OrderStatus::as_str)
+        .collect();
+    let tail = format!(
+        "WHERE status NOT IN ({}) OR idempotency_key IS NOT NULL",
+        db.dialect().texts_of("$1")
+    );
+    keyed_where(db, &tail, &[text_list(released)]).await
+}
+
+/// Ended orders whose units the engine has not taken back yet.
+pub async fn releases_due<S: Sql>(db: &mut S, max: usize) -> Result<Vec<Order>, StoreError> {
+    orders_where(
+        db,
+        "WHERE release_due = 1 LIMIT $1",
+        &[Value::Int(max as i64)],
+    )
+    .await
+}
+
+/// Inserts new orders; an order already stored (same id) is left as it is,
+/// so the Redis order writer may deliver the same winner twice. Returns the
+/// ids of orders that collide with another stored order (the same
+/// idempotency key under another id): those are not stored.
+pub async fn insert_orders<S: Sql>(
+    db: &mut S,
+    orders: &[&Keyed],
+) -> Result<HashSet<String>, StoreError> {
+    if orders.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = orders
+        .iter()
+        .map(|(order, key)| {
+            vec![
+                order.id.as_str().into(),
+                order.drop_id.as_str().into(),
+                order.round_id.as_str().into(),
+                order.sku.as_str().into(),
+                order.user_id.as_str().into(),
+                Value::Int(i64::from(order.quantity.get())),
+                order.status.as_str().into(),
+                order.unit_price.to_string().into(),
+                order.amount_due.to_string().into(),
+                order.deposit_due.to_string().into(),
+                order.currency.as_str().into(),
+                db_time(order.created_at).into(),
+                db_time(order.pay_by).into(),
+                key.as_ref().map(|(k, _)| k.as_str()).into(),
+                key.as_ref().map(|(_, f)| f.as_str()).into(),
+            ]
+        })
+        .collect();
+    let inserted = db.insert(&NEW_ORDER, rows).await?;
+    if inserted.len() == orders.len() {
+        return Ok(HashSet::new());
+    }
+    // Skipped: already stored (a redelivery, fine) or colliding (refused).
+    let inserted: HashSet<String> = inserted.into_iter().collect();
+    let skipped: Vec<&str> = orders
+        .iter()
+        .map(|(o, _)| o.id.as_str())
+        .filter(|id| !inserted.contains(*id))
+        .collect();
+    let present = stored_ids(db, &skipped).await?;
+    Ok(skipped
+        .into_iter()
+        .filter(|id| !present.contains(*id))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The columns a move to `to` sets, as SQL: the status, the end time of a
+/// final status (`now_param`), and the release an order that gives its units
+/// back owes the engine (cleared once the engine has taken them, retried
+/// until then).
+fn move_columns(to: OrderStatus, returns_units: bool, now_param: &str) -> String {
+    let mut set = String::from("status = '") + to.as_str() + "'";
+    if to.is_final() {
+        set += &format!(", ended_at = {now_param}");
+    }
+    if returns_units {
+        set += ", release_due = 1";
+    }
+    set
+}
+
+/// Moves `order` to `to` if the state machine allows it and the stored
+/// order is still where `order` says: the order as it now is, or None when
+/// the move is not allowed or another change came first. `also` sets more
+/// columns (name, value).
+pub async fn move_order<S: Sql>(
+    db: &mut S,
+    order: &Order,
+    to: OrderStatus,
+    now: Timestamp,
+    also: &[(&str, Value)],
+) -> Result<Option<Order>, StoreError> {
+    let Some(step) = transition(order.status, to) else {
+        return Ok(None);
+    };
+    let mut params: Vec<Value> = vec![order.id.as_str().into(), order.status.as_str().into()];
+    let mut set = move_columns(to, step.returns_units, "$3");
+    if to.is_final() {
+        params.push(db_time(now).into());
+    }
+    for (column, value) in also {
+        params.push(value.clone());
+        set += &format!(", {column} = ${}", params.len());
+    }
+    let sql =
+        format!("UPDATE orders SET {set} WHERE id = $1 AND status = $2 RETURNING {ORDER_COLUMNS}");
+    db.rows(&sql, &params)
+        .await?
+        .first()
+        .map(order_from)
+        .transpose()
+}
+
+/// The order, locked until the transaction ends.
+async fn locked<S: Sql>(db: &mut S, id: &str) -> Result<Option<Order>, StoreError> {
+    let tail = format!("WHERE id = $1{}", db.dialect().lock_rows());
+    Ok(orders_where(db, &tail, &[id.into()]).await?.pop())
+}
+
+pub async fn cancel<S: Sql>(
+    db: &mut S,
+    id: &OrderId,
+    user: &UserId,
+    now: Timestamp,
+) -> Result<CancelOutcome, StoreError> {
+    let Some(order) = locked(db, id.as_str())
+        .await?
+        .filter(|o| &o.user_id == user)
+    else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    Ok(
+        match move_order(db, &order, OrderStatus::Cancelled, now, &[]).await? {
+            Some(cancelled) => CancelOutcome::Cancelled(cancelled),
+            None => CancelOutcome::NotCancellable(order),
+        },
+    )
+}
+
+pub async fn pay<S: Sql>(
+    db: &mut S,
+    notice: &PaymentNotice,
+    now: Timestamp,
+) -> Result<PayOutcome, StoreError> {
+    let recorded = texts(
+        db,
+        "SELECT id FROM orders WHERE transaction_id = $1",
+        &[notice.transaction_id.as_str().into()],
+    )
+    .await?;
+    if let Some(paid_id) = recorded.into_iter().next() {
+        // A gateway redelivers notifications: the same transaction is a no-op.
+        if paid_id != notice.order_id.as_str() {
+            return Ok(PayOutcome::TransactionUsedElsewhere);
+        }
+        let order = get(db, &notice.order_id).await?;
+        return order
+            .map(PayOutcome::AlreadyRecorded)
+            .ok_or(StoreError::Corrupt(paid_id));
+    }
+    let Some(order) = locked(db, notice.order_id.as_str()).await? else {
+        return Ok(PayOutcome::NotFound);
+    };
+    let (to, also) = match pay_step(&order, notice, now) {
+        PayStep::Refuse(outcome) => return Ok(outcome),
+        PayStep::Expire => (OrderStatus::Expired, vec![]),
+        PayStep::Pay => (
+            OrderStatus::Paid,
+            vec![
+                ("transaction_id", notice.transaction_id.as_str().into()),
+                ("payment_method", notice.method.as_str().into()),
+                ("paid_at", db_time(now).into()),
+            ],
+        ),
+    };
+    Ok(match move_order(db, &order, to, now, &also).await? {
+        Some(moved) if to == OrderStatus::Expired => PayOutcome::ExpiredNow(moved),
+        Some(paid) => PayOutcome::Paid(paid),
+        None => PayOutcome::NotPayable(order),
+    })
+}
+
+/// Expires up to `max` orders unpaid at `now` and returns them; rows
+/// another instance is ending at the same moment are skipped, not waited for.
+pub async fn expire_due<S: Sql>(
+    db: &mut S,
+    now: Timestamp,
+    max: usize,
+) -> Result<Vec<Order>, StoreError> {
+    let (from, to) = (OrderStatus::PendingPayment, OrderStatus::Expired);
+    let returns_units = transition(from, to).is_some_and(|t| t.returns_units);
+    let sql = format!(
+        "UPDATE orders SET {} WHERE id IN ( \
+             SELECT id FROM orders WHERE status = $3 AND pay_by <= $1 \
+             ORDER BY pay_by LIMIT $2{}) \
+         AND status = $3 RETURNING {ORDER_COLUMNS}",
+        move_columns(to, returns_units, "$1"),
+        db.dialect().lock_free_rows()
+    );
+    let params = [
+        db_time(now).into(),
+        Value::Int(max as i64),
+        from.as_str().into(),
+    ];
+    db.rows(&sql, &params)
+        .await?
+        .iter()
+        .map(order_from)
+        .collect()
+}
+
+/// Records that the engine has taken back these orders' units.
+pub async fn mark_released<S: Sql>(db: &mut S, ids: &[OrderId]) -> Result<(), StoreError> {
+    let sql = format!(
+        "UPDATE orders SET release_due = 0 WHERE id IN ({})",
+        db.dialect().texts_of("$1")
+    );
+    db.execute(&sql, &[text_list(ids.iter().map(OrderId::as_str))])
+        .await?;
+    Ok(())
+}
+
+/// Records a restock; false if one with its id was recorded before.
+pub async fn add_restock<S: Sql>(
+    db: &mut S,
+    record: &RestockRecord,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let restock = &record.restock;
+    let inserted = db
+        .execute(
+            "INSERT INTO restocks (round_id, sku, units, created_at, id) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING",
+            &[
+                restock.round_id.as_str().into(),
+                restock.sku.as_str().into(),
+                Value::Int(restock.units as i64),
+                db_time(now).into(),
+                record.id.as_str().into(),
+            ],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+pub async fn restock_ids<S: Sql>(db: &mut S, round_id: &str) -> Result<Vec<String>, StoreError> {
+    texts(
+        db,
+        "SELECT id FROM restocks WHERE round_id = $1 AND id IS NOT NULL",
+        &[round_id.into()],
+    )
+    .await
+}
+
+/// Restocks summed per round and SKU; of every round when `round_id` is None.
+pub async fn restocks<S: Sql>(
+    db: &mut S,
+    round_id: Option<&str>,
+) -> Result<Vec<Restock>, StoreError> {
+    let rows = db
+        .rows(
+            "SELECT round_id, sku, CAST(SUM(units) AS BIGINT) FROM restocks \
+             WHERE CAST($1 AS TEXT) IS NULL OR round_id = CAST($1 AS TEXT) GROUP BY round_id, sku",
+            &[round_id.into()],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Restock {
+                round_id: row.text(0)?,
+                sku: row.text(1)?,
+                units: row.int(2)? as u64,
+            })
+        })
+        .collect()
+}
+
+pub async fn status_counts<S: Sql>(db: &mut S, round_id: &str) -> Result<StatusCounts, StoreError> {
+    let rows = db
+        .rows(
+            "SELECT status, COUNT(*) FROM orders WHERE round_id = $1 GROUP BY status",
+            &[round_id.into()],
+        )
+        .await?;
+    let mut counts = StatusCounts::default();
+    for row in rows {
+        counts.add(&row.text(0)?, row.int(1)? as u64);
+    }
+    Ok(counts)
+}
+
+/// Records a drop unless its id is taken; false if it was.
+pub async fn save_drop<S: Sql>(
+    db: &mut S,
+    id: &str,
+    definition: &str,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let inserted = db
+        .execute(
+            "INSERT INTO drops (id, definition, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO NOTHING",
+            &[id.into(), definition.into(), db_time(now).into()],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Every drop operators created, as the JSON they sent, oldest first.
+pub async fn saved_drops<S: Sql>(db: &mut S) -> Result<Vec<String>, StoreError> {
+    texts(
+        db,
+        "SELECT definition FROM drops ORDER BY created_at, id",
+        &[],
+    )
+    .await
+}
+
+/// Which of `ids` are stored (a batch whose commit's outcome is unknown is
+/// read back with this).
+pub async fn stored_ids<S: Sql>(db: &mut S, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
+    let sql = format!(
+        "SELECT id FROM orders WHERE id IN ({})",
+        db.dialect().texts_of("$1")
+    );
+    Ok(texts(db, &sql, &[text_list(ids.iter().copied())])
+        .await?
+        .into_iter()
+        .collect())
+}
