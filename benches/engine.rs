@@ -15,7 +15,7 @@ use dropgate::catalog::{Catalog, LiveCatalog};
 use dropgate::clock::{Clock, SystemClock};
 use dropgate::domain::{DropId, OrderId, Quantity, SkuId, UserId};
 use dropgate::engine::{
-    EmbeddedEngine, InventoryEngine, RedisEngine, ReserveAttempt, ReserveOutcome,
+    EmbeddedEngine, InventoryEngine, RedisEngine, Refused, ReserveAttempt, Reserved,
 };
 use dropgate::money::Currency;
 use dropgate::order::{Order, OrderStatus};
@@ -114,7 +114,7 @@ impl Bench {
                         .reserve(attempt(&user, clock.as_ref()))
                         .await
                         .unwrap();
-                    assert!(matches!(outcome, ReserveOutcome::Won(_)));
+                    assert!(matches!(outcome, Ok(Reserved::Won(_))));
                 }
             }));
         }
@@ -148,10 +148,11 @@ fn reserve_with(c: &mut Criterion, name: &str, bench: &Bench) {
 
     // A shopper at the limit: the whole decision under the round lock, no disk.
     let holder = bench.fresh_user();
-    bench
+    let first = bench
         .rt
         .block_on(bench.engine.reserve(attempt(&holder, bench.clock.as_ref())))
         .unwrap();
+    assert!(matches!(first, Ok(Reserved::Won(_))));
     group.bench_function(BenchmarkId::new("refused_at_limit", "uncontended"), |b| {
         b.to_async(&bench.rt).iter(|| async {
             let outcome = bench
@@ -159,7 +160,7 @@ fn reserve_with(c: &mut Criterion, name: &str, bench: &Bench) {
                 .reserve(attempt(&holder, bench.clock.as_ref()))
                 .await
                 .unwrap();
-            assert!(matches!(outcome, ReserveOutcome::LimitExceeded { .. }));
+            assert!(matches!(outcome, Err(Refused::LimitExceeded { .. })));
         });
     });
     group.finish();

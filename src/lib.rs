@@ -12,6 +12,8 @@
 //! - [`engine`]: the inventory engine trait, the embedded engine, and the
 //!   Redis engine (scripts in `lua/`, reconciliation, the order writer).
 //! - [`store`]: the order store (SQLite or PostgreSQL) and its group-commit writers.
+//! - [`reserve`]: the reserve service (window, sold-out marks, pricing, the
+//!   engine's decision) that the HTTP handler calls.
 //! - [`lifecycle`], [`sweeper`]: cancel, pay, expire, durable releases; the sweeper.
 //! - [`admission`], [`sold_out`]: token buckets and the in-flight cap; local sold-out marks.
 //! - [`auth`], [`payment`]: shopper tokens; payment notification signatures.
@@ -34,6 +36,7 @@ pub mod money;
 pub mod order;
 pub mod order_states;
 pub mod payment;
+pub mod reserve;
 pub mod schedule;
 pub mod sold_out;
 pub mod store;

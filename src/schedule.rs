@@ -35,13 +35,18 @@ impl Round {
     }
 
     pub fn phase_at(&self, now: Timestamp) -> Phase {
-        if now < self.opens_at {
-            Phase::Upcoming
-        } else if now < self.closes_at {
-            Phase::Open
-        } else {
-            Phase::Closed
-        }
+        phase(self.opens_at, self.closes_at, now)
+    }
+}
+
+/// The window rule: open from `opens_at` (included) to `closes_at` (excluded).
+pub fn phase(opens_at: Timestamp, closes_at: Timestamp, now: Timestamp) -> Phase {
+    if now < opens_at {
+        Phase::Upcoming
+    } else if now < closes_at {
+        Phase::Open
+    } else {
+        Phase::Closed
     }
 }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 
 use super::round_book::{Decision, Durability, RoundBook};
-use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
+use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome, Reserved};
 use crate::clock::Clock;
 use crate::domain::SkuId;
 use crate::order::Order;
@@ -89,26 +89,20 @@ impl InventoryEngine for EmbeddedEngine {
             let mut book = lock(&book);
             // The window is read under the round's lock, after any wait for
             // the slot: the decision happens at this instant (I6).
-            let now = self.clock.now();
-            if now < attempt.opens_at {
-                Decision::Refused(ReserveOutcome::NotOpen {
-                    opens_at: attempt.opens_at,
-                })
-            } else if now >= attempt.closes_at {
-                Decision::Refused(ReserveOutcome::Closed)
-            } else {
-                book.reserve(&attempt)
+            match attempt.outside_window(self.clock.now()) {
+                Some(refused) => Decision::Refused(refused),
+                None => book.reserve(&attempt),
             }
         };
         match decision {
-            Decision::Refused(outcome) => Ok(outcome),
+            Decision::Refused(refused) => Ok(Err(refused)),
             Decision::Replay(order, mut durability) => {
                 let settled = durability
                     .wait_for(|d| *d != Durability::Pending)
                     .await
                     .map(|d| *d);
                 match settled {
-                    Ok(Durability::Committed) => Ok(ReserveOutcome::Replayed(order)),
+                    Ok(Durability::Committed) => Ok(Ok(Reserved::Replayed(order))),
                     _ => Err(EngineError::Unavailable(
                         "the first request with this key failed".into(),
                     )),
@@ -140,7 +134,7 @@ impl InventoryEngine for EmbeddedEngine {
                 let won = order.clone();
                 slot.insert(order, idempotency, settle)
                     .await
-                    .map(|()| ReserveOutcome::Won(won))
+                    .map(|()| Ok(Reserved::Won(won)))
                     .map_err(unavailable)
             }
         }

@@ -22,6 +22,7 @@ pub use redis_writer::RedisOrderWriter;
 
 use crate::domain::{IdempotencyKey, OrderId, SkuId};
 use crate::order::Order;
+use crate::schedule::{phase, Phase};
 
 /// One shopper's try for units of one SKU in one round.
 #[derive(Debug, Clone)]
@@ -37,12 +38,19 @@ pub struct ReserveAttempt {
     pub idempotency: Option<(IdempotencyKey, String)>,
 }
 
+/// What an engine decides for an attempt: a win, or why not.
+pub type ReserveOutcome = Result<Reserved, Refused>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReserveOutcome {
+pub enum Reserved {
     /// A new order, durable in the order store.
     Won(Order),
     /// The order an earlier request with the same key created.
     Replayed(Order),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
     NotOpen {
         opens_at: Timestamp,
     },
@@ -53,6 +61,28 @@ pub enum ReserveOutcome {
     },
     /// The key was used before for a different request.
     IdempotencyMismatch,
+}
+
+impl ReserveAttempt {
+    /// The window rule at the instant the engine decides.
+    pub fn outside_window(&self, now: Timestamp) -> Option<Refused> {
+        outside_window(self.opens_at, self.closes_at, now)
+    }
+}
+
+/// The window rule (I6) at `now`: None while the round is open. The reserve
+/// service applies it before the engine; engines apply it again inside
+/// their atomic step.
+pub fn outside_window(
+    opens_at: Timestamp,
+    closes_at: Timestamp,
+    now: Timestamp,
+) -> Option<Refused> {
+    match phase(opens_at, closes_at, now) {
+        Phase::Upcoming => Some(Refused::NotOpen { opens_at }),
+        Phase::Closed => Some(Refused::Closed),
+        Phase::Open => None,
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

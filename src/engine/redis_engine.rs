@@ -14,7 +14,7 @@ use redis::{AsyncCommands, Script};
 use super::redis_batches::{ReserveBatches, ScriptAttempt};
 use super::redis_keys::{drop_of, RoundKeys, ROUNDS};
 use super::redis_reconcile::Reconciler;
-use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome};
+use super::{EngineError, InventoryEngine, Refused, ReserveAttempt, ReserveOutcome, Reserved};
 use crate::catalog::LiveCatalog;
 use crate::domain::{OrderId, SkuId};
 use crate::order::Order;
@@ -165,17 +165,17 @@ impl InventoryEngine for RedisEngine {
         for _ in 0..RESERVE_TRIES {
             let (code, detail) = self.reserves.decide(&order.round_id, arguments()?).await?;
             return Ok(match code {
-                1 => ReserveOutcome::Won(attempt.order),
-                2 => ReserveOutcome::Replayed(parse_order(&detail)?),
-                -1 => ReserveOutcome::NotOpen {
+                1 => Ok(Reserved::Won(attempt.order)),
+                2 => Ok(Reserved::Replayed(parse_order(&detail)?)),
+                -1 => Err(Refused::NotOpen {
                     opens_at: attempt.opens_at,
-                },
-                -2 => ReserveOutcome::Closed,
-                -3 => ReserveOutcome::SoldOut,
-                -4 => ReserveOutcome::LimitExceeded {
+                }),
+                -2 => Err(Refused::Closed),
+                -3 => Err(Refused::SoldOut),
+                -4 => Err(Refused::LimitExceeded {
                     limit: attempt.per_user_limit,
-                },
-                -5 => ReserveOutcome::IdempotencyMismatch,
+                }),
+                -5 => Err(Refused::IdempotencyMismatch),
                 NOT_SET_UP => {
                     self.reconciler.set_up(&order.round_id).await?;
                     continue;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use tokio::sync::watch;
 
-use super::{ReserveAttempt, ReserveOutcome};
+use super::{Refused, ReserveAttempt};
 use crate::domain::{IdempotencyKey, OrderId, SkuId, UserId};
 use crate::order::Order;
 
@@ -35,7 +35,7 @@ pub enum Decision {
     /// Units taken; the caller must commit the order and report the result.
     Taken(watch::Sender<Durability>),
     Replay(Order, watch::Receiver<Durability>),
-    Refused(ReserveOutcome),
+    Refused(Refused),
 }
 
 #[derive(Default)]
@@ -55,7 +55,7 @@ impl RoundBook {
         if let Some((key, fingerprint)) = &attempt.idempotency {
             if let Some(earlier) = self.keys.get(&(order.user_id.clone(), key.clone())) {
                 if &earlier.fingerprint != fingerprint {
-                    return Decision::Refused(ReserveOutcome::IdempotencyMismatch);
+                    return Decision::Refused(Refused::IdempotencyMismatch);
                 }
                 return Decision::Replay(earlier.order.clone(), earlier.durability.clone());
             }
@@ -63,13 +63,13 @@ impl RoundBook {
         let units = order.quantity.get();
         let held = self.held_by_user.get(&order.user_id).copied().unwrap_or(0);
         if u64::from(held) + u64::from(units) > u64::from(attempt.per_user_limit) {
-            return Decision::Refused(ReserveOutcome::LimitExceeded {
+            return Decision::Refused(Refused::LimitExceeded {
                 limit: attempt.per_user_limit,
             });
         }
         let sold = self.sold.get(&order.sku).copied().unwrap_or(0);
         if sold + u64::from(units) > attempt.allocated + self.restocked(&order.sku) {
-            return Decision::Refused(ReserveOutcome::SoldOut);
+            return Decision::Refused(Refused::SoldOut);
         }
         let (durable, durability) = watch::channel(Durability::Pending);
         self.hold(order);
@@ -157,5 +157,165 @@ impl RoundBook {
                 durability,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::{SignedDuration, Timestamp};
+
+    use super::*;
+    use crate::domain::{DropId, Quantity};
+    use crate::money::Currency;
+    use crate::order::OrderStatus;
+
+    const SKU: &str = "sku-1";
+
+    fn attempt(user: &str, units: u32, key: Option<(&str, &str)>) -> ReserveAttempt {
+        let now = Timestamp::UNIX_EPOCH;
+        ReserveAttempt {
+            order: Order {
+                id: OrderId::generate(),
+                drop_id: DropId::parse("d").unwrap(),
+                round_id: "d@1".into(),
+                sku: SkuId::parse(SKU).unwrap(),
+                quantity: Quantity::new(i64::from(units)).unwrap(),
+                user_id: UserId::parse(user).unwrap(),
+                status: OrderStatus::PendingPayment,
+                unit_price: "1.00".parse().unwrap(),
+                amount_due: "1.00".parse().unwrap(),
+                deposit_due: "1.00".parse().unwrap(),
+                currency: Currency::Cny,
+                created_at: now,
+                pay_by: now + SignedDuration::from_mins(15),
+            },
+            opens_at: now,
+            closes_at: now + SignedDuration::from_hours(1),
+            allocated: 3,
+            per_user_limit: 2,
+            idempotency: key.map(|(k, f)| (IdempotencyKey::parse(k).unwrap(), f.to_owned())),
+        }
+    }
+
+    fn sku() -> SkuId {
+        SkuId::parse(SKU).unwrap()
+    }
+
+    fn taken(decision: Decision) -> watch::Sender<Durability> {
+        match decision {
+            Decision::Taken(durable) => durable,
+            Decision::Replay(..) => panic!("taken expected, got a replay"),
+            Decision::Refused(refused) => panic!("taken expected, got {refused:?}"),
+        }
+    }
+
+    fn refused(decision: Decision) -> Refused {
+        match decision {
+            Decision::Refused(refused) => refused,
+            _ => panic!("a refusal expected"),
+        }
+    }
+
+    #[test]
+    fn units_are_sold_up_to_the_stock_and_never_past_it() {
+        let mut book = RoundBook::default();
+        taken(book.reserve(&attempt("a", 2, None)));
+        assert_eq!(
+            refused(book.reserve(&attempt("b", 2, None))),
+            Refused::SoldOut
+        );
+        taken(book.reserve(&attempt("b", 1, None)));
+        assert_eq!(book.sold(&sku()), 3);
+        assert_eq!(
+            refused(book.reserve(&attempt("c", 1, None))),
+            Refused::SoldOut
+        );
+    }
+
+    #[test]
+    fn the_limit_counts_every_unit_a_shopper_holds() {
+        let mut book = RoundBook::default();
+        taken(book.reserve(&attempt("a", 1, None)));
+        let over = refused(book.reserve(&attempt("a", 2, None)));
+        assert_eq!(over, Refused::LimitExceeded { limit: 2 });
+        taken(book.reserve(&attempt("a", 1, None)));
+        assert_eq!(
+            refused(book.reserve(&attempt("a", 1, None))),
+            Refused::LimitExceeded { limit: 2 }
+        );
+    }
+
+    #[test]
+    fn a_release_returns_units_and_limit_once() {
+        let mut book = RoundBook::default();
+        let first = attempt("a", 2, None);
+        taken(book.reserve(&first));
+        assert!(book.release(&first.order.id));
+        assert!(
+            !book.release(&first.order.id),
+            "the second release returns nothing"
+        );
+        assert_eq!(book.sold(&sku()), 0);
+        taken(book.reserve(&attempt("a", 2, None)));
+    }
+
+    #[test]
+    fn a_key_replays_its_order_and_refuses_another_request() {
+        let mut book = RoundBook::default();
+        let first = attempt("a", 1, Some(("k", "sku-1*1")));
+        taken(book.reserve(&first));
+        match book.reserve(&attempt("a", 1, Some(("k", "sku-1*1")))) {
+            Decision::Replay(order, _) => assert_eq!(order.id, first.order.id),
+            _ => panic!("a replay expected"),
+        }
+        assert_eq!(book.sold(&sku()), 1, "a replay takes nothing");
+        assert_eq!(
+            refused(book.reserve(&attempt("a", 2, Some(("k", "sku-1*2"))))),
+            Refused::IdempotencyMismatch
+        );
+        // The same key from another shopper is another request.
+        taken(book.reserve(&attempt("b", 1, Some(("k", "sku-1*1")))));
+    }
+
+    #[test]
+    fn an_undone_reservation_leaves_nothing_behind_key_included() {
+        let mut book = RoundBook::default();
+        let first = attempt("a", 2, Some(("k", "sku-1*2")));
+        taken(book.reserve(&first));
+        book.undo(&first.order, first.idempotency.as_ref().map(|(k, _)| k));
+        assert_eq!(book.sold(&sku()), 0);
+        // The key is free again: the retry is decided afresh.
+        taken(book.reserve(&attempt("a", 2, Some(("k", "sku-1*2")))));
+    }
+
+    #[test]
+    fn a_restock_adds_units_on_top_of_the_allocation() {
+        let mut book = RoundBook::default();
+        taken(book.reserve(&attempt("a", 2, None)));
+        taken(book.reserve(&attempt("b", 1, None)));
+        book.restock(sku(), 1);
+        taken(book.reserve(&attempt("c", 1, None)));
+        assert_eq!(
+            refused(book.reserve(&attempt("d", 1, None))),
+            Refused::SoldOut
+        );
+    }
+
+    #[test]
+    fn restored_orders_hold_units_only_while_live_and_keep_their_keys() {
+        let mut book = RoundBook::default();
+        let live = attempt("a", 2, Some(("k", "sku-1*2")));
+        book.restore(&live.order, live.idempotency.clone());
+        let mut ended = attempt("b", 1, None).order;
+        ended.status = OrderStatus::Cancelled;
+        book.restore(&ended, None);
+        assert_eq!(book.sold(&sku()), 2);
+        match book.reserve(&attempt("a", 2, Some(("k", "sku-1*2")))) {
+            Decision::Replay(order, durability) => {
+                assert_eq!(order.id, live.order.id);
+                assert_eq!(*durability.borrow(), Durability::Committed);
+            }
+            _ => panic!("a replay expected"),
+        }
     }
 }

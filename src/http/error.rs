@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value};
 
 use crate::admission::{Layer, Rejection};
 use crate::domain::InvalidValue;
-use crate::engine::{EngineError, ReserveOutcome};
+use crate::engine::EngineError;
+use crate::reserve::Refusal;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -183,18 +184,21 @@ impl ApiError {
         }
         Value::Object(body)
     }
+}
 
-    /// The refusal for an engine outcome that is not a win or a replay.
-    pub fn from_refusal(outcome: ReserveOutcome) -> Self {
-        match outcome {
-            ReserveOutcome::NotOpen { opens_at } => ApiError::NotOpen { opens_at },
-            ReserveOutcome::Closed => ApiError::Closed,
-            ReserveOutcome::SoldOut => ApiError::SoldOut,
-            ReserveOutcome::LimitExceeded { limit } => ApiError::LimitExceeded { limit },
-            ReserveOutcome::IdempotencyMismatch => ApiError::IdempotencyMismatch,
-            ReserveOutcome::Won(_) | ReserveOutcome::Replayed(_) => {
-                unreachable!("wins are answered with the order, not an error")
-            }
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NoSuchSku { .. } => ApiError::NotFound(refusal.to_string()),
+            Refusal::PresaleTermsRequired => ApiError::InvalidRequest(refusal.to_string()),
+            Refusal::NotOpen { opens_at } => ApiError::NotOpen { opens_at },
+            Refusal::Closed => ApiError::Closed,
+            Refusal::SoldOut => ApiError::SoldOut,
+            Refusal::LimitExceeded { limit } => ApiError::LimitExceeded { limit },
+            Refusal::IdempotencyMismatch => ApiError::IdempotencyMismatch,
+            Refusal::Busy(rejection) => rejection.into(),
+            Refusal::ClockOutOfRange => ApiError::Unavailable(refusal.to_string()),
+            Refusal::Unavailable(e) => e.into(),
         }
     }
 }

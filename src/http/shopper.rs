@@ -3,11 +3,9 @@
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, AUTHORIZATION};
 use hyper::{Request, StatusCode};
-use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
 use std::borrow::Cow;
-use std::time::Instant;
 
 use super::error::ApiError;
 use super::json::{json, parse, read_body, HttpResponse};
@@ -15,12 +13,8 @@ use super::views::DropView;
 use crate::app::App;
 use crate::auth::Shopper;
 use crate::domain::{IdempotencyKey, OrderId, Quantity};
-use crate::engine::{ReserveAttempt, ReserveOutcome};
 use crate::lifecycle::{self, Cancelled, Found};
-use crate::money::Currency;
-use crate::order::{Order, OrderStatus};
-use crate::schedule::Phase;
-use crate::telemetry;
+use crate::reserve::{self, Win};
 
 /// Named once: a lookup by `&str` parses and checks the name every time.
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -92,97 +86,16 @@ pub async fn reserve(
     };
     let bytes = read_body(req, &app.settings).await?;
     let body: ReserveBody = parse(&bytes)?;
-    let quantity = Quantity::new(body.quantity)?;
-    let sku = drop
-        .sku(&body.sku)
-        .ok_or_else(|| ApiError::NotFound(format!("no SKU {:?} in drop {drop_id:?}", body.sku)))?;
-    if drop.presale && !body.accept_presale_terms {
-        return Err(ApiError::InvalidRequest(
-            "this is a presale drop: set accept_presale_terms to true".into(),
-        ));
-    }
-
-    // Orders carry millisecond times, as the order store keeps them. Cut
-    // rather than rounded: jiff's rounding took more instructions than
-    // finding the round (callgrind).
-    let now = app.clock.now();
-    let now = Timestamp::from_millisecond(now.as_millisecond()).unwrap_or(now);
-    let round = drop.round_at(now);
-    match round.phase_at(now) {
-        Phase::Upcoming => {
-            return Err(ApiError::NotOpen {
-                opens_at: round.opens_at,
-            })
-        }
-        Phase::Closed => return Err(ApiError::Closed),
-        Phase::Open => {}
-    }
-    // A request with a key may be the replay of a win, which only the
-    // engine can recognise: the sold-out mark answers keyless ones alone.
-    if key.is_none() && app.sold_out.refuses(&round.id, sku.id.as_str()) {
-        return Err(ApiError::SoldOut);
-    }
-    // Admitted to the engine before the order is built, so a refusal here
-    // costs no order id, prices or copies.
-    let _in_flight = app.admission.enter_engine()?;
-    let charges = sku.charges(quantity);
-    let order = Order {
-        id: OrderId::generate(),
-        drop_id: drop.id.clone(),
-        round_id: round.id.clone(),
-        sku: sku.id.clone(),
-        quantity,
-        user_id: shopper.user,
-        status: OrderStatus::PendingPayment,
-        unit_price: charges.unit_price,
-        amount_due: charges.amount_due,
-        deposit_due: charges.deposit_due,
-        currency: Currency::Cny,
-        created_at: now,
-        // pay_within is at most 30 days (checked in config), so this only
-        // fails for a clock near the end of time.
-        pay_by: now
-            .checked_add(drop.pay_within)
-            .map_err(|_| ApiError::Unavailable("the clock is out of range".into()))?,
+    let request = reserve::Request {
+        user: shopper.user,
+        sku: &body.sku,
+        quantity: Quantity::new(body.quantity)?,
+        accept_presale_terms: body.accept_presale_terms,
+        key,
     };
-    let attempt = ReserveAttempt {
-        order,
-        opens_at: round.opens_at,
-        closes_at: round.closes_at,
-        allocated: sku.stock,
-        per_user_limit: drop.per_user_limit,
-        idempotency: key.map(|k| (k, format!("{}*{}", sku.id, quantity.get()))),
-    };
-    let started = Instant::now();
-    let decided = app.engine.reserve(attempt).await;
-    telemetry::engine_call("reserve", started.elapsed());
-    match decided? {
-        ReserveOutcome::Won(order) => {
-            // A recheck that wins means stock came back: let everyone in.
-            app.sold_out.clear(&order.round_id, order.sku.as_str());
-            Ok(json(StatusCode::CREATED, &order))
-        }
-        ReserveOutcome::Replayed(order) => {
-            Ok(json(StatusCode::OK, &as_it_is_now(app, order).await))
-        }
-        ReserveOutcome::SoldOut => {
-            // Refused for one unit means none are left; refused for more
-            // may leave a unit for someone asking for less.
-            if quantity.get() == 1 {
-                app.sold_out.mark(&round.id, sku.id.as_str());
-            }
-            Err(ApiError::SoldOut)
-        }
-        refusal => Err(ApiError::from_refusal(refusal)),
-    }
-}
-
-/// A replayed order as the store has it now (paid, cancelled, …), not as
-/// it was created; the engine's copy while the store lacks it or is down.
-async fn as_it_is_now(app: &App, order: Order) -> Order {
-    match app.store.get(order.id.clone()).await {
-        Ok(Some(stored)) => stored,
-        _ => order,
+    match reserve::reserve(app, &drop, request).await? {
+        Win::New(order) => Ok(json(StatusCode::CREATED, &order)),
+        Win::Replayed(order) => Ok(json(StatusCode::OK, &order)),
     }
 }
 

@@ -10,7 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
 use dropgate::domain::{DropId, IdempotencyKey, OrderId, Quantity, SkuId, UserId};
-use dropgate::engine::{ReserveAttempt, ReserveOutcome};
+use dropgate::engine::{Refused, ReserveAttempt, Reserved};
 use dropgate::money::Currency;
 use dropgate::order::{Order, OrderStatus};
 use dropgate::EngineChoice;
@@ -124,17 +124,17 @@ async fn the_engine_holds_the_window_by_its_own_clock(backend: Backend) {
     let early = attempt("alice", now + hours(1), now + hours(2));
     assert!(matches!(
         s.engine().reserve(early).await.unwrap(),
-        ReserveOutcome::NotOpen { .. }
+        Err(Refused::NotOpen { .. })
     ));
     let late = attempt("alice", now - hours(2), now - hours(1));
     assert_eq!(
         s.engine().reserve(late).await.unwrap(),
-        ReserveOutcome::Closed
+        Err(Refused::Closed)
     );
     let open = attempt("alice", now - hours(1), now + hours(1));
     assert!(matches!(
         s.engine().reserve(open).await.unwrap(),
-        ReserveOutcome::Won(_)
+        Ok(Reserved::Won(_))
     ));
 }
 

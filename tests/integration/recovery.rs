@@ -527,7 +527,7 @@ async fn the_window_is_checked_after_the_wait_for_the_writer() {
     s.clock.advance(jiff::SignedDuration::from_secs(120));
     slots.pop();
     let decided = waiting.await.unwrap().unwrap();
-    assert_eq!(decided, dropgate::engine::ReserveOutcome::Closed);
+    assert_eq!(decided, Err(dropgate::engine::Refused::Closed));
 }
 
 /// Item 13: a second embedded engine on the same order store is refused
