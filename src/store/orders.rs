@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use jiff::fmt::temporal::DateTimePrinter;
 use jiff::Timestamp;
 
 use super::sql::{text_list, Column, Insert, Row, Sql, Value};
@@ -46,13 +47,13 @@ const NEW_ORDER: Insert = Insert {
     ],
 };
 
-/// UTC with milliseconds and a fixed width, so text order is time order.
+/// UTC with milliseconds and a fixed width, so text order is time order
+/// (`2026-12-04T02:00:00.000Z`). Printed by jiff's RFC 3339 printer, which
+/// costs a fraction of `strftime` on the writer's hot path.
 pub fn db_time(t: Timestamp) -> String {
-    format!(
-        "{}.{:03}Z",
-        t.strftime("%Y-%m-%dT%H:%M:%S"),
-        t.subsec_millisecond()
-    )
+    const PRINTER: DateTimePrinter = DateTimePrinter::new().precision(Some(3));
+    // The precision cuts, as the order's millisecond times already are.
+    PRINTER.timestamp_to_string(&t)
 }
 
 /// The one row mapping: an order from the columns of `ORDER_COLUMNS`.
@@ -100,7 +101,7 @@ fn keyed_from(row: &Row) -> Result<StoredOrder, StoreError> {
 async fn orders_where<S: Sql>(
     db: &mut S,
     tail: &str,
-    params: &[Value],
+    params: &[Value<'_>],
 ) -> Result<Vec<Order>, StoreError> {
     let sql = format!("SELECT {ORDER_COLUMNS} FROM orders {tail}");
     db.rows(&sql, params)
@@ -113,7 +114,7 @@ async fn orders_where<S: Sql>(
 async fn keyed_where<S: Sql>(
     db: &mut S,
     tail: &str,
-    params: &[Value],
+    params: &[Value<'_>],
 ) -> Result<Vec<StoredOrder>, StoreError> {
     let sql =
         format!("SELECT {ORDER_COLUMNS}, idempotency_key, request_fingerprint FROM orders {tail}");
@@ -124,7 +125,11 @@ async fn keyed_where<S: Sql>(
         .collect()
 }
 
-async fn texts<S: Sql>(db: &mut S, sql: &str, params: &[Value]) -> Result<Vec<String>, StoreError> {
+async fn texts<S: Sql>(
+    db: &mut S,
+    sql: &str,
+    params: &[Value<'_>],
+) -> Result<Vec<String>, StoreError> {
     db.rows(sql, params)
         .await?
         .iter()
@@ -215,15 +220,15 @@ pub async fn insert_orders<S: Sql>(
         })
         .collect();
     let inserted = db.insert(&NEW_ORDER, rows).await?;
-    if inserted.len() == orders.len() {
+    if inserted.iter().all(|row| *row) {
         return Ok(HashSet::new());
     }
     // Skipped: already stored (a redelivery, fine) or colliding (refused).
-    let inserted: HashSet<String> = inserted.into_iter().collect();
     let skipped: Vec<&str> = orders
         .iter()
-        .map(|(o, _)| o.id.as_str())
-        .filter(|id| !inserted.contains(*id))
+        .zip(&inserted)
+        .filter(|(_, inserted)| !**inserted)
+        .map(|((o, _), _)| o.id.as_str())
         .collect();
     let present = stored_ids(db, &skipped).await?;
     Ok(skipped
@@ -257,12 +262,12 @@ pub async fn move_order<S: Sql>(
     order: &Order,
     to: OrderStatus,
     now: Timestamp,
-    also: &[(&str, Value)],
+    also: &[(&str, Value<'_>)],
 ) -> Result<Option<Order>, StoreError> {
     let Some(step) = transition(order.status, to) else {
         return Ok(None);
     };
-    let mut params: Vec<Value> = vec![order.id.as_str().into(), order.status.as_str().into()];
+    let mut params: Vec<Value<'_>> = vec![order.id.as_str().into(), order.status.as_str().into()];
     let mut set = move_columns(to, step.returns_units, "$3");
     if to.is_final() {
         params.push(db_time(now).into());
@@ -496,4 +501,29 @@ pub async fn stored_ids<S: Sql>(db: &mut S, ids: &[&str]) -> Result<HashSet<Stri
         .await?
         .into_iter()
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_times_have_one_width_and_sort_as_text_in_time_order() {
+        let times = [
+            "2026-01-02T03:04:05Z",
+            "2026-01-02T03:04:05.007Z",
+            "2026-01-02T03:04:05.12Z",
+            "2026-12-31T23:59:59.999999Z",
+        ];
+        let printed: Vec<String> = times.iter().map(|t| db_time(t.parse().unwrap())).collect();
+        assert_eq!(
+            printed,
+            [
+                "2026-01-02T03:04:05.000Z",
+                "2026-01-02T03:04:05.007Z",
+                "2026-01-02T03:04:05.120Z",
+                "2026-12-31T23:59:59.999Z",
+            ]
+        );
+    }
 }

@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_orders.sql"),
     include_str!("../../migrations/postgres/0002_operations.sql"),
     include_str!("../../migrations/postgres/0003_recovery.sql"),
+    include_str!("../../migrations/postgres/0004_order_states.sql"),
 ];
 /// Connections for reads; the writer and the engine lease hold one each on top.
 const POOL_SIZE: usize = 8;
@@ -159,7 +160,7 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl ToSql for Value {
+impl ToSql for Value<'_> {
     fn to_sql(
         &self,
         ty: &Type,
@@ -167,7 +168,7 @@ impl ToSql for Value {
     ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         match self {
             Value::Null => Ok(IsNull::Yes),
-            Value::Text(text) => text.to_sql(ty, out),
+            Value::Text(text) => text.as_ref().to_sql(ty, out),
             // An integer parameter takes the width of the column it meets.
             Value::Int(n) => match *ty {
                 Type::INT2 => i16::try_from(*n)?.to_sql(ty, out),
@@ -184,7 +185,7 @@ impl ToSql for Value {
     to_sql_checked!();
 }
 
-fn value(row: &tokio_postgres::Row, i: usize) -> Result<Value, StoreError> {
+fn value(row: &tokio_postgres::Row, i: usize) -> Result<Value<'static>, StoreError> {
     let ty = row.columns()[i].type_();
     Ok(match *ty {
         Type::INT2 => row.try_get::<_, Option<i16>>(i)?.map(i64::from).into(),
@@ -194,19 +195,19 @@ fn value(row: &tokio_postgres::Row, i: usize) -> Result<Value, StoreError> {
     })
 }
 
-impl From<Option<i64>> for Value {
+impl From<Option<i64>> for Value<'_> {
     fn from(n: Option<i64>) -> Self {
         n.map_or(Value::Null, Value::Int)
     }
 }
 
-impl From<Option<String>> for Value {
+impl From<Option<String>> for Value<'_> {
     fn from(text: Option<String>) -> Self {
-        text.map_or(Value::Null, Value::Text)
+        text.map_or(Value::Null, Value::from)
     }
 }
 
-fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+fn refs<'a>(params: &'a [Value<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
@@ -218,7 +219,7 @@ impl<C: GenericClient + Sync> Sql for PgDb<'_, C> {
         Dialect::Postgres
     }
 
-    async fn rows(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+    async fn rows(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, StoreError> {
         let rows = self.0.query(sql, &refs(params)).await?;
         rows.iter()
             .map(|row| {
@@ -229,37 +230,35 @@ impl<C: GenericClient + Sync> Sql for PgDb<'_, C> {
             .collect()
     }
 
-    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+    async fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
         Ok(self.0.execute(sql, &refs(params)).await?)
     }
 
     async fn insert(
         &mut self,
         insert: &Insert,
-        rows: Vec<Vec<Value>>,
-    ) -> Result<Vec<String>, StoreError> {
+        rows: Vec<Vec<Value<'_>>>,
+    ) -> Result<Vec<bool>, StoreError> {
         // One array per column, every row in one statement.
-        let arrays: Vec<Box<dyn ToSql + Sync + Send>> = insert
+        let arrays: Vec<Box<dyn ToSql + Sync + Send + '_>> = insert
             .columns
             .iter()
             .enumerate()
-            .map(|(i, (_, column))| -> Box<dyn ToSql + Sync + Send> {
-                let cells = rows
-                    .iter()
-                    .map(|row| row.get(i).cloned().unwrap_or(Value::Null));
+            .map(|(i, (_, column))| -> Box<dyn ToSql + Sync + Send + '_> {
+                let cells = rows.iter().map(move |row| row.get(i));
                 match column {
                     Column::Text => Box::new(
                         cells
                             .map(|v| match v {
-                                Value::Text(text) => Some(text),
+                                Some(Value::Text(text)) => Some(text.as_ref()),
                                 _ => None,
                             })
-                            .collect::<Vec<Option<String>>>(),
+                            .collect::<Vec<Option<&str>>>(),
                     ),
                     Column::Int => Box::new(
                         cells
                             .map(|v| match v {
-                                Value::Int(n) => Some(n),
+                                Some(Value::Int(n)) => Some(*n),
                                 _ => None,
                             })
                             .collect::<Vec<Option<i64>>>(),
@@ -269,11 +268,15 @@ impl<C: GenericClient + Sync> Sql for PgDb<'_, C> {
             .collect();
         let params: Vec<&(dyn ToSql + Sync)> =
             arrays.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
-        let inserted = self.0.query(&sql::postgres_insert(insert), &params).await?;
-        inserted
+        let returned = self.0.query(&sql::postgres_insert(insert), &params).await?;
+        let inserted: HashSet<String> = returned
             .iter()
-            .map(|row| Ok(row.try_get::<_, String>(0)?))
-            .collect()
+            .map(|row| row.try_get::<_, String>(0))
+            .collect::<Result<_, _>>()?;
+        Ok(rows
+            .iter()
+            .map(|row| matches!(row.first(), Some(Value::Text(key)) if inserted.contains(key.as_ref())))
+            .collect())
     }
 }
 
@@ -395,7 +398,7 @@ fn fail_all(jobs: &mut Vec<Job>, e: &StoreError) {
 async fn read_back(pool: &Pool, ran: Vec<Ran>, cause: StoreError) {
     let ids: Vec<&str> = ran
         .iter()
-        .flat_map(|job| job.new_orders.iter().flatten().map(String::as_str))
+        .flat_map(|job| job.new_orders.iter().flatten().map(|(o, _)| o.id.as_str()))
         .collect();
     let deadline = tokio::time::Instant::now() + READ_BACK_FOR;
     let stored: Option<HashSet<String>> = loop {
@@ -416,7 +419,11 @@ async fn read_back(pool: &Pool, ran: Vec<Ran>, cause: StoreError) {
     };
     for job in ran {
         let outcome = match (&job.new_orders, &stored) {
-            (Some(new), Some(stored)) if new.iter().all(|id| stored.contains(id)) => Ok(()),
+            (Some(new), Some(stored))
+                if new.iter().all(|(o, _)| stored.contains(o.id.as_str())) =>
+            {
+                Ok(())
+            }
             (Some(_), None) => Err(StoreError::OutcomeUnknown),
             _ => Err(cause.clone()),
         };

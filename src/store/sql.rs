@@ -5,42 +5,46 @@
 //! `$2`… placeholders, and runs through [`Sql`]: SQLite and PostgreSQL each
 //! implement it twice, for the writer's transaction and for reads.
 
+use std::borrow::Cow;
+
 use super::StoreError;
 
 /// A parameter or a column value: the store keeps text and integers only.
+/// Parameters borrow their text where they can: a new order's columns are
+/// bound straight from the order, without copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Value {
+pub(crate) enum Value<'a> {
     Null,
     Int(i64),
-    Text(String),
+    Text(Cow<'a, str>),
 }
 
-impl From<&str> for Value {
-    fn from(text: &str) -> Self {
-        Value::Text(text.to_owned())
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(text: &'a str) -> Self {
+        Value::Text(Cow::Borrowed(text))
     }
 }
 
-impl From<String> for Value {
+impl From<String> for Value<'_> {
     fn from(text: String) -> Self {
-        Value::Text(text)
+        Value::Text(Cow::Owned(text))
     }
 }
 
-impl From<i64> for Value {
+impl From<i64> for Value<'_> {
     fn from(n: i64) -> Self {
         Value::Int(n)
     }
 }
 
-impl From<Option<&str>> for Value {
-    fn from(text: Option<&str>) -> Self {
+impl<'a> From<Option<&'a str>> for Value<'a> {
+    fn from(text: Option<&'a str>) -> Self {
         text.map_or(Value::Null, Value::from)
     }
 }
 
 /// One row of a result, in select-list order.
-pub(crate) struct Row(pub Vec<Value>);
+pub(crate) struct Row(pub Vec<Value<'static>>);
 
 impl Row {
     fn corrupt(&self, i: usize, wanted: &str) -> StoreError {
@@ -49,7 +53,7 @@ impl Row {
 
     pub fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
         match self.0.get(i) {
-            Some(Value::Text(text)) => Ok(Some(text.clone())),
+            Some(Value::Text(text)) => Ok(Some(text.to_string())),
             Some(Value::Null) => Ok(None),
             _ => Err(self.corrupt(i, "text")),
         }
@@ -120,9 +124,9 @@ impl Dialect {
 }
 
 /// A JSON array of texts, the parameter of [`Dialect::texts_of`].
-pub(crate) fn text_list<'a>(texts: impl IntoIterator<Item = &'a str>) -> Value {
+pub(crate) fn text_list<'a>(texts: impl IntoIterator<Item = &'a str>) -> Value<'static> {
     let texts: Vec<&str> = texts.into_iter().collect();
-    Value::Text(serde_json::to_string(&texts).unwrap_or_else(|_| "[]".into()))
+    Value::from(serde_json::to_string(&texts).unwrap_or_else(|_| "[]".into()))
 }
 
 /// A database connection (in the writer: inside the batch's transaction).
@@ -133,18 +137,18 @@ pub(crate) fn text_list<'a>(texts: impl IntoIterator<Item = &'a str>) -> Value {
 pub(crate) trait Sql {
     fn dialect(&self) -> Dialect;
 
-    async fn rows(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
+    async fn rows(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, StoreError>;
 
     /// Runs a statement; the number of rows it changed.
-    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
+    async fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError>;
 
-    /// Inserts `rows` into `insert.table`, skipping rows that conflict; the
-    /// first column of every row inserted.
+    /// Inserts `rows` into `insert.table`, skipping rows that conflict with
+    /// a stored row; whether each row was inserted.
     async fn insert(
         &mut self,
         insert: &Insert,
-        rows: Vec<Vec<Value>>,
-    ) -> Result<Vec<String>, StoreError>;
+        rows: Vec<Vec<Value<'_>>>,
+    ) -> Result<Vec<bool>, StoreError>;
 
     /// True when the database gave the whole transaction up on its own
     /// (SQLite does on a full disk or an I/O error): the batch must fail.
@@ -158,21 +162,21 @@ pub(crate) fn sqlite_placeholders(sql: &str) -> String {
     sql.replace('$', "?")
 }
 
-/// `INSERT … VALUES (?1, …) ON CONFLICT DO NOTHING RETURNING <first column>`.
+/// `INSERT … VALUES (?1, …) ON CONFLICT DO NOTHING`, run once per row.
 pub(crate) fn sqlite_insert(insert: &Insert) -> String {
     let names: Vec<&str> = insert.columns.iter().map(|(name, _)| *name).collect();
     let slots: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
     format!(
-        "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING RETURNING {}",
+        "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
         insert.table,
         names.join(", "),
-        slots.join(", "),
-        names[0]
+        slots.join(", ")
     )
 }
 
 /// The same for PostgreSQL, every row in one statement: one array parameter
-/// per column, unnested into rows.
+/// per column, unnested into rows; the first column of each row inserted
+/// comes back.
 pub(crate) fn postgres_insert(insert: &Insert) -> String {
     let names: Vec<&str> = insert.columns.iter().map(|(name, _)| *name).collect();
     let arrays: Vec<String> = insert
@@ -206,7 +210,7 @@ mod tests {
     fn inserts_are_written_for_each_dialect() {
         assert_eq!(
             sqlite_insert(&T),
-            "INSERT INTO t (id, n) VALUES (?1, ?2) ON CONFLICT DO NOTHING RETURNING id"
+            "INSERT INTO t (id, n) VALUES (?1, ?2) ON CONFLICT DO NOTHING"
         );
         assert_eq!(
             postgres_insert(&T),
@@ -217,9 +221,6 @@ mod tests {
 
     #[test]
     fn a_text_list_is_a_json_array_even_with_quotes_inside() {
-        assert_eq!(
-            text_list(["a", "b\"c"]),
-            Value::Text(r#"["a","b\"c"]"#.into())
-        );
+        assert_eq!(text_list(["a", "b\"c"]), Value::from(r#"["a","b\"c"]"#));
     }
 }

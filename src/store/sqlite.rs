@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_orders.sql"),
     include_str!("../../migrations/sqlite/0002_operations.sql"),
     include_str!("../../migrations/sqlite/0003_recovery.sql"),
+    include_str!("../../migrations/sqlite/0004_order_states.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -75,7 +76,7 @@ pub(crate) fn finish_now<F: Future>(future: F) -> F::Output {
     }
 }
 
-impl rusqlite::ToSql for Value {
+impl rusqlite::ToSql for Value<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {
             Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
@@ -85,11 +86,11 @@ impl rusqlite::ToSql for Value {
     }
 }
 
-fn value(raw: ValueRef<'_>) -> Result<Value, StoreError> {
+fn value(raw: ValueRef<'_>) -> Result<Value<'static>, StoreError> {
     match raw {
         ValueRef::Null => Ok(Value::Null),
         ValueRef::Integer(n) => Ok(Value::Int(n)),
-        ValueRef::Text(text) => Ok(Value::Text(
+        ValueRef::Text(text) => Ok(Value::from(
             std::str::from_utf8(text)
                 .map_err(|_| StoreError::Corrupt("text that is not UTF-8".into()))?
                 .to_owned(),
@@ -120,13 +121,13 @@ impl Sql for SqliteDb<'_> {
         Dialect::Sqlite
     }
 
-    async fn rows(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+    async fn rows(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self.0.prepare_cached(&sql::sqlite_placeholders(sql))?;
         let rows = rows_of(stmt.query(rusqlite::params_from_iter(params))?);
         rows
     }
 
-    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+    async fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
         let mut stmt = self.0.prepare_cached(&sql::sqlite_placeholders(sql))?;
         Ok(stmt.execute(rusqlite::params_from_iter(params))? as u64)
     }
@@ -134,17 +135,12 @@ impl Sql for SqliteDb<'_> {
     async fn insert(
         &mut self,
         insert: &Insert,
-        rows: Vec<Vec<Value>>,
-    ) -> Result<Vec<String>, StoreError> {
+        rows: Vec<Vec<Value<'_>>>,
+    ) -> Result<Vec<bool>, StoreError> {
         let mut stmt = self.0.prepare_cached(&sql::sqlite_insert(insert))?;
-        let mut inserted = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut returned = stmt.query(rusqlite::params_from_iter(row))?;
-            if let Some(row) = returned.next()? {
-                inserted.push(row.get(0)?);
-            }
-        }
-        Ok(inserted)
+        rows.iter()
+            .map(|row| Ok(stmt.execute(rusqlite::params_from_iter(row))? == 1))
+            .collect()
     }
 
     fn transaction_lost(&self) -> bool {
@@ -255,7 +251,9 @@ fn commit(conn: &mut Connection, jobs: &mut Vec<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RestockRecord;
+    use crate::order::OrderStatus;
+    use crate::order_states::transition;
+    use crate::store::{orders, RestockRecord};
     use tokio::sync::oneshot;
 
     fn restock(id: &str) -> (Job, oneshot::Receiver<Result<bool, StoreError>>) {
@@ -321,5 +319,104 @@ mod tests {
         assert!(matches!(bad_result.try_recv(), Ok(Err(_))));
         assert!(matches!(after_result.try_recv(), Ok(Ok(true))));
         assert_eq!(restocks_stored(&conn), 2);
+    }
+
+    fn pending_order() -> crate::order::Order {
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        crate::order::Order {
+            id: crate::domain::OrderId::generate(),
+            drop_id: crate::domain::DropId::parse("d").unwrap(),
+            round_id: "d@1".into(),
+            sku: crate::domain::SkuId::parse("sku-1").unwrap(),
+            quantity: crate::domain::Quantity::new(1).unwrap(),
+            user_id: crate::domain::UserId::parse("alice").unwrap(),
+            status: OrderStatus::PendingPayment,
+            unit_price: "1.00".parse().unwrap(),
+            amount_due: "1.00".parse().unwrap(),
+            deposit_due: "1.00".parse().unwrap(),
+            currency: crate::money::Currency::Cny,
+            created_at: now,
+            pay_by: now,
+        }
+    }
+
+    /// Every pair of statuses, through the store's one move statement: the
+    /// store moves an order exactly along the state machine's arrows, stores
+    /// every status, ends final ones and marks released units as owed.
+    #[test]
+    fn the_store_moves_orders_along_the_state_machine_and_nowhere_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("orders.db")).unwrap();
+        let order = pending_order();
+        let mut db = SqliteDb(&conn);
+        let keyed = (order.clone(), None);
+        finish_now(orders::insert_orders(&mut db, &[&keyed])).unwrap();
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        for from in OrderStatus::ALL {
+            for to in OrderStatus::ALL {
+                conn.execute(
+                    "UPDATE orders SET status = ?1, ended_at = NULL, release_due = 0",
+                    [from.as_str()],
+                )
+                .unwrap();
+                let at = crate::order::Order {
+                    status: from,
+                    ..order.clone()
+                };
+                let moved = finish_now(orders::move_order(&mut db, &at, to, now, &[])).unwrap();
+                let (status, ended, owed): (String, Option<String>, i64) = conn
+                    .query_row(
+                        "SELECT status, ended_at, release_due FROM orders",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .unwrap();
+                let pair = format!("{} → {}", from.as_str(), to.as_str());
+                match transition(from, to) {
+                    Some(arrow) => {
+                        assert_eq!(moved.map(|o| o.status), Some(to), "{pair}");
+                        assert_eq!(status, to.as_str(), "{pair}");
+                        assert_eq!(ended.is_some(), to.is_final(), "{pair}");
+                        assert_eq!(owed == 1, arrow.returns_units, "{pair}");
+                    }
+                    None => {
+                        assert!(moved.is_none(), "{pair} is refused");
+                        assert_eq!(status, from.as_str(), "{pair} changes nothing");
+                        assert_eq!((ended, owed), (None, 0), "{pair} changes nothing");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_move_from_a_status_the_order_has_left_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("orders.db")).unwrap();
+        let order = pending_order();
+        let mut db = SqliteDb(&conn);
+        finish_now(orders::insert_orders(&mut db, &[&(order.clone(), None)])).unwrap();
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let paid = finish_now(orders::move_order(
+            &mut db,
+            &order,
+            OrderStatus::Paid,
+            now,
+            &[],
+        ));
+        assert!(paid.unwrap().is_some());
+        // A second decision taken from the stale copy (still pending).
+        let late = finish_now(orders::move_order(
+            &mut db,
+            &order,
+            OrderStatus::Cancelled,
+            now,
+            &[],
+        ));
+        assert!(late.unwrap().is_none());
+        let status: String = conn
+            .query_row("SELECT status FROM orders", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(status, "paid");
     }
 }

@@ -87,7 +87,7 @@ pub(crate) fn queue() -> (mpsc::Sender<Job>, Queue) {
 pub(crate) struct Ran {
     /// The orders an insert job wrote, read back when a commit's outcome is
     /// unknown; None for other jobs.
-    pub new_orders: Option<Vec<String>>,
+    pub new_orders: Option<Vec<Keyed>>,
     report: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
 }
 
@@ -118,9 +118,8 @@ impl Ran {
             .filter(|(o, _)| refused.contains(o.id.as_str()))
             .map(|(o, _)| o.id.clone())
             .collect();
-        let new_orders = orders.into_iter().map(|(o, _)| o.id.to_string()).collect();
         Ran {
-            new_orders: Some(new_orders),
+            new_orders: Some(orders),
             report: Box::new(move |commit| match settle {
                 Some(settle) => {
                     let result = commit.and_then(|()| match refused.first() {
