@@ -30,7 +30,7 @@ fn attempt(user: &str, clock: &dyn Clock) -> ReserveAttempt {
         order: Order {
             id: OrderId::generate(),
             drop_id: DropId::parse("bench").unwrap(),
-            round_id: "bench@20261127T020000Z".into(),
+            round_id: dropgate::domain::RoundId::parse("bench@20261127T020000Z").unwrap(),
             sku: SkuId::parse("sku").unwrap(),
             quantity: Quantity::new(1).unwrap(),
             user_id: UserId::parse(user).unwrap(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use jiff::civil::{Time, Weekday};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::catalog::{Catalog, Drop, Sku};
 use crate::domain::{DropId, SkuId};
@@ -67,60 +67,9 @@ pub struct Secrets {
     pub payment_secret: String,
 }
 
-/// Admission-control limits; the admin API changes them live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub global_rps: u32,
-    pub global_burst: u32,
-    pub per_user_rps: u32,
-    pub per_user_burst: u32,
-    pub per_ip_rps: u32,
-    pub per_ip_burst: u32,
-    pub max_in_flight: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            global_rps: 50_000,
-            global_burst: 5_000,
-            per_user_rps: 5,
-            per_user_burst: 10,
-            per_ip_rps: 200,
-            per_ip_burst: 400,
-            max_in_flight: 1024,
-        }
-    }
-}
-
-/// The largest rate or burst accepted; beyond it a limit means "no limit"
-/// and is more likely a typo than a wish.
-pub const MAX_RATE: u32 = 10_000_000;
-/// The largest in-flight cap accepted: far past what one engine can serve.
-pub const MAX_IN_FLIGHT: u32 = 1_000_000;
-
-impl Limits {
-    /// Refuses a limit of 0 (nothing would get through) and absurd ones,
-    /// naming the field.
-    pub fn check(self) -> Result<Self, (&'static str, String)> {
-        let fields = [
-            ("global_rps", self.global_rps, MAX_RATE),
-            ("global_burst", self.global_burst, MAX_RATE),
-            ("per_user_rps", self.per_user_rps, MAX_RATE),
-            ("per_user_burst", self.per_user_burst, MAX_RATE),
-            ("per_ip_rps", self.per_ip_rps, MAX_RATE),
-            ("per_ip_burst", self.per_ip_burst, MAX_RATE),
-            ("max_in_flight", self.max_in_flight, MAX_IN_FLIGHT),
-        ];
-        for (name, value, max) in fields {
-            if value == 0 || value > max {
-                return Err((name, format!("must be from 1 to {max}, not {value}")));
-            }
-        }
-        Ok(self)
-    }
-}
+// The admission limits live with the admission control that applies them;
+// the configuration reads them.
+pub use crate::admission::{Limits, MAX_IN_FLIGHT, MAX_RATE};
 
 /// Connection-level protections and background-task periods.
 #[derive(Debug, Clone)]

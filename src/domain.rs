@@ -75,6 +75,53 @@ identifier!(
     "sku id"
 );
 
+/// One round of a drop: `<drop id>@<when it opens>` (`schedule::Round`
+/// names them), the key of stock, limits, orders and Redis keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RoundId(String);
+
+impl RoundId {
+    /// The round of `drop` that opens at `stamp` (an identifier itself).
+    pub fn new(drop: &DropId, stamp: &str) -> Self {
+        Self(format!("{drop}@{stamp}"))
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let checked = raw.split_once('@').is_some_and(|(drop, stamp)| {
+            check_identifier("drop id", drop).is_ok() && check_identifier("round", stamp).is_ok()
+        });
+        if !checked {
+            return Err(InvalidValue(format!(
+                "a round id is <drop id>@<identifier>, got {raw:?}"
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The drop this round belongs to.
+    pub fn drop_part(&self) -> &str {
+        self.0.split('@').next().unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Display for RoundId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RoundId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Units in one reservation: at least one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
@@ -160,6 +207,19 @@ impl fmt::Display for OrderId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_round_id_is_a_drop_id_and_an_identifier_around_one_at_sign() {
+        let round = RoundId::parse("mi-15@20261127T020000Z").unwrap();
+        assert_eq!(round.drop_part(), "mi-15");
+        assert_eq!(
+            RoundId::new(&DropId::parse("mi-15").unwrap(), "20261127T020000Z"),
+            round
+        );
+        for bad in ["", "mi-15", "@x", "mi-15@", "a@b@c", "a b@c", "dg:{x}@y"] {
+            assert!(RoundId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -43,7 +43,7 @@ pub async fn find_order(app: &App, id: &OrderId) -> Result<Found, StoreError> {
         (_, Ok(Some(order))) => Ok(Found::Fresh(order)),
         (Err(e), _) => Err(e),
         (Ok(_), Ok(None)) => Ok(Found::Missing),
-        (Ok(_), Err(e)) => Err(StoreError::Database(e.to_string())),
+        (Ok(_), Err(e)) => Err(StoreError::database(e)),
     }
 }
 

@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{DropId, OrderId, Quantity, SkuId, UserId};
+use crate::domain::{DropId, OrderId, Quantity, RoundId, SkuId, UserId};
 use crate::money::{as_cents_string, Currency};
 
 pub use crate::order_states::OrderStatus;
@@ -16,7 +16,7 @@ pub use crate::order_states::OrderStatus;
 pub struct Order {
     pub id: OrderId,
     pub drop_id: DropId,
-    pub round_id: String,
+    pub round_id: RoundId,
     pub sku: SkuId,
     pub quantity: Quantity,
     pub user_id: UserId,

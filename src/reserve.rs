@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use crate::admission::Rejection;
 use crate::app::App;
 use crate::catalog::{Drop, Sku};
-use crate::domain::{IdempotencyKey, OrderId, Quantity, UserId};
+use crate::domain::{IdempotencyKey, OrderId, Quantity, RoundId, UserId};
 use crate::engine::{outside_window, EngineError, Refused, ReserveAttempt, Reserved};
 use crate::money::Currency;
 use crate::order::{Order, OrderStatus};
@@ -140,7 +140,7 @@ fn fingerprint(sku: &Sku, quantity: Quantity) -> String {
 fn new_order(
     drop: &Drop,
     sku: &Sku,
-    round_id: &str,
+    round_id: &RoundId,
     user: UserId,
     quantity: Quantity,
     now: Timestamp,
@@ -149,7 +149,7 @@ fn new_order(
     Ok(Order {
         id: OrderId::generate(),
         drop_id: drop.id.clone(),
-        round_id: round_id.to_owned(),
+        round_id: round_id.clone(),
         sku: sku.id.clone(),
         quantity,
         user_id: user,

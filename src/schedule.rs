@@ -5,13 +5,13 @@ use jiff::civil::{Time, Weekday};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, ToSpan};
 
-use crate::domain::DropId;
+use crate::domain::{DropId, RoundId};
 
 /// One occurrence of a drop's window. Stock and limits are per round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Round {
     /// `<drop id>@<opening instant in UTC>`, unique and stable across restarts.
-    pub id: String,
+    pub id: RoundId,
     pub opens_at: Timestamp,
     pub closes_at: Timestamp,
 }
@@ -26,9 +26,9 @@ pub enum Phase {
 
 impl Round {
     fn new(drop: &DropId, opens_at: Timestamp, closes_at: Timestamp) -> Self {
-        let stamp = opens_at.strftime("%Y%m%dT%H%M%SZ");
+        let stamp = opens_at.strftime("%Y%m%dT%H%M%SZ").to_string();
         Self {
-            id: format!("{drop}@{stamp}"),
+            id: RoundId::new(drop, &stamp),
             opens_at,
             closes_at,
         }
@@ -189,7 +189,7 @@ mod tests {
         let round = timing.round_at(&drop_id(), ts("2026-11-27T01:00:00Z"));
         assert_eq!(round.opens_at, ts("2026-11-27T02:00:00Z"));
         assert_eq!(round.closes_at, ts("2026-11-27T04:00:00Z"));
-        assert_eq!(round.id, "mi-15-ultra@20261127T020000Z");
+        assert_eq!(round.id.as_str(), "mi-15-ultra@20261127T020000Z");
         assert_eq!(round.phase_at(ts("2026-11-27T01:00:00Z")), Phase::Upcoming);
 
         // 10:30 Shanghai: the same round, open.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::domain::RoundId;
 use crate::SeededHasher;
 
 /// How long a sold-out answer from the engine is trusted before one request
@@ -42,7 +43,7 @@ pub struct SoldOutMarks {
 }
 
 struct Mark {
-    round_id: String,
+    round_id: RoundId,
     sku: String,
     /// When the engine last said "sold out": ms since `started`, plus one
     /// so that 0 never means a real time.
@@ -50,8 +51,8 @@ struct Mark {
 }
 
 impl Mark {
-    fn is_for(&self, round_id: &str, sku: &str) -> bool {
-        self.round_id == round_id && self.sku == sku
+    fn is_for(&self, round_id: &RoundId, sku: &str) -> bool {
+        &self.round_id == round_id && self.sku == sku
     }
 }
 
@@ -68,7 +69,7 @@ impl Default for SoldOutMarks {
 impl SoldOutMarks {
     /// True if the request can be refused as sold out without the engine.
     /// False when there is no mark, or when this caller should recheck it.
-    pub fn refuses(&self, round_id: &str, sku: &str) -> bool {
+    pub fn refuses(&self, round_id: &RoundId, sku: &str) -> bool {
         let marks = self.marks.load();
         if marks.is_empty() {
             return false;
@@ -91,7 +92,7 @@ impl SoldOutMarks {
     }
 
     /// The engine said sold out.
-    pub fn mark(&self, round_id: &str, sku: &str) {
+    pub fn mark(&self, round_id: &RoundId, sku: &str) {
         let key = self.key(round_id, sku);
         let now = self.now_ms();
         if let Some(mark) = self.marks.load().get(&key) {
@@ -102,7 +103,7 @@ impl SoldOutMarks {
         }
         self.rewrite(|marks| {
             let mark = Mark {
-                round_id: round_id.to_owned(),
+                round_id: round_id.clone(),
                 sku: sku.to_owned(),
                 checked: AtomicU64::new(now),
             };
@@ -112,7 +113,7 @@ impl SoldOutMarks {
 
     /// Units came back, or the engine sold one: the SKU is on sale.
     /// Called on every win: with nothing marked it returns before hashing.
-    pub fn clear(&self, round_id: &str, sku: &str) {
+    pub fn clear(&self, round_id: &RoundId, sku: &str) {
         let marks = self.marks.load();
         if marks.is_empty() {
             return;
@@ -136,8 +137,8 @@ impl SoldOutMarks {
         });
     }
 
-    fn key(&self, round_id: &str, sku: &str) -> u64 {
-        self.salt.hash_one((round_id, sku))
+    fn key(&self, round_id: &RoundId, sku: &str) -> u64 {
+        self.salt.hash_one((round_id.as_str(), sku))
     }
 
     fn now_ms(&self) -> u64 {
@@ -149,24 +150,36 @@ impl SoldOutMarks {
 mod tests {
     use super::*;
 
+    fn round(name: &str) -> RoundId {
+        RoundId::parse(&format!("d@{name}")).unwrap()
+    }
+
     #[test]
     fn a_mark_refuses_until_cleared() {
         let marks = SoldOutMarks::default();
-        assert!(!marks.refuses("r1", "a"));
-        marks.mark("r1", "a");
-        assert!(marks.refuses("r1", "a"));
-        assert!(!marks.refuses("r1", "b"), "another SKU is not marked");
-        assert!(!marks.refuses("r2", "a"), "another round is not marked");
-        marks.clear("r1", "a");
-        assert!(!marks.refuses("r1", "a"));
+        assert!(!marks.refuses(&round("r1"), "a"));
+        marks.mark(&round("r1"), "a");
+        assert!(marks.refuses(&round("r1"), "a"));
+        assert!(
+            !marks.refuses(&round("r1"), "b"),
+            "another SKU is not marked"
+        );
+        assert!(
+            !marks.refuses(&round("r2"), "a"),
+            "another round is not marked"
+        );
+        marks.clear(&round("r1"), "a");
+        assert!(!marks.refuses(&round("r1"), "a"));
     }
 
     #[test]
     fn an_old_mark_lets_exactly_one_request_recheck() {
         let marks = SoldOutMarks::default();
-        marks.mark("r1", "a");
+        marks.mark(&round("r1"), "a");
         std::thread::sleep(RECHECK + Duration::from_millis(20));
-        let rechecks = (0..100).filter(|_| !marks.refuses("r1", "a")).count();
+        let rechecks = (0..100)
+            .filter(|_| !marks.refuses(&round("r1"), "a"))
+            .count();
         assert_eq!(rechecks, 1);
     }
 }

@@ -9,14 +9,14 @@ use dashmap::DashMap;
 use super::round_book::{Decision, Durability, RoundBook};
 use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome, Reserved};
 use crate::clock::Clock;
-use crate::domain::SkuId;
+use crate::domain::{RoundId, SkuId};
 use crate::order::Order;
 use crate::store::{EngineLease, OrderStore, RestockRecord, StoreError};
 
 pub struct EmbeddedEngine {
     /// One book per round. The lock is a std mutex because it is held only
     /// for an in-memory decision and never across an await.
-    rounds: DashMap<String, Arc<Mutex<RoundBook>>>,
+    rounds: DashMap<RoundId, Arc<Mutex<RoundBook>>>,
     store: OrderStore,
     clock: Arc<dyn Clock>,
     /// This engine's exclusive claim on the store: the stock lives in this
@@ -30,10 +30,9 @@ impl EmbeddedEngine {
     /// resells nor forgets. Refuses when another instance holds the lease.
     pub async fn open(store: OrderStore, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let lease = store.take_engine_lease().await?.ok_or_else(|| {
-            StoreError::Database(
+            StoreError::database(
                 "another embedded-engine instance is selling from this order store \
-                 (two would sell the same stock); stop it, or run several instances with --redis"
-                    .into(),
+                 (two would sell the same stock); stop it, or run several instances with --redis",
             )
         })?;
         let engine = Self {
@@ -48,23 +47,23 @@ impl EmbeddedEngine {
         }
         for restock in engine.store.restocks(None).await? {
             let sku = SkuId::parse(&restock.sku).map_err(|e| {
-                StoreError::Database(format!("restock of SKU {:?}: {}", restock.sku, e.0))
+                StoreError::Corrupt(format!("restock of SKU {:?}: {}", restock.sku, e.0))
             })?;
             lock(&engine.book(&restock.round_id)).restock(sku, restock.units);
         }
         Ok(engine)
     }
 
-    fn book(&self, round_id: &str) -> Arc<Mutex<RoundBook>> {
+    fn book(&self, round_id: &RoundId) -> Arc<Mutex<RoundBook>> {
         if let Some(book) = self.rounds.get(round_id) {
             return book.clone();
         }
-        self.rounds.entry(round_id.to_owned()).or_default().clone()
+        self.rounds.entry(round_id.clone()).or_default().clone()
     }
 }
 
 fn unavailable(e: StoreError) -> EngineError {
-    EngineError::Unavailable(e.to_string())
+    EngineError::unavailable(e)
 }
 
 fn lock(book: &Mutex<RoundBook>) -> std::sync::MutexGuard<'_, RoundBook> {
@@ -77,8 +76,8 @@ fn lock(book: &Mutex<RoundBook>) -> std::sync::MutexGuard<'_, RoundBook> {
 impl InventoryEngine for EmbeddedEngine {
     async fn reserve(&self, attempt: ReserveAttempt) -> Result<ReserveOutcome, EngineError> {
         if !self.lease.is_held() {
-            return Err(EngineError::Unavailable(
-                "this instance lost the order store's engine lease".into(),
+            return Err(EngineError::unavailable(
+                "this instance lost the order store's engine lease",
             ));
         }
         // The writer slot comes first: once units are taken below, the order
@@ -103,8 +102,8 @@ impl InventoryEngine for EmbeddedEngine {
                     .map(|d| *d);
                 match settled {
                     Ok(Durability::Committed) => Ok(Ok(Reserved::Replayed(order))),
-                    _ => Err(EngineError::Unavailable(
-                        "the first request with this key failed".into(),
+                    _ => Err(EngineError::unavailable(
+                        "the first request with this key failed",
                     )),
                 }
             }
@@ -150,7 +149,7 @@ impl InventoryEngine for EmbeddedEngine {
 
     async fn remaining(
         &self,
-        round_id: &str,
+        round_id: &RoundId,
         sku: &SkuId,
         allocated: u64,
     ) -> Result<u64, EngineError> {
@@ -166,7 +165,7 @@ impl InventoryEngine for EmbeddedEngine {
 
     async fn restock(
         &self,
-        round_id: &str,
+        round_id: &RoundId,
         sku: &SkuId,
         units: u64,
         restock_id: &str,

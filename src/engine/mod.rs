@@ -20,7 +20,7 @@ pub use embedded::EmbeddedEngine;
 pub use redis_engine::RedisEngine;
 pub use redis_writer::RedisOrderWriter;
 
-use crate::domain::{IdempotencyKey, OrderId, SkuId};
+use crate::domain::{IdempotencyKey, OrderId, RoundId, SkuId};
 use crate::order::Order;
 use crate::schedule::{phase, Phase};
 
@@ -87,8 +87,17 @@ pub fn outside_window(
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
+    /// Redis, the order store or the engine itself could not decide; the
+    /// cause is kept as the source (for the log, never for the client).
     #[error("inventory backend unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl EngineError {
+    /// An engine failure: a backend's error, or a description.
+    pub fn unavailable(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        EngineError::Unavailable(std::sync::Arc::from(cause.into()))
+    }
 }
 
 #[async_trait]
@@ -103,7 +112,7 @@ pub trait InventoryEngine: Send + Sync + 'static {
     /// Units of `sku` still for sale in `round_id`, out of `allocated`.
     async fn remaining(
         &self,
-        round_id: &str,
+        round_id: &RoundId,
         sku: &SkuId,
         allocated: u64,
     ) -> Result<u64, EngineError>;
@@ -113,7 +122,7 @@ pub trait InventoryEngine: Send + Sync + 'static {
     /// sent again with the same `restock_id` (a retry) adds nothing more.
     async fn restock(
         &self,
-        round_id: &str,
+        round_id: &RoundId,
         sku: &SkuId,
         units: u64,
         restock_id: &str,

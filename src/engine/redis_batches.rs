@@ -22,6 +22,7 @@ use super::redis_engine::unavailable;
 use super::redis_keys::RoundKeys;
 use super::redis_reconcile::Reconciler;
 use super::EngineError;
+use crate::domain::RoundId;
 
 /// Attempts decided by one call at most.
 const MAX_BATCH: usize = 64;
@@ -57,7 +58,7 @@ struct Pending {
 }
 
 /// An attempt waiting for a call, with its round.
-type Queued = (String, Pending);
+type Queued = (RoundId, Pending);
 
 #[derive(Clone)]
 pub struct ReserveBatches {
@@ -78,11 +79,11 @@ impl ReserveBatches {
     /// Decides one attempt in the next call for its round.
     pub async fn decide(
         &self,
-        round_id: &str,
+        round_id: &RoundId,
         attempt: ScriptAttempt,
     ) -> Result<Answer, EngineError> {
         let (reply, answer) = oneshot::channel();
-        let queued = (round_id.to_owned(), Pending { attempt, reply });
+        let queued = (round_id.clone(), Pending { attempt, reply });
         let stopped = || unavailable("the reserve batcher stopped");
         self.queue.send(queued).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -110,7 +111,7 @@ async fn dispatch(
                 Err(_) => break,
             }
         }
-        let mut rounds: HashMap<String, Vec<Pending>> = HashMap::new();
+        let mut rounds: HashMap<RoundId, Vec<Pending>> = HashMap::new();
         for (round_id, pending) in batch.drain(..) {
             rounds.entry(round_id).or_default().push(pending);
         }
@@ -131,12 +132,12 @@ async fn dispatch(
 async fn invoke(
     conn: &mut ConnectionManager,
     hash: &str,
-    round_id: &str,
+    round_id: &RoundId,
     attempts: &[Pending],
     reconciler: &Arc<Reconciler>,
 ) -> Result<Vec<Answer>, EngineError> {
     // Built as one command, so each argument is copied once into it.
-    let keys = RoundKeys::new(round_id);
+    let keys = RoundKeys::new(round_id.as_str());
     let mut call = Cmd::new();
     call.arg("EVALSHA")
         .arg(hash)

@@ -12,11 +12,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::redis_batches::{ReserveBatches, ScriptAttempt};
-use super::redis_keys::{drop_of, RoundKeys, ROUNDS};
+use super::redis_keys::{RoundKeys, ROUNDS};
 use super::redis_reconcile::Reconciler;
 use super::{EngineError, InventoryEngine, Refused, ReserveAttempt, ReserveOutcome, Reserved};
 use crate::catalog::LiveCatalog;
-use crate::domain::{OrderId, SkuId};
+use crate::domain::{OrderId, RoundId, SkuId};
 use crate::order::Order;
 use crate::store::{OrderStore, RestockRecord};
 
@@ -56,8 +56,10 @@ pub struct RedisEngine {
     store: OrderStore,
 }
 
-pub(super) fn unavailable(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Unavailable(e.to_string())
+pub(super) fn unavailable(
+    cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> EngineError {
+    EngineError::unavailable(cause)
 }
 
 /// Connects with the timeouts above; the connection reconnects by itself later.
@@ -187,7 +189,7 @@ impl InventoryEngine for RedisEngine {
     }
 
     async fn release(&self, order: &Order) -> Result<bool, EngineError> {
-        let keys = RoundKeys::new(&order.round_id);
+        let keys = RoundKeys::new(order.round_id.as_str());
         let mut conn = self.conn.clone();
         let released: i64 = self
             .scripts
@@ -205,11 +207,11 @@ impl InventoryEngine for RedisEngine {
 
     async fn remaining(
         &self,
-        round_id: &str,
+        round_id: &RoundId,
         sku: &SkuId,
         allocated: u64,
     ) -> Result<u64, EngineError> {
-        let keys = RoundKeys::new(round_id);
+        let keys = RoundKeys::new(round_id.as_str());
         let mut conn = self.conn.clone();
         let left: Option<u64> = conn
             .hget(&keys.stock, sku.as_str())
@@ -217,7 +219,7 @@ impl InventoryEngine for RedisEngine {
             .map_err(unavailable)?;
         match left {
             Some(left) => Ok(left),
-            None if self.catalog.get(drop_of(round_id)).is_none() => Ok(allocated),
+            None if self.catalog.get(round_id.drop_part()).is_none() => Ok(allocated),
             None => {
                 self.reconciler.set_up(round_id).await?;
                 let left: Option<u64> = conn
@@ -231,7 +233,7 @@ impl InventoryEngine for RedisEngine {
 
     async fn restock(
         &self,
-        round_id: &str,
+        round_id: &RoundId,
         sku: &SkuId,
         units: u64,
         restock_id: &str,
@@ -247,7 +249,7 @@ impl InventoryEngine for RedisEngine {
             .await
             .map_err(|_| unavailable("the order store did not answer in time"))?
             .map_err(unavailable)?;
-        let keys = RoundKeys::new(round_id);
+        let keys = RoundKeys::new(round_id.as_str());
         let mut conn = self.conn.clone();
         let left: i64 = self
             .scripts

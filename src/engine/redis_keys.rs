@@ -48,11 +48,6 @@ impl RoundKeys {
     }
 }
 
-/// The drop a round belongs to: round ids are `<drop id>@<opening>`.
-pub fn drop_of(round_id: &str) -> &str {
-    round_id.split('@').next().unwrap_or(round_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +68,5 @@ mod tests {
         ] {
             assert!(key.contains("{mi@20261127T020000Z}"), "{key}");
         }
-        assert_eq!(drop_of("mi@20261127T020000Z"), "mi");
     }
 }

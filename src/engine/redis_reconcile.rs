@@ -33,9 +33,10 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::Mutex;
 
 use super::redis_engine::unavailable;
-use super::redis_keys::{drop_of, RoundKeys, RECONCILED_UNDER, ROUNDS};
+use super::redis_keys::{RoundKeys, RECONCILED_UNDER, ROUNDS};
 use super::EngineError;
 use crate::catalog::LiveCatalog;
+use crate::domain::RoundId;
 use crate::schedule::Phase;
 use crate::store::{restocked_units, OrderStore, StoreError, StoredOrder, RECOVERY_READ_TIMEOUT};
 
@@ -62,7 +63,7 @@ pub struct Reconciler {
     store: OrderStore,
     /// One reconciliation of a round at a time in this instance; requests
     /// that meet the round unset wait for it rather than each starting one.
-    rounds: DashMap<String, Arc<Mutex<()>>>,
+    rounds: DashMap<RoundId, Arc<Mutex<()>>>,
     /// One identity check at a time in this instance; held while every
     /// round is reconciled, so a second check waits and then finds it done.
     checking: Mutex<()>,
@@ -93,8 +94,8 @@ impl Reconciler {
 
     /// Sets up a round Redis does not know (its stock hash is absent): once,
     /// however many requests ask at the same moment.
-    pub async fn set_up(self: &Arc<Self>, round_id: &str) -> Result<(), EngineError> {
-        let (this, round_id) = (self.clone(), round_id.to_owned());
+    pub async fn set_up(self: &Arc<Self>, round_id: &RoundId) -> Result<(), EngineError> {
+        let (this, round_id) = (self.clone(), round_id.clone());
         bounded(async move { this.set_up_now(&round_id).await }).await
     }
 
@@ -105,10 +106,10 @@ impl Reconciler {
         bounded(async move { this.check_identity_now().await }).await
     }
 
-    async fn set_up_now(&self, round_id: &str) -> Result<(), EngineError> {
+    async fn set_up_now(&self, round_id: &RoundId) -> Result<(), EngineError> {
         let gate = self.gate(round_id);
         let _one_at_a_time = gate.lock().await;
-        let keys = RoundKeys::new(round_id);
+        let keys = RoundKeys::new(round_id.as_str());
         let mut conn = self.conn.clone();
         let exists: bool = conn.exists(&keys.stock).await.map_err(unavailable)?;
         if exists {
@@ -177,7 +178,7 @@ impl Reconciler {
             let mut conn = self.conn.clone();
             // The fence: no instance sells this round until it is merged.
             let _: i64 = conn
-                .del(RoundKeys::new(&round.id).stock)
+                .del(RoundKeys::new(round.id.as_str()).stock)
                 .await
                 .map_err(unavailable)?;
             self.merge(&round.id).await?;
@@ -185,32 +186,35 @@ impl Reconciler {
         Ok(())
     }
 
-    fn gate(&self, round_id: &str) -> Arc<Mutex<()>> {
-        self.rounds.entry(round_id.to_owned()).or_default().clone()
+    fn gate(&self, round_id: &RoundId) -> Arc<Mutex<()>> {
+        self.rounds.entry(round_id.clone()).or_default().clone()
     }
 
     /// Puts back what the store knows of the round, then settles stock and
     /// holdings in one step (`reconcile.lua`).
-    async fn merge(&self, round_id: &str) -> Result<(), EngineError> {
+    async fn merge(&self, round_id: &RoundId) -> Result<(), EngineError> {
         let drop = self
             .catalog
-            .get(drop_of(round_id))
+            .get(round_id.drop_part())
             .ok_or_else(|| unavailable(format!("round {round_id} of an unknown drop")))?;
         let read = async {
-            let orders = self.store.round_orders(round_id.to_owned()).await?;
-            let restocks = self.store.restocks(Some(round_id.to_owned())).await?;
-            let restock_ids = self.store.restock_ids(round_id.to_owned()).await?;
+            let orders = self.store.round_orders(round_id.clone()).await?;
+            let restocks = self.store.restocks(Some(round_id.clone())).await?;
+            let restock_ids = self.store.restock_ids(round_id.clone()).await?;
             Ok::<_, StoreError>((orders, restocks, restock_ids))
         };
         let (orders, restocks, restock_ids) = tokio::time::timeout(RECOVERY_READ_TIMEOUT, read)
             .await
             .map_err(|_| unavailable("the order store did not answer in time"))?
             .map_err(unavailable)?;
-        let keys = RoundKeys::new(round_id);
+        let keys = RoundKeys::new(round_id.as_str());
         let mut conn = self.conn.clone();
         // Registered first: a round whose stock exists but that the order
         // writer does not know would keep its winners out of the store.
-        let _: i64 = conn.sadd(ROUNDS, round_id).await.map_err(unavailable)?;
+        let _: i64 = conn
+            .sadd(ROUNDS, round_id.as_str())
+            .await
+            .map_err(unavailable)?;
         self.restore(&keys, &orders, &restock_ids).await?;
 
         let mut settle = self.reconcile.key(&keys.stock);
@@ -237,7 +241,7 @@ impl Reconciler {
         }
         let live_units: i64 = settle.invoke_async(&mut conn).await.map_err(unavailable)?;
         tracing::info!(
-            round = round_id,
+            round = %round_id,
             stored = orders.len(),
             live_units,
             "round reconciled with the order store"

@@ -28,7 +28,7 @@ use super::redis_keys::{RoundKeys, ROUNDS, WRITERS_GROUP};
 use super::EngineError;
 use crate::domain::IdempotencyKey;
 use crate::order::Order;
-use crate::store::OrderStore;
+use crate::store::{OrderStore, StoreError};
 
 /// Entries read (and committed together) per round per pass.
 const BATCH: usize = 1024;
@@ -149,15 +149,20 @@ async fn run(mut consumer: Consumer, mut stopped: watch::Receiver<bool>) {
     }
 }
 
+/// Why a pass (or one round of it) could not move its winners.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("the order store: {0}")]
+    Store(#[from] StoreError),
+}
+
 impl Consumer {
     /// Moves one batch from every round's stream into the store. A round
     /// that fails is logged and retried next pass; the others go on.
-    async fn pass(&mut self) -> Result<usize, String> {
-        let rounds: Vec<String> = self
-            .conn
-            .smembers(ROUNDS)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn pass(&mut self) -> Result<usize, PassError> {
+        let rounds: Vec<String> = self.conn.smembers(ROUNDS).await?;
         // Looking twice per idle period finds a dead consumer's entries soon
         // after they qualify, without scanning the pending lists constantly.
         let claim = self.last_claim.elapsed() >= self.claim_idle / 2;
@@ -183,7 +188,7 @@ impl Consumer {
         Ok(moved)
     }
 
-    async fn move_round(&mut self, round: &str, claim: bool) -> Result<usize, String> {
+    async fn move_round(&mut self, round: &str, claim: bool) -> Result<usize, PassError> {
         let keys = RoundKeys::new(round);
         self.ensure_group(round, &keys.winners).await?;
         let entries = self.read(round, &keys.winners).await?;
@@ -196,7 +201,7 @@ impl Consumer {
     }
 
     /// Winners not yet stored, and entries kept aside as dead letters.
-    async fn measure(&mut self, rounds: &[String]) -> Result<(), String> {
+    async fn measure(&mut self, rounds: &[String]) -> Result<(), PassError> {
         if rounds.is_empty() {
             self.lag.store(0, Ordering::Relaxed);
             self.dead_letters.store(0, Ordering::Relaxed);
@@ -207,10 +212,7 @@ impl Consumer {
             let keys = RoundKeys::new(round);
             pipe.xlen(keys.winners).xlen(keys.dead);
         }
-        let lengths: Vec<u64> = pipe
-            .query_async(&mut self.conn)
-            .await
-            .map_err(|e| e.to_string())?;
+        let lengths: Vec<u64> = pipe.query_async(&mut self.conn).await?;
         let (mut lag, mut dead) = (0, 0);
         for pair in lengths.chunks(2) {
             lag += pair[0];
@@ -221,7 +223,7 @@ impl Consumer {
         Ok(())
     }
 
-    async fn ensure_group(&mut self, round: &str, stream: &str) -> Result<(), String> {
+    async fn ensure_group(&mut self, round: &str, stream: &str) -> Result<(), PassError> {
         if self.grouped.contains(round) {
             return Ok(());
         }
@@ -232,14 +234,14 @@ impl Consumer {
         match created {
             Ok(()) => {}
             Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
         self.grouped.insert(round.to_owned());
         Ok(())
     }
 
     /// Our own pending entries first (after a restart), then new ones.
-    async fn read(&mut self, round: &str, stream: &str) -> Result<Vec<StreamId>, String> {
+    async fn read(&mut self, round: &str, stream: &str) -> Result<Vec<StreamId>, PassError> {
         if !self.caught_up.contains(round) {
             let pending = self.read_from(stream, "0").await?;
             if !pending.is_empty() {
@@ -250,15 +252,14 @@ impl Consumer {
         self.read_from(stream, ">").await
     }
 
-    async fn read_from(&mut self, stream: &str, from: &str) -> Result<Vec<StreamId>, String> {
+    async fn read_from(&mut self, stream: &str, from: &str) -> Result<Vec<StreamId>, PassError> {
         let options = StreamReadOptions::default()
             .group(WRITERS_GROUP, &self.name)
             .count(BATCH);
         let reply: Option<StreamReadReply> = self
             .conn
             .xread_options(&[stream], &[from], &options)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(reply
             .into_iter()
             .flat_map(|r| r.keys)
@@ -266,14 +267,13 @@ impl Consumer {
             .collect())
     }
 
-    async fn claim_from_the_dead(&mut self, stream: &str) -> Result<Vec<StreamId>, String> {
+    async fn claim_from_the_dead(&mut self, stream: &str) -> Result<Vec<StreamId>, PassError> {
         let idle_ms = self.claim_idle.as_millis() as u64;
         let options = StreamAutoClaimOptions::default().count(BATCH);
         let reply: StreamAutoClaimReply = self
             .conn
             .xautoclaim_options(stream, WRITERS_GROUP, &self.name, idle_ms, "0-0", options)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(reply.claimed)
     }
 
@@ -282,7 +282,11 @@ impl Consumer {
     /// changed the order's JSON, or colliding with another stored order) is
     /// first copied to the round's dead-letter stream: nothing is deleted
     /// that was neither stored nor kept.
-    async fn write(&mut self, keys: &RoundKeys, entries: Vec<StreamId>) -> Result<usize, String> {
+    async fn write(
+        &mut self,
+        keys: &RoundKeys,
+        entries: Vec<StreamId>,
+    ) -> Result<usize, PassError> {
         if entries.is_empty() {
             return Ok(0);
         }
@@ -297,8 +301,7 @@ impl Consumer {
         let refused = self
             .store
             .insert_many(orders.iter().map(|(_, keyed)| keyed.clone()).collect())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let mut dead: Vec<(&StreamId, &str)> = unreadable
             .into_iter()
             .map(|entry| (entry, "unreadable"))
@@ -319,16 +322,8 @@ impl Consumer {
             );
         }
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let _: i64 = self
-            .conn
-            .xack(&keys.winners, WRITERS_GROUP, &ids)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _: i64 = self
-            .conn
-            .xdel(&keys.winners, &ids)
-            .await
-            .map_err(|e| e.to_string())?;
+        let _: i64 = self.conn.xack(&keys.winners, WRITERS_GROUP, &ids).await?;
+        let _: i64 = self.conn.xdel(&keys.winners, &ids).await?;
         Ok(ids.len())
     }
 
@@ -338,7 +333,7 @@ impl Consumer {
         dead: &str,
         entry: &StreamId,
         reason: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), PassError> {
         let mut fields: Vec<(String, Vec<u8>)> = entry
             .map
             .keys()
@@ -346,11 +341,7 @@ impl Consumer {
             .collect();
         fields.push(("reason".into(), reason.as_bytes().to_vec()));
         fields.push(("entry".into(), entry.id.as_bytes().to_vec()));
-        let _: String = self
-            .conn
-            .xadd(dead, "*", &fields)
-            .await
-            .map_err(|e| e.to_string())?;
+        let _: String = self.conn.xadd(dead, "*", &fields).await?;
         Ok(())
     }
 }

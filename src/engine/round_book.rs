@@ -177,7 +177,7 @@ mod tests {
             order: Order {
                 id: OrderId::generate(),
                 drop_id: DropId::parse("d").unwrap(),
-                round_id: "d@1".into(),
+                round_id: crate::domain::RoundId::parse("d@1").unwrap(),
                 sku: SkuId::parse(SKU).unwrap(),
                 quantity: Quantity::new(i64::from(units)).unwrap(),
                 user_id: UserId::parse(user).unwrap(),

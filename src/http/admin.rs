@@ -18,7 +18,7 @@ use super::views::DropView;
 use crate::app::App;
 use crate::catalog::{Drop, Sku};
 use crate::config::{drop_from_json, Limits, MAX_RATE};
-use crate::domain::{IdempotencyKey, OrderId};
+use crate::domain::{IdempotencyKey, OrderId, RoundId};
 use crate::schedule::Phase;
 use crate::store::{restocked_units, Restock};
 
@@ -125,7 +125,7 @@ fn find_drop(app: &App, drop_id: &str) -> Result<std::sync::Arc<Drop>, ApiError>
 /// the round's restocks), still for sale, and held by live orders.
 async fn sku_stats(
     app: &App,
-    round_id: &str,
+    round_id: &RoundId,
     sku: &Sku,
     restocks: &[Restock],
 ) -> Result<serde_json::Value, ApiError> {

@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn an_engine_error_reaches_the_client_without_its_cause() {
         let cause = "MOVED 5931 127.0.0.1:7102";
-        let err = ApiError::from(EngineError::Unavailable(cause.into()));
+        let err = ApiError::from(EngineError::unavailable(cause));
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!err.body().to_string().contains("MOVED"), "{}", err.body());
         assert!(!err.body().to_string().contains("7102"));

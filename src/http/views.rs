@@ -63,7 +63,7 @@ impl DropView {
             per_user_limit: drop.per_user_limit,
             presale: drop.presale,
             round: RoundView {
-                id: round.id.clone(),
+                id: round.id.to_string(),
                 opens_at: round.opens_at.to_string(),
                 closes_at: round.closes_at.to_string(),
                 state,

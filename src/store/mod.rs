@@ -21,7 +21,7 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{IdempotencyKey, OrderId, SkuId, UserId};
+use crate::domain::{IdempotencyKey, OrderId, RoundId, SkuId, UserId};
 use crate::order::{Order, OrderStatus};
 use crate::payment::PaymentNotice;
 use postgres::{PgDb, PgStore};
@@ -32,8 +32,9 @@ pub use orders::db_time;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The database (or the way to it) failed; the cause is kept as the source.
     #[error("database: {0}")]
-    Database(String),
+    Database(#[source] Arc<dyn std::error::Error + Send + Sync>),
     #[error("unreadable row in the order store: {0}")]
     Corrupt(String),
     #[error("the order writer has stopped")]
@@ -48,6 +49,13 @@ pub enum StoreError {
     /// read back in time: the write may or may not be stored.
     #[error("the commit's outcome is unknown (the database connection was lost)")]
     OutcomeUnknown,
+}
+
+impl StoreError {
+    /// A database failure: an error from the driver, or a description.
+    pub fn database(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError::Database(Arc::from(cause.into()))
+    }
 }
 
 /// The embedded engine's claim to sell from an order store: its stock lives
@@ -170,7 +178,7 @@ pub(crate) fn pay_step(order: &Order, notice: &PaymentNotice, now: Timestamp) ->
 /// Units an operator added to a SKU in a round (summed over restocks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restock {
-    pub round_id: String,
+    pub round_id: RoundId,
     pub sku: String,
     pub units: u64,
 }
@@ -183,11 +191,11 @@ pub struct RestockRecord {
 }
 
 impl RestockRecord {
-    pub fn new(id: &str, round_id: &str, sku: &SkuId, units: u64) -> Self {
+    pub fn new(id: &str, round_id: &RoundId, sku: &SkuId, units: u64) -> Self {
         Self {
             id: id.to_owned(),
             restock: Restock {
-                round_id: round_id.to_owned(),
+                round_id: round_id.clone(),
                 sku: sku.as_str().to_owned(),
                 units,
             },
@@ -421,14 +429,14 @@ impl OrderStore {
     /// Every order of one round, with its key: what a round Redis may have
     /// lost is reconciled from. Bounded like a read, but longer: it runs
     /// only when Redis lost state, and a big round has many orders.
-    pub async fn round_orders(&self, round_id: String) -> Result<Vec<StoredOrder>, StoreError> {
+    pub async fn round_orders(&self, round_id: RoundId) -> Result<Vec<StoredOrder>, StoreError> {
         read!(self, RECOVERY_READ_TIMEOUT, |db| orders::round_orders(
             db, &round_id
         ))
     }
 
     /// The ids of one round's restocks.
-    pub async fn restock_ids(&self, round_id: String) -> Result<Vec<String>, StoreError> {
+    pub async fn restock_ids(&self, round_id: RoundId) -> Result<Vec<String>, StoreError> {
         read!(self, READ_TIMEOUT, |db| orders::restock_ids(db, &round_id))
     }
 
@@ -452,14 +460,14 @@ impl OrderStore {
     }
 
     /// Restocks of one round, or of every round.
-    pub async fn restocks(&self, round_id: Option<String>) -> Result<Vec<Restock>, StoreError> {
+    pub async fn restocks(&self, round_id: Option<RoundId>) -> Result<Vec<Restock>, StoreError> {
         read!(self, READ_TIMEOUT, |db| orders::restocks(
             db,
-            round_id.as_deref()
+            round_id.as_ref()
         ))
     }
 
-    pub async fn status_counts(&self, round_id: String) -> Result<StatusCounts, StoreError> {
+    pub async fn status_counts(&self, round_id: RoundId) -> Result<StatusCounts, StoreError> {
         read!(self, READ_TIMEOUT, |db| orders::status_counts(
             db, &round_id
         ))

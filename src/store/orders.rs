@@ -13,7 +13,7 @@ use super::{
     pay_step, CancelOutcome, Keyed, PayOutcome, PayStep, Restock, RestockRecord, StatusCounts,
     StoreError, StoredOrder,
 };
-use crate::domain::{DropId, IdempotencyKey, OrderId, Quantity, SkuId, UserId};
+use crate::domain::{DropId, IdempotencyKey, OrderId, Quantity, RoundId, SkuId, UserId};
 use crate::money::{parse_amount, Currency};
 use crate::order::{Order, OrderStatus};
 use crate::order_states::transition;
@@ -72,7 +72,7 @@ fn order_from(row: &Row) -> Result<Order, StoreError> {
     Ok(Order {
         id: OrderId::from_store(row.text(0)?),
         drop_id: DropId::parse(&row.text(1)?).map_err(checked)?,
-        round_id: row.text(2)?,
+        round_id: RoundId::parse(&row.text(2)?).map_err(checked)?,
         sku: SkuId::parse(&row.text(3)?).map_err(checked)?,
         user_id: UserId::parse(&row.text(4)?).map_err(checked)?,
         quantity: Quantity::new(row.int(5)?).map_err(checked)?,
@@ -156,9 +156,9 @@ pub async fn list_for_user<S: Sql>(db: &mut S, user: &UserId) -> Result<Vec<Orde
 /// is reconciled from.
 pub async fn round_orders<S: Sql>(
     db: &mut S,
-    round_id: &str,
+    round_id: &RoundId,
 ) -> Result<Vec<StoredOrder>, StoreError> {
-    keyed_where(db, "WHERE round_id = $1", &[round_id.into()]).await
+    keyed_where(db, "WHERE round_id = $1", &[round_id.as_str().into()]).await
 }
 
 /// Every live order (it holds stock) and every order made with an
@@ -417,11 +417,14 @@ pub async fn add_restock<S: Sql>(
     Ok(inserted == 1)
 }
 
-pub async fn restock_ids<S: Sql>(db: &mut S, round_id: &str) -> Result<Vec<String>, StoreError> {
+pub async fn restock_ids<S: Sql>(
+    db: &mut S,
+    round_id: &RoundId,
+) -> Result<Vec<String>, StoreError> {
     texts(
         db,
         "SELECT id FROM restocks WHERE round_id = $1 AND id IS NOT NULL",
-        &[round_id.into()],
+        &[round_id.as_str().into()],
     )
     .await
 }
@@ -429,19 +432,19 @@ pub async fn restock_ids<S: Sql>(db: &mut S, round_id: &str) -> Result<Vec<Strin
 /// Restocks summed per round and SKU; of every round when `round_id` is None.
 pub async fn restocks<S: Sql>(
     db: &mut S,
-    round_id: Option<&str>,
+    round_id: Option<&RoundId>,
 ) -> Result<Vec<Restock>, StoreError> {
     let rows = db
         .rows(
             "SELECT round_id, sku, CAST(SUM(units) AS BIGINT) FROM restocks \
              WHERE CAST($1 AS TEXT) IS NULL OR round_id = CAST($1 AS TEXT) GROUP BY round_id, sku",
-            &[round_id.into()],
+            &[round_id.map(RoundId::as_str).into()],
         )
         .await?;
     rows.iter()
         .map(|row| {
             Ok(Restock {
-                round_id: row.text(0)?,
+                round_id: RoundId::parse(&row.text(0)?).map_err(|e| StoreError::Corrupt(e.0))?,
                 sku: row.text(1)?,
                 units: row.int(2)? as u64,
             })
@@ -449,11 +452,14 @@ pub async fn restocks<S: Sql>(
         .collect()
 }
 
-pub async fn status_counts<S: Sql>(db: &mut S, round_id: &str) -> Result<StatusCounts, StoreError> {
+pub async fn status_counts<S: Sql>(
+    db: &mut S,
+    round_id: &RoundId,
+) -> Result<StatusCounts, StoreError> {
     let rows = db
         .rows(
             "SELECT status, COUNT(*) FROM orders WHERE round_id = $1 GROUP BY status",
-            &[round_id.into()],
+            &[round_id.as_str().into()],
         )
         .await?;
     let mut counts = StatusCounts::default();

@@ -44,17 +44,18 @@ const ENGINE_LEASE_LOCK: i64 = 0x6472_6f70_6761_7465; // "dropgate"
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Database(match e.as_db_error() {
-            Some(db) => db.to_string(),
-            None => e.to_string(),
-        })
+        // The server's own error (code, message) rather than "db error".
+        match e.as_db_error() {
+            Some(db) => StoreError::database(db.clone()),
+            None => StoreError::database(e),
+        }
     }
 }
 
 fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     let mut config: tokio_postgres::Config = url
         .parse()
-        .map_err(|e: tokio_postgres::Error| StoreError::Database(e.to_string()))?;
+        .map_err(|e: tokio_postgres::Error| StoreError::database(e))?;
     config.connect_timeout(CONNECT_TIMEOUT);
     Ok(config)
 }
@@ -76,13 +77,11 @@ fn pool(url: &str) -> Result<Pool, StoreError> {
         .create_timeout(Some(CONNECT_TIMEOUT))
         .recycle_timeout(Some(CONNECT_TIMEOUT))
         .build()
-        .map_err(|e| StoreError::Database(e.to_string()))
+        .map_err(StoreError::database)
 }
 
 async fn connection(pool: &Pool) -> Result<Object, StoreError> {
-    pool.get()
-        .await
-        .map_err(|e| StoreError::Database(format!("no database connection: {e}")))
+    pool.get().await.map_err(StoreError::database)
 }
 
 /// A connection of its own that holds the engine's advisory lock, or None

@@ -24,7 +24,7 @@ const MIGRATIONS: &[&str] = &[
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
+        StoreError::database(e)
     }
 }
 
@@ -164,14 +164,14 @@ impl SqliteStore {
     pub fn open(path: &Path, queue: Queue) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
+                .map_err(|e| StoreError::database(format!("{}: {e}", dir.display())))?;
         }
         let write_conn = open(path)?;
         let read_conn = open(path)?;
         std::thread::Builder::new()
             .name("order-writer".into())
             .spawn(move || run_writer(write_conn, queue))
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+            .map_err(StoreError::database)?;
         Ok(Self {
             path: path.to_owned(),
             reader: Arc::new(Mutex::new(read_conn)),
@@ -199,7 +199,7 @@ impl SqliteStore {
         let mut lock_path = self.path.clone().into_os_string();
         lock_path.push(".lock");
         let failed = |e: std::io::Error| {
-            StoreError::Database(format!("{}: {e}", lock_path.to_string_lossy()))
+            StoreError::database(format!("{}: {e}", lock_path.to_string_lossy()))
         };
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -260,7 +260,7 @@ mod tests {
         let (reply, result) = oneshot::channel();
         let sku = crate::domain::SkuId::parse("sku-1").unwrap();
         let job = Job::AddRestock {
-            record: RestockRecord::new(id, "round-1", &sku, 1),
+            record: RestockRecord::new(id, &crate::domain::RoundId::parse("d@1").unwrap(), &sku, 1),
             now: jiff::Timestamp::UNIX_EPOCH,
             reply,
         };
@@ -326,7 +326,7 @@ mod tests {
         crate::order::Order {
             id: crate::domain::OrderId::generate(),
             drop_id: crate::domain::DropId::parse("d").unwrap(),
-            round_id: "d@1".into(),
+            round_id: crate::domain::RoundId::parse("d@1").unwrap(),
             sku: crate::domain::SkuId::parse("sku-1").unwrap(),
             quantity: crate::domain::Quantity::new(1).unwrap(),
             user_id: crate::domain::UserId::parse("alice").unwrap(),

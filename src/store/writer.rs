@@ -138,7 +138,7 @@ impl Ran {
 }
 
 fn not_run() -> StoreError {
-    StoreError::Database("the batch was not run".into())
+    StoreError::database("the batch was not run")
 }
 
 impl Job {
@@ -257,8 +257,8 @@ pub(crate) async fn run_batch<S: Sql>(
     let mut ran = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
         if failure.is_none() && db.transaction_lost() {
-            failure = Some(StoreError::Database(
-                "the database rolled the batch's transaction back".into(),
+            failure = Some(StoreError::database(
+                "the database rolled the batch's transaction back",
             ));
         }
         if failure.is_some() {
@@ -270,8 +270,8 @@ pub(crate) async fn run_batch<S: Sql>(
         failure = failed;
     }
     if failure.is_none() && db.transaction_lost() {
-        failure = Some(StoreError::Database(
-            "the database rolled the batch's transaction back".into(),
+        failure = Some(StoreError::database(
+            "the database rolled the batch's transaction back",
         ));
     }
     if let Some(e) = &failure {

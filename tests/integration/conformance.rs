@@ -98,7 +98,7 @@ pub fn attempt_for(
         order: Order {
             id: OrderId::generate(),
             drop_id: DropId::parse(drop).unwrap(),
-            round_id: round,
+            round_id: dropgate::domain::RoundId::parse(&round).unwrap(),
             sku: SkuId::parse(SKU).unwrap(),
             quantity: Quantity::new(1).unwrap(),
             user_id: UserId::parse(user).unwrap(),
