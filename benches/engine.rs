@@ -76,7 +76,7 @@ impl Bench {
         let clock = Arc::new(SystemClock);
         let engine: Arc<dyn InventoryEngine> = match redis_url {
             None => Arc::new(
-                rt.block_on(EmbeddedEngine::open(store, clock.clone()))
+                rt.block_on(EmbeddedEngine::open(store, clock.clone(), Vec::new()))
                     .unwrap(),
             ),
             Some(url) => Arc::new(

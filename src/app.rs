@@ -11,6 +11,7 @@ use crate::auth::TokenVerifier;
 use crate::catalog::{Catalog, LiveCatalog};
 use crate::clock::Clock;
 use crate::config::{drop_from_json, Config, Secrets, ServerSettings};
+use crate::domain::RoundId;
 use crate::engine::{EmbeddedEngine, EngineError, InventoryEngine, RedisEngine, RedisOrderWriter};
 use crate::sold_out::SoldOutMarks;
 use crate::store::{OrderStore, StoreError};
@@ -92,10 +93,13 @@ impl App {
             Database::Postgres(url) => OrderStore::open_postgres(url).await?,
         };
         let catalog = LiveCatalog::new(config.catalog);
+        // Operators' drops first: the embedded engine loads their rounds too.
+        load_saved_drops(&store, &catalog).await?;
         let max_connections = config.server.max_connections;
         let (engine, redis_writer): (Arc<dyn InventoryEngine>, _) = match choice {
             EngineChoice::Embedded => {
-                let engine = EmbeddedEngine::open(store.clone(), clock.clone()).await?;
+                let rounds = catalog.current_rounds(clock.now());
+                let engine = EmbeddedEngine::open(store.clone(), clock.clone(), rounds).await?;
                 (Arc::new(engine), None)
             }
             EngineChoice::Redis { url } => {
@@ -124,7 +128,6 @@ impl App {
             connections: Arc::new(Semaphore::new(max_connections)),
             redis_writer,
         });
-        app.load_saved_drops().await?;
         Ok(app)
     }
 }
@@ -133,18 +136,19 @@ impl App {
     /// Adds the drops operators created (here or on another instance) that
     /// this instance does not have yet.
     pub async fn load_saved_drops(&self) -> Result<(), StoreError> {
-        for definition in self.store.saved_drops().await? {
-            match drop_from_json(definition.as_bytes()) {
-                Ok(drop) if self.catalog.get(drop.id.as_str()).is_none() => {
-                    tracing::info!(drop = %drop.id, "drop created by an operator loaded");
-                    // Lost a race with another loader: it is there either way.
-                    let _ = self.catalog.add(drop);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "a stored drop no longer passes the checks"),
-            }
-        }
-        Ok(())
+        load_saved_drops(&self.store, &self.catalog).await
+    }
+
+    /// Has the engine forget the rounds that are over; how many it forgot.
+    pub async fn retire_rounds(&self) -> Result<usize, EngineError> {
+        let now = self.clock.now();
+        let retired = |round: &RoundId| self.catalog.is_retired(round, now);
+        self.engine.retire(&retired).await
+    }
+
+    /// True once `round` is over: its units never come back.
+    pub fn is_retired(&self, round: &RoundId) -> bool {
+        self.catalog.is_retired(round, self.clock.now())
     }
 
     /// The catalog as it stands now (operators may add drops at any time).
@@ -177,6 +181,21 @@ impl App {
             None => self.store.queued() as u64,
         }
     }
+}
+
+async fn load_saved_drops(store: &OrderStore, catalog: &LiveCatalog) -> Result<(), StoreError> {
+    for definition in store.saved_drops().await? {
+        match drop_from_json(definition.as_bytes()) {
+            Ok(drop) if catalog.get(drop.id.as_str()).is_none() => {
+                tracing::info!(drop = %drop.id, "drop created by an operator loaded");
+                // Lost a race with another loader: it is there either way.
+                let _ = catalog.add(drop);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "a stored drop no longer passes the checks"),
+        }
+    }
+    Ok(())
 }
 
 /// Names this instance's order writer in the consumer group.

@@ -8,7 +8,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
-use crate::domain::{DropId, Quantity, SkuId};
+use crate::domain::{DropId, Quantity, RoundId, SkuId};
 use crate::schedule::{Round, Timing};
 use crate::SeededHasher;
 
@@ -175,6 +175,27 @@ impl LiveCatalog {
 
     pub fn get(&self, id: &str) -> Option<Arc<Drop>> {
         self.0.load().get(id).cloned()
+    }
+
+    /// A round is retired once it is no longer its drop's current round (a
+    /// later one has come): nothing sells in it again and its units never
+    /// come back, so the engines forget it. A closed round its drop still
+    /// shows (a one-window drop after its close) is kept, for its figures.
+    pub fn is_retired(&self, round: &RoundId, now: Timestamp) -> bool {
+        match self.get(round.drop_part()) {
+            Some(drop) => drop.round_at(now).id != *round,
+            None => true,
+        }
+    }
+
+    /// The round of every drop that may still change: what the embedded
+    /// engine loads from the store at start.
+    pub fn current_rounds(&self, now: Timestamp) -> Vec<RoundId> {
+        self.snapshot()
+            .drops()
+            .iter()
+            .map(|drop| drop.round_at(now).id.clone())
+            .collect()
     }
 
     /// Adds a drop unless its id is taken.

@@ -119,7 +119,12 @@ async fn return_stocks(app: &App, orders: &[Order]) {
 }
 
 /// Asks the engine to take the order's units back; true once it has them.
+/// A retired round takes nothing back: it sells nothing more, and the
+/// engine has forgotten it.
 async fn release(app: &App, order: &Order) -> bool {
+    if app.is_retired(&order.round_id) {
+        return true;
+    }
     let started = Instant::now();
     let released = app.engine.release(order).await;
     telemetry::engine_call("release", started.elapsed());

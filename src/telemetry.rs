@@ -114,6 +114,9 @@ pub async fn render(app: &App) -> String {
     gauge!("dropgate_open_connections").set(app.open_connections() as f64);
     gauge!("dropgate_order_writer_lag").set(app.writer_lag() as f64);
     gauge!("dropgate_order_writer_dead_letters").set(app.dead_letters() as f64);
+    if let Ok(rounds) = app.engine.rounds_held().await {
+        gauge!("dropgate_engine_rounds").set(rounds as f64);
+    }
     let (ips, users) = app.admission.tracked_keys();
     gauge!("dropgate_limiter_keys", "layer" => "ip").set(ips as f64);
     gauge!("dropgate_limiter_keys", "layer" => "user").set(users as f64);

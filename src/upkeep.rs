@@ -1,6 +1,7 @@
 //! Background upkeep, once a second: pick up drops that operators created
-//! on other instances, and every few seconds forget idle rate-limit keys and
-//! expired tokens, and fold the metrics' histogram buckets.
+//! on other instances, and every few seconds retire rounds that are over,
+//! forget idle rate-limit keys and expired tokens, and fold the metrics'
+//! histogram buckets.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,11 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             tracing::warn!(error = %e, "could not read operators' drops; will retry");
         }
         if ticks.is_multiple_of(PRUNE_EVERY) {
+            match app.retire_rounds().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rounds = n, "rounds retired"),
+                Err(e) => tracing::warn!(error = %e, "could not retire rounds; will retry"),
+            }
             app.admission.prune();
             app.tokens.forget_expired();
             telemetry::recorder().run_upkeep();

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 
 use super::round_book::{Decision, Durability, RoundBook};
-use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome, Reserved};
+use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome, Reserved, Retired};
 use crate::clock::Clock;
 use crate::domain::{RoundId, SkuId};
 use crate::order::Order;
@@ -25,10 +25,16 @@ pub struct EmbeddedEngine {
 }
 
 impl EmbeddedEngine {
-    /// Takes the store's engine lease, then rebuilds every round's sold
-    /// units, holdings and keys from the store, so a restart neither
-    /// resells nor forgets. Refuses when another instance holds the lease.
-    pub async fn open(store: OrderStore, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+    /// Takes the store's engine lease, then rebuilds the books of `rounds`
+    /// (the rounds that may still change) from the store: sold units,
+    /// holdings and keys, so a restart neither resells nor forgets. Rounds
+    /// already over are not read at all. Refuses when another instance
+    /// holds the lease.
+    pub async fn open(
+        store: OrderStore,
+        clock: Arc<dyn Clock>,
+        rounds: Vec<RoundId>,
+    ) -> Result<Self, StoreError> {
         let lease = store.take_engine_lease().await?.ok_or_else(|| {
             StoreError::database(
                 "another embedded-engine instance is selling from this order store \
@@ -41,15 +47,17 @@ impl EmbeddedEngine {
             clock,
             lease,
         };
-        for stored in engine.store.engine_snapshot().await? {
+        for stored in engine.store.engine_snapshot(rounds.clone()).await? {
             let book = engine.book(&stored.order.round_id);
             lock(&book).restore(&stored.order, stored.idempotency);
         }
-        for restock in engine.store.restocks(None).await? {
-            let sku = SkuId::parse(&restock.sku).map_err(|e| {
-                StoreError::Corrupt(format!("restock of SKU {:?}: {}", restock.sku, e.0))
-            })?;
-            lock(&engine.book(&restock.round_id)).restock(sku, restock.units);
+        for round in rounds {
+            for restock in engine.store.restocks(Some(round)).await? {
+                let sku = SkuId::parse(&restock.sku).map_err(|e| {
+                    StoreError::Corrupt(format!("restock of SKU {:?}: {}", restock.sku, e.0))
+                })?;
+                lock(&engine.book(&restock.round_id)).restock(sku, restock.units);
+            }
         }
         Ok(engine)
     }
@@ -182,6 +190,16 @@ impl InventoryEngine for EmbeddedEngine {
             lock(&self.book(round_id)).restock(sku.clone(), units);
         }
         Ok(())
+    }
+
+    async fn retire(&self, retired: &Retired<'_>) -> Result<usize, EngineError> {
+        let before = self.rounds.len();
+        self.rounds.retain(|round, _| !retired(round));
+        Ok(before - self.rounds.len())
+    }
+
+    async fn rounds_held(&self) -> Result<usize, EngineError> {
+        Ok(self.rounds.len())
     }
 
     async fn ready(&self) -> bool {

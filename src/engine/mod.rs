@@ -38,6 +38,9 @@ pub struct ReserveAttempt {
     pub idempotency: Option<(IdempotencyKey, String)>,
 }
 
+/// Says whether a round is over (see [`InventoryEngine::retire`]).
+pub type Retired<'a> = dyn Fn(&RoundId) -> bool + Send + Sync + 'a;
+
 /// What an engine decides for an attempt: a win, or why not.
 pub type ReserveOutcome = Result<Reserved, Refused>;
 
@@ -136,6 +139,16 @@ pub trait InventoryEngine: Send + Sync + 'static {
 
     /// True while the engine's backends answer.
     async fn ready(&self) -> bool;
+
+    /// Forgets every round `retired` says is over (`LiveCatalog::is_retired`):
+    /// its books, its Redis keys, its place in the order writer's polling.
+    /// A round whose winners are not all stored yet is kept for a later
+    /// call. Returns how many rounds were forgotten.
+    async fn retire(&self, retired: &Retired<'_>) -> Result<usize, EngineError>;
+
+    /// Rounds the engine holds now (books in memory, or rounds listed in
+    /// Redis): what retiring keeps from growing.
+    async fn rounds_held(&self) -> Result<usize, EngineError>;
 
     /// Called once serving has stopped and the writer is flushed: gives up
     /// whatever claim the engine holds on shared state.

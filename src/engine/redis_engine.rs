@@ -14,7 +14,9 @@ use redis::{AsyncCommands, Script};
 use super::redis_batches::{ReserveBatches, ScriptAttempt};
 use super::redis_keys::{RoundKeys, ROUNDS};
 use super::redis_reconcile::Reconciler;
-use super::{EngineError, InventoryEngine, Refused, ReserveAttempt, ReserveOutcome, Reserved};
+use super::{
+    EngineError, InventoryEngine, Refused, ReserveAttempt, ReserveOutcome, Reserved, Retired,
+};
 use crate::catalog::LiveCatalog;
 use crate::domain::{OrderId, RoundId, SkuId};
 use crate::order::Order;
@@ -284,6 +286,54 @@ impl InventoryEngine for RedisEngine {
             }
         }
         Ok(None)
+    }
+
+    /// A retired round leaves `dg:rounds` (so the writer stops reading its
+    /// stream) and its keys go, once every winner is stored: its stream is
+    /// empty and it has no dead letters (those keep the round listed, and
+    /// counted, until an operator has dealt with them).
+    async fn retire(&self, retired: &Retired<'_>) -> Result<usize, EngineError> {
+        let mut conn = self.conn.clone();
+        let rounds: Vec<String> = conn.smembers(ROUNDS).await.map_err(unavailable)?;
+        let mut forgotten = 0;
+        for name in rounds {
+            // A member that is no round id of ours is left alone.
+            let Ok(round) = RoundId::parse(&name) else {
+                continue;
+            };
+            if !retired(&round) {
+                continue;
+            }
+            let keys = RoundKeys::new(&name);
+            let (waiting, dead): (u64, u64) = redis::pipe()
+                .xlen(&keys.winners)
+                .xlen(&keys.dead)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if waiting > 0 || dead > 0 {
+                continue;
+            }
+            let _: () = redis::pipe()
+                .atomic()
+                .srem(ROUNDS, &name)
+                .ignore()
+                .unlink(&keys.retired()[..])
+                .ignore()
+                .unlink(&keys.dead)
+                .ignore()
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            self.reconciler.forget(&round);
+            forgotten += 1;
+        }
+        Ok(forgotten)
+    }
+
+    async fn rounds_held(&self) -> Result<usize, EngineError> {
+        let mut conn = self.conn.clone();
+        conn.scard(ROUNDS).await.map_err(unavailable)
     }
 
     async fn ready(&self) -> bool {

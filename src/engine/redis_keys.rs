@@ -2,8 +2,8 @@
 //! `{<round id>}`, so one round's keys share a Cluster slot and its scripts
 //! run unchanged on Redis Cluster.
 
-/// All rounds ever set up (not per round, so no hash tag): what the order
-/// writer reads streams from.
+/// The rounds set up and not yet retired (not per round, so no hash tag):
+/// what the order writer reads streams from.
 pub const ROUNDS: &str = "dg:rounds";
 
 /// The `run_id` of the Redis server process under which every live round
@@ -32,6 +32,21 @@ pub struct RoundKeys {
 }
 
 impl RoundKeys {
+    /// Every key of the round but the dead letters (which are kept until an
+    /// operator has dealt with them): what retiring the round removes.
+    pub fn retired(&self) -> [&str; 8] {
+        [
+            &self.stock,
+            &self.held,
+            &self.keys,
+            &self.orders,
+            &self.live,
+            &self.winners,
+            &self.ended,
+            &self.restocks,
+        ]
+    }
+
     pub fn new(round_id: &str) -> Self {
         let key = |name: &str| format!("dg:{{{round_id}}}:{name}");
         Self {

@@ -94,6 +94,11 @@ impl Reconciler {
 
     /// Sets up a round Redis does not know (its stock hash is absent): once,
     /// however many requests ask at the same moment.
+    /// Forgets a retired round's gate.
+    pub fn forget(&self, round_id: &RoundId) {
+        self.rounds.remove(round_id);
+    }
+
     pub async fn set_up(self: &Arc<Self>, round_id: &RoundId) -> Result<(), EngineError> {
         let (this, round_id) = (self.clone(), round_id.clone());
         bounded(async move { this.set_up_now(&round_id).await }).await

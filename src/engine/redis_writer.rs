@@ -163,6 +163,9 @@ impl Consumer {
     /// that fails is logged and retried next pass; the others go on.
     async fn pass(&mut self) -> Result<usize, PassError> {
         let rounds: Vec<String> = self.conn.smembers(ROUNDS).await?;
+        // Retired rounds leave the set: forget them here too.
+        self.grouped.retain(|round| rounds.contains(round));
+        self.caught_up.retain(|round| rounds.contains(round));
         // Looking twice per idle period finds a dead consumer's entries soon
         // after they qualify, without scanning the pending lists constantly.
         let claim = self.last_claim.elapsed() >= self.claim_idle / 2;

@@ -445,11 +445,16 @@ impl OrderStore {
         read!(self, READ_TIMEOUT, |db| orders::releases_due(db, max))
     }
 
-    /// Every live order and every order made with an idempotency key: what
-    /// the embedded engine rebuilds its books from. Unbounded: it runs once,
-    /// at start-up, before anything is served.
-    pub async fn engine_snapshot(&self) -> Result<Vec<StoredOrder>, StoreError> {
-        read!(self, Duration::MAX, |db| orders::engine_snapshot(db))
+    /// Every live order and every order made with an idempotency key in
+    /// `rounds`: what the embedded engine rebuilds its books from.
+    /// Unbounded: it runs once, at start-up, before anything is served.
+    pub async fn engine_snapshot(
+        &self,
+        rounds: Vec<RoundId>,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        read!(self, Duration::MAX, |db| orders::engine_snapshot(
+            db, &rounds
+        ))
     }
 
     /// True when the database answers a trivial query.

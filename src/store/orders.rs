@@ -162,18 +162,24 @@ pub async fn round_orders<S: Sql>(
 }
 
 /// Every live order (it holds stock) and every order made with an
-/// idempotency key: what the embedded engine rebuilds its books from.
-pub async fn engine_snapshot<S: Sql>(db: &mut S) -> Result<Vec<StoredOrder>, StoreError> {
+/// idempotency key, in `rounds`: what the embedded engine rebuilds its
+/// books from.
+pub async fn engine_snapshot<S: Sql>(
+    db: &mut S,
+    rounds: &[RoundId],
+) -> Result<Vec<StoredOrder>, StoreError> {
     let released: Vec<&str> = OrderStatus::ALL
         .into_iter()
         .filter(|s| !s.is_live())
         .map(OrderStatus::as_str)
         .collect();
     let tail = format!(
-        "WHERE status NOT IN ({}) OR idempotency_key IS NOT NULL",
-        db.dialect().texts_of("$1")
+        "WHERE round_id IN ({}) AND (status NOT IN ({}) OR idempotency_key IS NOT NULL)",
+        db.dialect().texts_of("$1"),
+        db.dialect().texts_of("$2")
     );
-    keyed_where(db, &tail, &[text_list(released)]).await
+    let rounds = text_list(rounds.iter().map(RoundId::as_str));
+    keyed_where(db, &tail, &[rounds, text_list(released)]).await
 }
 
 /// Ended orders whose units the engine has not taken back yet.

@@ -14,6 +14,7 @@ mod process;
 mod recovery;
 mod redis_faults;
 mod reserve_script;
+mod retire;
 mod server;
 mod storm;
 mod support;
