@@ -18,76 +18,52 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Where an order is in its life. The text form (`as_str`) is what the API
-/// shows and what the store's `status` column holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderStatus {
-    PendingPayment,
-    Paid,
-    AwaitingDelivery,
-    DepositPaid,
-    Shipped,
-    Delivered,
-    Completed,
-    Cancelled,
-    Expired,
-    Forfeited,
-    RefundRequested,
-    Refunding,
-    Refunded,
-    ReturnRequested,
-    ReturnApproved,
-    Returned,
-    Exchanged,
+/// Declares the statuses once: the enum, its text forms and `ALL`.
+macro_rules! statuses {
+    ($($status:ident => $text:literal,)+) => {
+        /// Where an order is in its life. The text form (`as_str`) is what
+        /// the API shows and what the store's `status` column holds.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum OrderStatus {
+            $(#[serde(rename = $text)] $status,)+
+        }
+
+        impl OrderStatus {
+            /// Every status, in the order of the diagram.
+            pub const ALL: [OrderStatus; [$($text),+].len()] = [$(OrderStatus::$status,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(OrderStatus::$status => $text,)+
+                }
+            }
+        }
+    };
+}
+
+statuses! {
+    PendingPayment => "pending_payment",
+    Paid => "paid",
+    AwaitingDelivery => "awaiting_delivery",
+    DepositPaid => "deposit_paid",
+    Shipped => "shipped",
+    Delivered => "delivered",
+    Completed => "completed",
+    Cancelled => "cancelled",
+    Expired => "expired",
+    Forfeited => "forfeited",
+    RefundRequested => "refund_requested",
+    Refunding => "refunding",
+    Refunded => "refunded",
+    ReturnRequested => "return_requested",
+    ReturnApproved => "return_approved",
+    Returned => "returned",
+    Exchanged => "exchanged",
 }
 
 use OrderStatus::*;
 
 impl OrderStatus {
-    /// Every status, in the order of the diagram.
-    pub const ALL: [OrderStatus; 17] = [
-        PendingPayment,
-        Paid,
-        AwaitingDelivery,
-        DepositPaid,
-        Shipped,
-        Delivered,
-        Completed,
-        Cancelled,
-        Expired,
-        Forfeited,
-        RefundRequested,
-        Refunding,
-        Refunded,
-        ReturnRequested,
-        ReturnApproved,
-        Returned,
-        Exchanged,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PendingPayment => "pending_payment",
-            Paid => "paid",
-            AwaitingDelivery => "awaiting_delivery",
-            DepositPaid => "deposit_paid",
-            Shipped => "shipped",
-            Delivered => "delivered",
-            Completed => "completed",
-            Cancelled => "cancelled",
-            Expired => "expired",
-            Forfeited => "forfeited",
-            RefundRequested => "refund_requested",
-            Refunding => "refunding",
-            Refunded => "refunded",
-            ReturnRequested => "return_requested",
-            ReturnApproved => "return_approved",
-            Returned => "returned",
-            Exchanged => "exchanged",
-        }
-    }
-
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == raw)
     }
