@@ -1,4 +1,4 @@
--- Orders: the table operators and auditors query directly (API.md, "Order store").
+-- Orders: the table operators and auditors query directly; every change to it goes through src/store/orders.rs.
 -- The same columns as the SQLite schema: times are UTC RFC 3339 text with
 -- milliseconds (text order is time order), amounts are decimal text.
 CREATE TABLE orders (

@@ -1,4 +1,4 @@
--- Orders: the table operators and auditors query directly (API.md, "Order store").
+-- Orders: the table operators and auditors query directly; every change to it goes through src/store/orders.rs.
 -- Times are UTC RFC 3339 text with milliseconds, so text order is time order.
 -- Every index here is written on every reservation, the hot path: keep them
 -- few (measured in BENCHMARKS.md).
