@@ -1,10 +1,7 @@
 -- Every status of the order's state machine (src/order_states.rs), and a
 -- cheaper insert. SQLite cannot change a column's CHECK or constraints in
--- place, so the table is rebuilt:
--- - WITHOUT ROWID: rows live in the primary key's b-tree (ids are UUIDv7,
---   so new orders append), one b-tree less to write per order;
--- - transaction_id is unique only where set: the old UNIQUE column indexed
---   the NULL of every unpaid order too.
+-- place, so the table is rebuilt; transaction_id becomes unique only where
+-- set (the old UNIQUE column indexed the NULL of every unpaid order too).
 CREATE TABLE orders_rebuilt (
     id                  TEXT PRIMARY KEY NOT NULL,
     drop_id             TEXT NOT NULL,

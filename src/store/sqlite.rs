@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_operations.sql"),
     include_str!("../../migrations/sqlite/0003_recovery.sql"),
     include_str!("../../migrations/sqlite/0004_order_states.sql"),
+    include_str!("../../migrations/sqlite/0005_orders_by_user.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -418,5 +419,60 @@ mod tests {
             .query_row("SELECT status FROM orders", [], |r| r.get(0))
             .unwrap();
         assert_eq!(status, "paid");
+    }
+
+    /// "My orders" reads two partial indexes (unpaid, and the rest) so that
+    /// a win writes only the small one: every status is listed all the same,
+    /// oldest first, and neither half falls back to reading every order.
+    #[test]
+    fn a_shoppers_list_holds_every_status_through_the_two_user_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("orders.db")).unwrap();
+        let mut db = SqliteDb(&conn);
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let mut alices = Vec::new();
+        for _ in 0..3 {
+            let order = pending_order();
+            finish_now(orders::insert_orders(&mut db, &[&(order.clone(), None)])).unwrap();
+            alices.push(order);
+        }
+        let bobs = crate::order::Order {
+            id: crate::domain::OrderId::generate(),
+            user_id: crate::domain::UserId::parse("bob").unwrap(),
+            ..pending_order()
+        };
+        finish_now(orders::insert_orders(&mut db, &[&(bobs, None)])).unwrap();
+        for (order, to) in [
+            (&alices[0], OrderStatus::Paid),
+            (&alices[2], OrderStatus::Expired),
+        ] {
+            let moved = finish_now(orders::move_order(&mut db, order, to, now, &[]));
+            assert!(moved.unwrap().is_some());
+        }
+
+        let alice = crate::domain::UserId::parse("alice").unwrap();
+        let listed = finish_now(orders::list_for_user(&mut db, &alice)).unwrap();
+        let seen: Vec<_> = listed.iter().map(|o| (o.id.clone(), o.status)).collect();
+        let expected = vec![
+            (alices[0].id.clone(), OrderStatus::Paid),
+            (alices[1].id.clone(), OrderStatus::PendingPayment),
+            (alices[2].id.clone(), OrderStatus::Expired),
+        ];
+        assert_eq!(seen, expected);
+
+        let plan: Vec<String> = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                orders::user_orders_sql("id")
+            ))
+            .unwrap()
+            .query_map(["alice"], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("USING INDEX orders_unpaid_by_user"), "{plan}");
+        assert!(plan.contains("USING INDEX orders_by_user"), "{plan}");
+        assert!(!plan.contains("SCAN orders"), "{plan}");
     }
 }
