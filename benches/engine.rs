@@ -41,6 +41,7 @@ fn attempt(user: &str, clock: &dyn Clock) -> ReserveAttempt {
             currency: Currency::Cny,
             created_at: now,
             pay_by: now + SignedDuration::from_mins(15),
+            pricing: dropgate::pricing::Pricing::at_list(Decimal::new(199900, 2)),
         },
         opens_at: now - SignedDuration::from_hours(1),
         closes_at: now + SignedDuration::from_hours(24),

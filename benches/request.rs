@@ -6,7 +6,8 @@ use criterion::{black_box, BatchSize, BenchmarkId, Criterion, Throughput};
 use jiff::Timestamp;
 
 use dropgate::auth::{mint, TokenVerifier};
-use dropgate::domain::{Quantity, UserId};
+use dropgate::domain::UserId;
+use dropgate::pricing::price_at_win;
 
 use crate::fixtures::{bench_drop, ReserveBody, BODY, SECRET};
 
@@ -44,9 +45,20 @@ pub fn steps(c: &mut Criterion) {
         b.iter(|| the_drop.round_at(black_box(now)))
     });
 
-    let two = Quantity::new(2).unwrap();
-    group.bench_function(BenchmarkId::new("pricing", "charges"), |b| {
-        b.iter(|| sku.charges(black_box(two)))
-    });
+    // The price locked at a win: with no promotion, and with a festival
+    // percentage, a student one and a 满减 live (the reserve path's cost).
+    let promotions: Vec<_> = [
+        r#"{"id": "618", "kind": "percent_off", "percent": 5}"#,
+        r#"{"id": "student", "kind": "student", "percent": 10}"#,
+        r#"{"id": "every-1000", "kind": "full_reduction", "threshold": "1000.00", "off": "100.00", "repeat": true}"#,
+    ]
+    .iter()
+    .map(|json| dropgate::promotions::from_json(json.as_bytes()).unwrap().1)
+    .collect();
+    for (name, live) in [("none", &promotions[..0]), ("three", &promotions[..])] {
+        group.bench_function(BenchmarkId::new("price_at_win", name), |b| {
+            b.iter(|| price_at_win(sku.price, black_box(2), &sku.id, true, live, now))
+        });
+    }
     group.finish();
 }

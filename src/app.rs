@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::{drop_from_json, Config, Secrets, ServerSettings};
 use crate::domain::RoundId;
 use crate::engine::{EmbeddedEngine, EngineError, InventoryEngine, RedisEngine, RedisOrderWriter};
+use crate::promotions::LivePromotions;
 use crate::sold_out::SoldOutMarks;
 use crate::store::{OrderStore, StoreError};
 
@@ -77,6 +78,8 @@ pub struct App {
     pub connections: Arc<Semaphore>,
     /// In Redis mode, the task that moves winners from Redis into the store.
     pub redis_writer: Option<RedisOrderWriter>,
+    /// The promotions wins are priced with.
+    pub promotions: LivePromotions,
 }
 
 impl App {
@@ -93,6 +96,8 @@ impl App {
             Database::Postgres(url) => OrderStore::open_postgres(url).await?,
         };
         let catalog = LiveCatalog::new(config.catalog);
+        let promotions = LivePromotions::new(config.promotions);
+        promotions.rebuild(&store.stored_promotions().await?);
         // Operators' drops first: the embedded engine loads their rounds too.
         load_saved_drops(&store, &catalog).await?;
         let max_connections = config.server.max_connections;
@@ -127,6 +132,7 @@ impl App {
             sold_out: SoldOutMarks::default(),
             connections: Arc::new(Semaphore::new(max_connections)),
             redis_writer,
+            promotions,
         });
         Ok(app)
     }
@@ -137,6 +143,14 @@ impl App {
     /// this instance does not have yet.
     pub async fn load_saved_drops(&self) -> Result<(), StoreError> {
         load_saved_drops(&self.store, &self.catalog).await
+    }
+
+    /// Picks up promotions operators added or ended (here or on another
+    /// instance).
+    pub async fn reload_promotions(&self) -> Result<(), StoreError> {
+        self.promotions
+            .rebuild(&self.store.stored_promotions().await?);
+        Ok(())
     }
 
     /// Has the engine forget the rounds that are over; how many it forgot.

@@ -8,7 +8,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
-use crate::domain::{DropId, Quantity, RoundId, SkuId};
+use crate::domain::{DropId, RoundId, SkuId};
 use crate::schedule::{Round, Timing};
 use crate::SeededHasher;
 
@@ -21,30 +21,6 @@ pub struct Sku {
     pub deposit: Option<Decimal>,
     /// Units on sale in every round.
     pub stock: u64,
-}
-
-/// What a reservation of some units of a SKU costs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Charges {
-    pub unit_price: Decimal,
-    pub amount_due: Decimal,
-    pub deposit_due: Decimal,
-}
-
-impl Sku {
-    pub fn charges(&self, quantity: Quantity) -> Charges {
-        let units = Decimal::from(quantity.get());
-        let amount_due = self.price * units;
-        let deposit_due = match self.deposit {
-            Some(deposit) => deposit * units,
-            None => amount_due,
-        };
-        Charges {
-            unit_price: self.price,
-            amount_due,
-            deposit_due,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -58,6 +58,9 @@ pub struct Config {
     pub limits: Limits,
     pub server: ServerSettings,
     pub catalog: Catalog,
+    /// `[[promotions]]`: every instance declares its own; operators add
+    /// and end them live.
+    pub promotions: Vec<(crate::promotions::Definition, crate::pricing::Promotion)>,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +126,8 @@ struct ConfigFile {
     server: ServerSection,
     #[serde(default)]
     drops: Vec<DropSection>,
+    #[serde(default)]
+    promotions: Vec<crate::promotions::Definition>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,7 +252,21 @@ impl Config {
             }
             drops.push(parse_drop(section)?);
         }
+        let mut promotions: Vec<(_, crate::pricing::Promotion)> = Vec::new();
+        for definition in file.promotions {
+            let promotion = definition
+                .parse()
+                .map_err(|e| field_error(format!("promotions.{}", definition.id), e.0))?;
+            if promotions.iter().any(|(_, p)| p.id == promotion.id) {
+                return Err(field_error(
+                    format!("promotions.{}", promotion.id),
+                    "two promotions have this id",
+                ));
+            }
+            promotions.push((definition, promotion));
+        }
         Ok(Self {
+            promotions,
             listen,
             auth: resolve_secrets(file.auth, secrets)?,
             limits: check_limits(file.limits)?,

@@ -74,6 +74,11 @@ identifier!(
     SkuId,
     "sku id"
 );
+identifier!(
+    /// The id of a promotion (the config file's or an operator's).
+    PromotionId,
+    "promotion id"
+);
 
 /// One round of a drop: `<drop id>@<when it opens>` (`schedule::Round`
 /// names them), the key of stock, limits, orders and Redis keys.

@@ -6,7 +6,7 @@
 //!
 //! Layout:
 //! - [`config`], [`demo`]: the configuration file and the no-config demo.
-//! - [`domain`], [`money`], [`catalog`], [`schedule`], [`clock`], [`order`],
+//! - [`domain`], [`money`], [`pricing`], [`promotions`], [`catalog`], [`schedule`], [`clock`], [`order`],
 //!   [`order_states`]: checked values, the catalog and its rounds, time, the
 //!   order and its state machine.
 //! - [`engine`]: the inventory engine trait, the embedded engine, and the
@@ -36,6 +36,8 @@ pub mod money;
 pub mod order;
 pub mod order_states;
 pub mod payment;
+pub mod pricing;
+pub mod promotions;
 pub mod reserve;
 pub mod schedule;
 pub mod sold_out;

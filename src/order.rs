@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{DropId, OrderId, Quantity, RoundId, SkuId, UserId};
 use crate::money::{as_cents_string, Currency};
+use crate::pricing::Pricing;
 
 pub use crate::order_states::OrderStatus;
 
@@ -23,6 +24,8 @@ pub struct Order {
     pub status: OrderStatus,
     #[serde(with = "as_cents_string")]
     pub unit_price: Decimal,
+    /// The price of the order as locked at the win, discounts taken
+    /// (`pricing.amount_due`, repeated here as the API has always shown it).
     #[serde(with = "as_cents_string")]
     pub amount_due: Decimal,
     /// What is due now: the deposit on a presale drop, else the amount due.
@@ -31,4 +34,6 @@ pub struct Order {
     pub currency: Currency,
     pub created_at: Timestamp,
     pub pay_by: Timestamp,
+    /// How `amount_due` was reached: the list amount and each discount.
+    pub pricing: Pricing,
 }

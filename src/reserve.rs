@@ -15,7 +15,9 @@ use crate::domain::{IdempotencyKey, OrderId, Quantity, RoundId, UserId};
 use crate::engine::{outside_window, EngineError, Refused, ReserveAttempt, Reserved};
 use crate::money::Currency;
 use crate::order::{Order, OrderStatus};
+use crate::pricing::price_at_win;
 use crate::telemetry;
+use rust_decimal::Decimal;
 
 /// What a shopper asks for.
 pub struct Request<'a> {
@@ -24,6 +26,8 @@ pub struct Request<'a> {
     pub quantity: Quantity,
     pub accept_presale_terms: bool,
     pub key: Option<IdempotencyKey>,
+    /// The token's `student` claim: student promotions apply.
+    pub student: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +98,7 @@ pub async fn reserve(app: &App, drop: &Drop, request: Request<'_>) -> Result<Win
     let _in_flight = app.admission.enter_engine().map_err(Refusal::Busy)?;
     let quantity = request.quantity;
     let attempt = ReserveAttempt {
-        order: new_order(drop, sku, &round.id, request.user, quantity, now)?,
+        order: new_order(app, drop, sku, &round.id, &request, now)?,
         opens_at: round.opens_at,
         closes_at: round.closes_at,
         allocated: sku.stock,
@@ -136,27 +140,41 @@ fn fingerprint(sku: &Sku, quantity: Quantity) -> String {
     format!("{}*{}", sku.id, quantity.get())
 }
 
-/// The order a win becomes, priced from the catalog.
+/// The order a win becomes, priced from the catalog and the promotions
+/// live at this instant (locked: later promotion changes do not touch it).
 fn new_order(
+    app: &App,
     drop: &Drop,
     sku: &Sku,
     round_id: &RoundId,
-    user: UserId,
-    quantity: Quantity,
+    request: &Request<'_>,
     now: Timestamp,
 ) -> Result<Order, Refusal> {
-    let charges = sku.charges(quantity);
+    let quantity = request.quantity;
+    let pricing = price_at_win(
+        sku.price,
+        quantity.get(),
+        &sku.id,
+        request.student,
+        &app.promotions.live(),
+        now,
+    );
+    // A presale takes its deposit now (never more than the whole price).
+    let deposit_due = match sku.deposit {
+        Some(deposit) => (deposit * Decimal::from(quantity.get())).min(pricing.amount_due),
+        None => pricing.amount_due,
+    };
     Ok(Order {
         id: OrderId::generate(),
         drop_id: drop.id.clone(),
         round_id: round_id.clone(),
         sku: sku.id.clone(),
         quantity,
-        user_id: user,
+        user_id: request.user.clone(),
         status: OrderStatus::PendingPayment,
-        unit_price: charges.unit_price,
-        amount_due: charges.amount_due,
-        deposit_due: charges.deposit_due,
+        unit_price: sku.price,
+        amount_due: pricing.amount_due,
+        deposit_due,
         currency: Currency::Cny,
         created_at: now,
         // pay_within is at most 30 days (checked in config), so this only
@@ -164,6 +182,7 @@ fn new_order(
         pay_by: now
             .checked_add(drop.pay_within)
             .map_err(|_| Refusal::ClockOutOfRange)?,
+        pricing,
     })
 }
 
@@ -220,6 +239,7 @@ mod tests {
             quantity: Quantity::new(quantity).unwrap(),
             accept_presale_terms: false,
             key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
+            student: false,
         }
     }
 

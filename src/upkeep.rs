@@ -1,7 +1,7 @@
 //! Background upkeep, once a second: pick up drops that operators created
-//! on other instances, and every few seconds retire rounds that are over,
-//! forget idle rate-limit keys and expired tokens, and fold the metrics'
-//! histogram buckets.
+//! and promotions they added or ended on other instances; and every few
+//! seconds retire rounds that are over, forget idle rate-limit keys and
+//! expired tokens, and fold the metrics' histogram buckets.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,9 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         let started = std::time::Instant::now();
         if let Err(e) = app.load_saved_drops().await {
             tracing::warn!(error = %e, "could not read operators' drops; will retry");
+        }
+        if let Err(e) = app.reload_promotions().await {
+            tracing::warn!(error = %e, "could not read operators' promotions; will retry");
         }
         if ticks.is_multiple_of(PRUNE_EVERY) {
             match app.retire_rounds().await {

@@ -109,7 +109,7 @@ impl InventoryEngine for EmbeddedEngine {
                     .await
                     .map(|d| *d);
                 match settled {
-                    Ok(Durability::Committed) => Ok(Ok(Reserved::Replayed(order))),
+                    Ok(Durability::Committed) => Ok(Ok(Reserved::Replayed(*order))),
                     _ => Err(EngineError::unavailable(
                         "the first request with this key failed",
                     )),

@@ -34,7 +34,8 @@ struct KeyedOrder {
 pub enum Decision {
     /// Units taken; the caller must commit the order and report the result.
     Taken(watch::Sender<Durability>),
-    Replay(Order, watch::Receiver<Durability>),
+    /// Boxed: a replay is rare, and a priced order would make every decision large.
+    Replay(Box<Order>, watch::Receiver<Durability>),
     Refused(Refused),
 }
 
@@ -57,7 +58,10 @@ impl RoundBook {
                 if &earlier.fingerprint != fingerprint {
                     return Decision::Refused(Refused::IdempotencyMismatch);
                 }
-                return Decision::Replay(earlier.order.clone(), earlier.durability.clone());
+                return Decision::Replay(
+                    Box::new(earlier.order.clone()),
+                    earlier.durability.clone(),
+                );
             }
         }
         let units = order.quantity.get();
@@ -188,6 +192,7 @@ mod tests {
                 currency: Currency::Cny,
                 created_at: now,
                 pay_by: now + SignedDuration::from_mins(15),
+                pricing: crate::pricing::Pricing::at_list("1.00".parse().unwrap()),
             },
             opens_at: now,
             closes_at: now + SignedDuration::from_hours(1),

@@ -24,7 +24,7 @@ use crate::store::{restocked_units, Restock};
 
 /// Compares the bearer token with the admin token in constant time. Both
 /// are hashed first so that not even their lengths leak through timing.
-fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
+pub(super) fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
     let given = req
         .headers()
         .get(AUTHORIZATION)

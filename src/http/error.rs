@@ -43,6 +43,8 @@ pub enum ApiError {
     IdempotencyMismatch,
     #[error("a drop with this id exists")]
     DropExists,
+    #[error("a promotion with this id exists or existed")]
+    PromotionExists,
     #[error("too many requests ({}); retry after {retry_after} s", layer_text(*.layer))]
     RateLimited { layer: Layer, retry_after: u32 },
     #[error("the server is at capacity; retry shortly")]
@@ -73,7 +75,8 @@ impl ApiError {
             | NotCancellable { .. }
             | NotPayable { .. }
             | DuplicateTransaction
-            | DropExists => StatusCode::CONFLICT,
+            | DropExists
+            | PromotionExists => StatusCode::CONFLICT,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -100,6 +103,7 @@ impl ApiError {
             BodyTimeout => "request_timeout",
             IdempotencyMismatch => "idempotency_mismatch",
             DropExists => "drop_exists",
+            PromotionExists => "promotion_exists",
             RateLimited { .. } => "rate_limited",
             Overloaded => "overloaded",
             Unavailable(_) => "unavailable",
@@ -121,9 +125,11 @@ impl ApiError {
             Closed => "closed",
             SoldOut => "sold_out",
             LimitExceeded { .. } => "limit_exceeded",
-            NotCancellable { .. } | NotPayable { .. } | DuplicateTransaction | DropExists => {
-                "conflict"
-            }
+            NotCancellable { .. }
+            | NotPayable { .. }
+            | DuplicateTransaction
+            | DropExists
+            | PromotionExists => "conflict",
             RateLimited { layer, .. } => match layer {
                 Layer::Ip => "rate_limited_ip",
                 Layer::User => "rate_limited_user",

@@ -7,6 +7,7 @@ mod error;
 mod json;
 mod ops;
 mod payments;
+mod promotions;
 mod router;
 mod self_wake;
 mod shopper;

@@ -11,7 +11,7 @@ use hyper::{Method, Request, StatusCode};
 use super::client_ip::client_ip;
 use super::error::ApiError;
 use super::json::{error, HttpResponse};
-use super::{admin, ops, payments, shopper};
+use super::{admin, ops, payments, promotions, shopper};
 use crate::app::App;
 use crate::telemetry;
 
@@ -32,6 +32,9 @@ enum Route<'a> {
     CreateDrop,
     Stats(&'a str),
     Restock(&'a str),
+    CreatePromotion,
+    Promotions,
+    EndPromotion(&'a str),
     Unknown,
 }
 
@@ -54,6 +57,9 @@ impl Route<'_> {
             (&Method::POST, ["admin", "v1", "drops"]) => Route::CreateDrop,
             (&Method::GET, ["admin", "v1", "drops", drop, "stats"]) => Route::Stats(drop),
             (&Method::POST, ["admin", "v1", "drops", drop, "restock"]) => Route::Restock(drop),
+            (&Method::POST, ["admin", "v1", "promotions"]) => Route::CreatePromotion,
+            (&Method::GET, ["admin", "v1", "promotions"]) => Route::Promotions,
+            (&Method::DELETE, ["admin", "v1", "promotions", id]) => Route::EndPromotion(id),
             _ => Route::Unknown,
         }
     }
@@ -77,6 +83,9 @@ impl Route<'_> {
             Route::CreateDrop => "admin_create_drop",
             Route::Stats(_) => "admin_stats",
             Route::Restock(_) => "admin_restock",
+            Route::CreatePromotion => "admin_create_promotion",
+            Route::Promotions => "admin_list_promotions",
+            Route::EndPromotion(_) => "admin_end_promotion",
             Route::Unknown => "unknown",
         }
     }
@@ -182,6 +191,9 @@ async fn dispatch(
         Route::CreateDrop => admin::create_drop(app, req).await,
         Route::Stats(drop) => admin::stats(app, drop, &req).await,
         Route::Restock(drop) => admin::restock(app, drop, req).await,
+        Route::CreatePromotion => promotions::create(app, req).await,
+        Route::Promotions => promotions::list(app, &req).await,
+        Route::EndPromotion(id) => promotions::end(app, id, &req).await,
         Route::Unknown => Err(ApiError::NotFound(format!("no endpoint {path}"))),
     }
 }

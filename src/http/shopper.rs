@@ -92,6 +92,7 @@ pub async fn reserve(
         quantity: Quantity::new(body.quantity)?,
         accept_presale_terms: body.accept_presale_terms,
         key,
+        student: shopper.student,
     };
     match reserve::reserve(app, &drop, request).await? {
         Win::New(order) => Ok(json(StatusCode::CREATED, &order)),

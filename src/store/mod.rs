@@ -7,6 +7,7 @@
 
 mod orders;
 mod postgres;
+mod promotion_rows;
 mod sql;
 mod sqlite;
 mod writer;
@@ -481,6 +482,35 @@ impl OrderStore {
     /// Every drop operators created, as the JSON they sent, oldest first.
     pub async fn saved_drops(&self) -> Result<Vec<String>, StoreError> {
         read!(self, READ_TIMEOUT, |db| orders::saved_drops(db))
+    }
+
+    /// Records an operator's promotion; false if its id is taken.
+    pub async fn save_promotion(
+        &self,
+        id: String,
+        definition: String,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.write(|reply| Job::SavePromotion {
+            id,
+            definition,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Ends a promotion for every instance; false if it had ended already.
+    pub async fn end_promotion(&self, id: String, now: Timestamp) -> Result<bool, StoreError> {
+        self.write(|reply| Job::EndPromotion { id, now, reply })
+            .await
+    }
+
+    /// Operators' promotions and the ends of any promotion.
+    pub async fn stored_promotions(
+        &self,
+    ) -> Result<Vec<crate::promotions::StoredPromotion>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| promotion_rows::all(db))
     }
 
     /// Jobs waiting for (or in) the writer's next commit.

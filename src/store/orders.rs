@@ -18,12 +18,13 @@ use crate::money::{parse_amount, Currency};
 use crate::order::{Order, OrderStatus};
 use crate::order_states::transition;
 use crate::payment::PaymentNotice;
+use crate::pricing::Pricing;
 
 /// The columns an order is read from, in this order (`order_from`).
 const ORDER_COLUMNS: &str = "id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
-     amount_due, deposit_due, created_at, pay_by";
+     amount_due, deposit_due, created_at, pay_by, list_amount, discounts";
 /// Where the key columns start in a keyed select.
-const KEY_COLUMN: usize = 12;
+const KEY_COLUMN: usize = 14;
 
 /// A new order as inserted: its columns and the idempotency key's.
 const NEW_ORDER: Insert = Insert {
@@ -44,6 +45,8 @@ const NEW_ORDER: Insert = Insert {
         ("pay_by", Column::Text),
         ("idempotency_key", Column::Text),
         ("request_fingerprint", Column::Text),
+        ("list_amount", Column::Text),
+        ("discounts", Column::Text),
     ],
 };
 
@@ -69,6 +72,22 @@ fn order_from(row: &Row) -> Result<Order, StoreError> {
         parse_amount(&raw).map_err(|_| corrupt("amount", &raw))
     };
     let status = row.text(6)?;
+    let amount_due = money(8)?;
+    // Orders without discounts (and orders from before prices had them)
+    // keep neither column: their list amount is what is due.
+    let pricing = match row.opt_text(12)? {
+        None => Pricing::at_list(amount_due),
+        Some(list) => Pricing {
+            list_amount: parse_amount(&list).map_err(|_| corrupt("amount", &list))?,
+            discounts: match row.opt_text(13)? {
+                None => Vec::new(),
+                Some(json) => {
+                    serde_json::from_str(&json).map_err(|_| corrupt("discounts", &json))?
+                }
+            },
+            amount_due,
+        },
+    };
     Ok(Order {
         id: OrderId::from_store(row.text(0)?),
         drop_id: DropId::parse(&row.text(1)?).map_err(checked)?,
@@ -78,11 +97,12 @@ fn order_from(row: &Row) -> Result<Order, StoreError> {
         quantity: Quantity::new(row.int(5)?).map_err(checked)?,
         status: OrderStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
         unit_price: money(7)?,
-        amount_due: money(8)?,
+        amount_due,
         deposit_due: money(9)?,
         currency: Currency::Cny,
         created_at: time(10)?,
         pay_by: time(11)?,
+        pricing,
     })
 }
 
@@ -221,6 +241,7 @@ pub async fn insert_orders<S: Sql>(
     let rows = orders
         .iter()
         .map(|(order, key)| {
+            let discounted = Some(&order.pricing).filter(|p| !p.discounts.is_empty());
             vec![
                 order.id.as_str().into(),
                 order.drop_id.as_str().into(),
@@ -237,6 +258,10 @@ pub async fn insert_orders<S: Sql>(
                 db_time(order.pay_by).into(),
                 key.as_ref().map(|(k, _)| k.as_str()).into(),
                 key.as_ref().map(|(_, f)| f.as_str()).into(),
+                discounted.map(|p| p.list_amount.to_string()).into(),
+                discounted
+                    .map(|p| serde_json::to_string(&p.discounts).unwrap_or_default())
+                    .into(),
             ]
         })
         .collect();

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_recovery.sql"),
     include_str!("../../migrations/sqlite/0004_order_states.sql"),
     include_str!("../../migrations/sqlite/0005_orders_by_user.sql"),
+    include_str!("../../migrations/sqlite/0006_promotions.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -338,6 +339,7 @@ mod tests {
             currency: crate::money::Currency::Cny,
             created_at: now,
             pay_by: now,
+            pricing: crate::pricing::Pricing::at_list("1.00".parse().unwrap()),
         }
     }
 

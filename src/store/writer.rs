@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql::Sql;
-use super::{orders, CancelOutcome, Keyed, PayOutcome, RestockRecord, StoreError};
+use super::{orders, promotion_rows, CancelOutcome, Keyed, PayOutcome, RestockRecord, StoreError};
 use crate::domain::{OrderId, UserId};
 use crate::order::Order;
 use crate::payment::PaymentNotice;
@@ -67,6 +67,17 @@ pub(crate) enum Job {
     SaveDrop {
         id: String,
         definition: String,
+        now: Timestamp,
+        reply: Reply<bool>,
+    },
+    SavePromotion {
+        id: String,
+        definition: String,
+        now: Timestamp,
+        reply: Reply<bool>,
+    },
+    EndPromotion {
+        id: String,
         now: Timestamp,
         reply: Reply<bool>,
     },
@@ -156,6 +167,8 @@ impl Job {
             Job::MarkReleased { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::AddRestock { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::SaveDrop { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::SavePromotion { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::EndPromotion { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::Flush { reply } => Ran::of(reply, Ok(())),
         }
     }
@@ -211,6 +224,15 @@ impl Job {
                 now,
                 reply,
             } => savepointed!(reply, orders::save_drop(db, &id, &definition, now)),
+            Job::SavePromotion {
+                id,
+                definition,
+                now,
+                reply,
+            } => savepointed!(reply, promotion_rows::save(db, &id, &definition, now)),
+            Job::EndPromotion { id, now, reply } => {
+                savepointed!(reply, promotion_rows::end(db, &id, now))
+            }
         }
     }
 }

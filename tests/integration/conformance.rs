@@ -109,6 +109,7 @@ pub fn attempt_for(
             currency: Currency::Cny,
             created_at: now,
             pay_by: now + SignedDuration::from_mins(15),
+            pricing: dropgate::pricing::Pricing::at_list("1999.00".parse().unwrap()),
         },
         opens_at,
         closes_at,

@@ -11,6 +11,7 @@ mod lifecycle;
 mod metrics;
 mod model;
 mod process;
+mod promotions;
 mod recovery;
 mod redis_faults;
 mod reserve_script;

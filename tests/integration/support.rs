@@ -603,6 +603,12 @@ impl Audit {
         }
     }
 
+    /// Stored orders matching an SQL condition the test writes itself.
+    pub async fn count_where(&self, condition: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM orders WHERE {condition}");
+        self.scalar(&sql, &[]).await
+    }
+
     /// Units in live orders of the rounds matching `round_like`.
     pub async fn live_units(&self, round_like: &str) -> i64 {
         self.scalar(LIVE_UNITS_SQL, &[round_like]).await
