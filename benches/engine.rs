@@ -42,6 +42,7 @@ fn attempt(user: &str, clock: &dyn Clock) -> ReserveAttempt {
             created_at: now,
             pay_by: now + SignedDuration::from_mins(15),
             pricing: dropgate::pricing::Pricing::at_list(Decimal::new(199900, 2)),
+            address: None,
         },
         opens_at: now - SignedDuration::from_hours(1),
         closes_at: now + SignedDuration::from_hours(24),

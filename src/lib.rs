@@ -6,9 +6,11 @@
 //!
 //! Layout:
 //! - [`config`], [`demo`]: the configuration file and the no-config demo.
-//! - [`domain`], [`money`], [`pricing`], [`promotions`], [`catalog`], [`schedule`], [`clock`], [`order`],
+//! - [`domain`], [`money`], [`catalog`], [`schedule`], [`clock`], [`order`],
 //!   [`order_states`]: checked values, the catalog and its rounds, time, the
 //!   order and its state machine.
+//! - [`pricing`], [`promotions`], [`address`]: prices at the win, the live
+//!   promotions, delivery addresses.
 //! - [`engine`]: the inventory engine trait, the embedded engine, and the
 //!   Redis engine (scripts in `lua/`, reconciliation, the order writer).
 //! - [`store`]: the order store (SQLite or PostgreSQL) and its group-commit writers.
@@ -21,6 +23,7 @@
 //! - [`telemetry`], [`upkeep`]: metrics; periodic pruning and drop loading.
 //! - [`app`]: the shared state, put together from the configuration.
 
+pub mod address;
 pub mod admission;
 pub mod app;
 pub mod auth;

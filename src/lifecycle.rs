@@ -9,7 +9,7 @@ use crate::app::App;
 use crate::domain::{OrderId, UserId};
 use crate::order::Order;
 use crate::payment::PaymentNotice;
-use crate::store::{CancelOutcome, PayOutcome, StoreError};
+use crate::store::{CancelOutcome, EditOutcome, PayOutcome, StoreError};
 use crate::telemetry;
 
 pub enum Cancelled {
@@ -70,6 +70,19 @@ pub async fn cancel(app: &App, id: OrderId, user: UserId) -> Result<Cancelled, S
         CancelOutcome::NotFound => Cancelled::NotFound,
         CancelOutcome::NotCancellable(order) => Cancelled::NotCancellable(order),
     })
+}
+
+/// Copies one of the shopper's addresses into their pending order.
+pub async fn set_address(
+    app: &App,
+    id: OrderId,
+    user: UserId,
+    address_id: String,
+) -> Result<EditOutcome, StoreError> {
+    catch_up(app, &id).await?;
+    app.store
+        .set_order_address(id, user, Some(address_id))
+        .await
 }
 
 pub async fn pay(app: &App, notice: PaymentNotice) -> Result<PayOutcome, StoreError> {

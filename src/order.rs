@@ -5,6 +5,7 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::address::Destination;
 use crate::domain::{DropId, OrderId, Quantity, RoundId, SkuId, UserId};
 use crate::money::{as_cents_string, Currency};
 use crate::pricing::Pricing;
@@ -36,4 +37,8 @@ pub struct Order {
     pub pay_by: Timestamp,
     /// How `amount_due` was reached: the list amount and each discount.
     pub pricing: Pricing,
+    /// Where the order goes: a copy of the address chosen at checkout.
+    /// Absent until then, and not written at all on the reserve path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Destination>,
 }

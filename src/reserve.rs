@@ -183,6 +183,7 @@ fn new_order(
             .checked_add(drop.pay_within)
             .map_err(|_| Refusal::ClockOutOfRange)?,
         pricing,
+        address: None,
     })
 }
 

@@ -193,6 +193,7 @@ mod tests {
                 created_at: now,
                 pay_by: now + SignedDuration::from_mins(15),
                 pricing: crate::pricing::Pricing::at_list("1.00".parse().unwrap()),
+                address: None,
             },
             opens_at: now,
             closes_at: now + SignedDuration::from_hours(1),

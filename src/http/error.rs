@@ -45,6 +45,12 @@ pub enum ApiError {
     DropExists,
     #[error("a promotion with this id exists or existed")]
     PromotionExists,
+    #[error("{0}")]
+    Undeliverable(String),
+    #[error("a shopper keeps at most {max} addresses; delete one first")]
+    TooManyAddresses { max: usize },
+    #[error("only orders pending payment can be changed; this one is {status}")]
+    NotEditable { status: &'static str },
     #[error("too many requests ({}); retry after {retry_after} s", layer_text(*.layer))]
     RateLimited { layer: Layer, retry_after: u32 },
     #[error("the server is at capacity; retry shortly")]
@@ -76,7 +82,10 @@ impl ApiError {
             | NotPayable { .. }
             | DuplicateTransaction
             | DropExists
-            | PromotionExists => StatusCode::CONFLICT,
+            | PromotionExists
+            | TooManyAddresses { .. }
+            | NotEditable { .. } => StatusCode::CONFLICT,
+            Undeliverable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -104,6 +113,9 @@ impl ApiError {
             IdempotencyMismatch => "idempotency_mismatch",
             DropExists => "drop_exists",
             PromotionExists => "promotion_exists",
+            Undeliverable(_) => "undeliverable",
+            TooManyAddresses { .. } => "too_many_addresses",
+            NotEditable { .. } => "not_editable",
             RateLimited { .. } => "rate_limited",
             Overloaded => "overloaded",
             Unavailable(_) => "unavailable",
@@ -119,7 +131,8 @@ impl ApiError {
             | AmountMismatch { .. }
             | PayloadTooLarge { .. }
             | BodyTimeout
-            | IdempotencyMismatch => "invalid",
+            | IdempotencyMismatch
+            | Undeliverable(_) => "invalid",
             Unauthorized(_) => "unauthorized",
             NotOpen { .. } => "not_open",
             Closed => "closed",
@@ -129,7 +142,9 @@ impl ApiError {
             | NotPayable { .. }
             | DuplicateTransaction
             | DropExists
-            | PromotionExists => "conflict",
+            | PromotionExists
+            | TooManyAddresses { .. }
+            | NotEditable { .. } => "conflict",
             RateLimited { layer, .. } => match layer {
                 Layer::Ip => "rate_limited_ip",
                 Layer::User => "rate_limited_user",

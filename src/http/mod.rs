@@ -1,7 +1,9 @@
 //! The HTTP/1.1 server on hyper: accept loop, connection cap, header-read
 //! timeout, graceful shutdown. Routing and handlers live in the submodules.
 
+mod addresses;
 mod admin;
+mod checkout;
 mod client_ip;
 mod error;
 mod json;

@@ -11,7 +11,7 @@ use hyper::{Method, Request, StatusCode};
 use super::client_ip::client_ip;
 use super::error::ApiError;
 use super::json::{error, HttpResponse};
-use super::{admin, ops, payments, promotions, shopper};
+use super::{addresses, admin, checkout, ops, payments, promotions, shopper};
 use crate::app::App;
 use crate::telemetry;
 
@@ -35,6 +35,10 @@ enum Route<'a> {
     CreatePromotion,
     Promotions,
     EndPromotion(&'a str),
+    AddAddress,
+    Addresses,
+    DeleteAddress(&'a str),
+    EditOrder(&'a str),
     Unknown,
 }
 
@@ -51,6 +55,10 @@ impl Route<'_> {
             (&Method::GET, ["api", "v1", "orders"]) => Route::Orders,
             (&Method::GET, ["api", "v1", "orders", order]) => Route::Order(order),
             (&Method::POST, ["api", "v1", "orders", order, "cancel"]) => Route::Cancel(order),
+            (&Method::PATCH, ["api", "v1", "orders", order]) => Route::EditOrder(order),
+            (&Method::POST, ["api", "v1", "addresses"]) => Route::AddAddress,
+            (&Method::GET, ["api", "v1", "addresses"]) => Route::Addresses,
+            (&Method::DELETE, ["api", "v1", "addresses", id]) => Route::DeleteAddress(id),
             (&Method::POST, ["api", "v1", "payments", "notify"]) => Route::PaymentNotify,
             (&Method::GET, ["admin", "v1", "limits"]) => Route::GetLimits,
             (&Method::PUT, ["admin", "v1", "limits"]) => Route::PutLimits,
@@ -86,6 +94,10 @@ impl Route<'_> {
             Route::CreatePromotion => "admin_create_promotion",
             Route::Promotions => "admin_list_promotions",
             Route::EndPromotion(_) => "admin_end_promotion",
+            Route::AddAddress => "add_address",
+            Route::Addresses => "list_addresses",
+            Route::DeleteAddress(_) => "delete_address",
+            Route::EditOrder(_) => "edit_order",
             Route::Unknown => "unknown",
         }
     }
@@ -103,6 +115,10 @@ impl Route<'_> {
                 | Route::Orders
                 | Route::Order(_)
                 | Route::Cancel(_)
+                | Route::AddAddress
+                | Route::Addresses
+                | Route::DeleteAddress(_)
+                | Route::EditOrder(_)
                 | Route::Unknown
         )
     }
@@ -194,6 +210,10 @@ async fn dispatch(
         Route::CreatePromotion => promotions::create(app, req).await,
         Route::Promotions => promotions::list(app, &req).await,
         Route::EndPromotion(id) => promotions::end(app, id, &req).await,
+        Route::AddAddress => addresses::add(app, req).await,
+        Route::Addresses => addresses::list(app, &req).await,
+        Route::DeleteAddress(id) => addresses::delete(app, id, &req).await,
+        Route::EditOrder(order) => checkout::edit_order(app, order, req).await,
         Route::Unknown => Err(ApiError::NotFound(format!("no endpoint {path}"))),
     }
 }

@@ -106,13 +106,13 @@ pub async fn list_orders(app: &App, req: &Request<Incoming>) -> Result<HttpRespo
     Ok(json(StatusCode::OK, &json!({ "orders": orders })))
 }
 
-fn no_order() -> ApiError {
+pub(super) fn no_order() -> ApiError {
     ApiError::NotFound("no such order".into())
 }
 
 /// The verified caller and the order id in the path; an id that cannot be
 /// one of ours is answered like a missing order.
-fn caller_and_order(
+pub(super) fn caller_and_order(
     app: &App,
     order_id: &str,
     req: &Request<Incoming>,

@@ -5,6 +5,7 @@
 //! database implements, and every write goes through the one group-commit
 //! writer design (`writer.rs`), many jobs per transaction.
 
+mod address_rows;
 mod orders;
 mod postgres;
 mod promotion_rows;
@@ -22,6 +23,7 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::address::Address;
 use crate::domain::{IdempotencyKey, OrderId, RoundId, SkuId, UserId};
 use crate::order::{Order, OrderStatus};
 use crate::payment::PaymentNotice;
@@ -29,7 +31,8 @@ use postgres::{PgDb, PgStore};
 use sqlite::{finish_now, SqliteStore};
 use writer::{Job, Reply};
 
-pub use orders::db_time;
+pub use address_rows::AddOutcome;
+pub use orders::{db_time, EditOutcome};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -511,6 +514,46 @@ impl OrderStore {
         &self,
     ) -> Result<Vec<crate::promotions::StoredPromotion>, StoreError> {
         read!(self, READ_TIMEOUT, |db| promotion_rows::all(db))
+    }
+
+    /// Adds a shopper's address unless they keep the most allowed already.
+    pub async fn add_address(
+        &self,
+        user: UserId,
+        address: Address,
+    ) -> Result<AddOutcome, StoreError> {
+        self.write(|reply| Job::AddAddress {
+            user,
+            address,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes one of the shopper's addresses; false if they have none with this id.
+    pub async fn delete_address(&self, user: UserId, id: String) -> Result<bool, StoreError> {
+        self.write(|reply| Job::DeleteAddress { user, id, reply })
+            .await
+    }
+
+    pub async fn addresses(&self, user: UserId) -> Result<Vec<Address>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| address_rows::list(db, &user))
+    }
+
+    /// Copies one of the shopper's addresses (or their default) into their pending order.
+    pub async fn set_order_address(
+        &self,
+        id: OrderId,
+        user: UserId,
+        address_id: Option<String>,
+    ) -> Result<EditOutcome, StoreError> {
+        self.write(|reply| Job::SetOrderAddress {
+            id,
+            user,
+            address_id,
+            reply,
+        })
+        .await
     }
 
     /// Jobs waiting for (or in) the writer's next commit.

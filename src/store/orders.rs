@@ -22,9 +22,9 @@ use crate::pricing::Pricing;
 
 /// The columns an order is read from, in this order (`order_from`).
 const ORDER_COLUMNS: &str = "id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
-     amount_due, deposit_due, created_at, pay_by, list_amount, discounts";
+     amount_due, deposit_due, created_at, pay_by, list_amount, discounts, address";
 /// Where the key columns start in a keyed select.
-const KEY_COLUMN: usize = 14;
+const KEY_COLUMN: usize = 15;
 
 /// A new order as inserted: its columns and the idempotency key's.
 const NEW_ORDER: Insert = Insert {
@@ -103,6 +103,10 @@ fn order_from(row: &Row) -> Result<Order, StoreError> {
         created_at: time(10)?,
         pay_by: time(11)?,
         pricing,
+        address: match row.opt_text(14)? {
+            None => None,
+            Some(json) => Some(serde_json::from_str(&json).map_err(|_| corrupt("address", &json))?),
+        },
     })
 }
 
@@ -329,6 +333,63 @@ pub async fn move_order<S: Sql>(
         .first()
         .map(order_from)
         .transpose()
+}
+
+/// What an edit of an order at checkout did.
+#[derive(Debug)]
+pub enum EditOutcome {
+    Edited(Order),
+    /// No such order, or another shopper's.
+    NotFound,
+    /// The order is past pending payment: it can no longer change.
+    NotEditable(Order),
+    /// The change needs something the shopper does not have (say, the address).
+    Missing(&'static str),
+}
+
+/// Changes checkout columns of one of `user`'s orders while it is pending
+/// payment: `set` decides the columns from the locked order, or says what
+/// is missing.
+pub async fn edit_pending<S, F>(
+    db: &mut S,
+    id: &OrderId,
+    user: &UserId,
+    set: F,
+) -> Result<EditOutcome, StoreError>
+where
+    S: Sql,
+    F: AsyncFnOnce(
+        &mut S,
+        &Order,
+    ) -> Result<Result<Vec<(&'static str, String)>, &'static str>, StoreError>,
+{
+    let Some(order) = locked(db, id.as_str())
+        .await?
+        .filter(|o| &o.user_id == user)
+    else {
+        return Ok(EditOutcome::NotFound);
+    };
+    if order.status != OrderStatus::PendingPayment {
+        return Ok(EditOutcome::NotEditable(order));
+    }
+    let columns = match set(db, &order).await? {
+        Ok(columns) => columns,
+        Err(missing) => return Ok(EditOutcome::Missing(missing)),
+    };
+    let mut params: Vec<Value<'_>> = vec![id.as_str().into()];
+    let mut assignments = Vec::with_capacity(columns.len());
+    for (column, value) in columns {
+        params.push(value.into());
+        assignments.push(format!("{column} = ${}", params.len()));
+    }
+    let sql = format!(
+        "UPDATE orders SET {} WHERE id = $1 AND status = 'pending_payment' RETURNING {ORDER_COLUMNS}",
+        assignments.join(", ")
+    );
+    Ok(match db.rows(&sql, &params).await?.first() {
+        Some(row) => EditOutcome::Edited(order_from(row)?),
+        None => EditOutcome::NotEditable(order),
+    })
 }
 
 /// The order, locked until the transaction ends.

@@ -112,6 +112,18 @@ impl Dialect {
         }
     }
 
+    /// A statement that serialises this transaction with every other one
+    /// that takes the same key (`$1`, a text), until it ends; None where
+    /// one writer already serialises every change (SQLite).
+    pub fn lock_key(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => {
+                Some("SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext($1))) AS locked")
+            }
+        }
+    }
+
     /// A subquery of the texts in a JSON array passed as `param`.
     pub fn texts_of(self, param: &str) -> String {
         match self {

@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_order_states.sql"),
     include_str!("../../migrations/sqlite/0005_orders_by_user.sql"),
     include_str!("../../migrations/sqlite/0006_promotions.sql"),
+    include_str!("../../migrations/sqlite/0007_addresses.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -340,6 +341,7 @@ mod tests {
             created_at: now,
             pay_by: now,
             pricing: crate::pricing::Pricing::at_list("1.00".parse().unwrap()),
+            address: None,
         }
     }
 

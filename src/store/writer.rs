@@ -13,8 +13,11 @@ use std::collections::HashSet;
 use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
+use super::address_rows::{self, AddOutcome};
+use super::orders::{self, EditOutcome};
 use super::sql::Sql;
-use super::{orders, promotion_rows, CancelOutcome, Keyed, PayOutcome, RestockRecord, StoreError};
+use super::{promotion_rows, CancelOutcome, Keyed, PayOutcome, RestockRecord, StoreError};
+use crate::address::Address;
 use crate::domain::{OrderId, UserId};
 use crate::order::Order;
 use crate::payment::PaymentNotice;
@@ -80,6 +83,22 @@ pub(crate) enum Job {
         id: String,
         now: Timestamp,
         reply: Reply<bool>,
+    },
+    AddAddress {
+        user: UserId,
+        address: Address,
+        reply: Reply<AddOutcome>,
+    },
+    DeleteAddress {
+        user: UserId,
+        id: String,
+        reply: Reply<bool>,
+    },
+    SetOrderAddress {
+        id: OrderId,
+        user: UserId,
+        address_id: Option<String>,
+        reply: Reply<EditOutcome>,
     },
     Flush {
         reply: Reply<()>,
@@ -169,6 +188,9 @@ impl Job {
             Job::SaveDrop { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::SavePromotion { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::EndPromotion { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::AddAddress { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::DeleteAddress { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::SetOrderAddress { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::Flush { reply } => Ran::of(reply, Ok(())),
         }
     }
@@ -233,6 +255,26 @@ impl Job {
             Job::EndPromotion { id, now, reply } => {
                 savepointed!(reply, promotion_rows::end(db, &id, now))
             }
+            Job::AddAddress {
+                user,
+                address,
+                reply,
+            } => savepointed!(
+                reply,
+                address_rows::add(db, &user, &address, crate::address::MAX_PER_SHOPPER)
+            ),
+            Job::DeleteAddress { user, id, reply } => {
+                savepointed!(reply, address_rows::delete(db, &user, &id))
+            }
+            Job::SetOrderAddress {
+                id,
+                user,
+                address_id,
+                reply,
+            } => savepointed!(
+                reply,
+                address_rows::set_order_address(db, &id, &user, address_id.as_deref())
+            ),
         }
     }
 }

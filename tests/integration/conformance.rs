@@ -58,6 +58,16 @@ impl Backend {
             .as_ref()
             .map_or(EngineChoice::Embedded, RedisServer::engine)
     }
+
+    /// A dropgate on this backend, serving `config` with the clock at `now`.
+    pub async fn start(&self, config: &str, now: Timestamp) -> TestServer {
+        match &self.postgres {
+            Some(pg) => {
+                TestServer::start_with_database(config, &pg.database(), now, &self.choice()).await
+            }
+            None => TestServer::start_with_engine(config, now, &self.choice()).await,
+        }
+    }
 }
 
 const DROP: &str = "conf";
@@ -67,12 +77,7 @@ async fn server(backend: &Backend, stock: i64, limit: i64) -> TestServer {
     let now = Timestamp::now();
     let config =
         config_head("") + &window_drop(DROP, SKU, stock, limit, now - hours(1), now + hours(1));
-    match &backend.postgres {
-        Some(pg) => {
-            TestServer::start_with_database(&config, &pg.database(), now, &backend.choice()).await
-        }
-        None => TestServer::start_with_engine(&config, now, &backend.choice()).await,
-    }
+    backend.start(&config, now).await
 }
 
 /// Stops the server (draining Redis's winners into the store) and opens its database.
@@ -110,6 +115,7 @@ pub fn attempt_for(
             created_at: now,
             pay_by: now + SignedDuration::from_mins(15),
             pricing: dropgate::pricing::Pricing::at_list("1999.00".parse().unwrap()),
+            address: None,
         },
         opens_at,
         closes_at,
@@ -481,6 +487,8 @@ macro_rules! conformance {
         }
     };
 }
+
+pub(crate) use conformance;
 
 conformance!(
     the_engine_holds_the_window_by_its_own_clock,

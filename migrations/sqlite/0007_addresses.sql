@@ -1,0 +1,18 @@
+-- Shoppers' delivery addresses (POST /api/v1/addresses). A deleted address
+-- is gone: orders keep their own copy (orders.address), never a reference.
+-- At most one default per shopper (the unique index).
+CREATE TABLE addresses (
+    id         TEXT PRIMARY KEY NOT NULL,
+    user_id    TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    phone      TEXT NOT NULL,
+    region     TEXT NOT NULL,
+    detail     TEXT NOT NULL,
+    is_default INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX addresses_by_user ON addresses (user_id);
+CREATE UNIQUE INDEX addresses_one_default ON addresses (user_id) WHERE is_default = 1;
+
+-- Where the order goes: a JSON copy of the address chosen at checkout.
+ALTER TABLE orders ADD COLUMN address TEXT;
