@@ -80,6 +80,8 @@ pub struct App {
     pub redis_writer: Option<RedisOrderWriter>,
     /// The promotions wins are priced with.
     pub promotions: LivePromotions,
+    /// The store's payment rules (`[payments]`); drops may override them.
+    pub payments: crate::payment_rules::PaymentRules,
 }
 
 impl App {
@@ -133,6 +135,7 @@ impl App {
             connections: Arc::new(Semaphore::new(max_connections)),
             redis_writer,
             promotions,
+            payments: config.payments,
         });
         Ok(app)
     }

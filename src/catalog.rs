@@ -33,6 +33,8 @@ pub struct Drop {
     pub presale: bool,
     pub timing: Timing,
     pub skus: Vec<Sku>,
+    /// What this drop changes of the store's payment rules.
+    pub payments: crate::payment_rules::DropPayments,
     pub round_cache: RoundCache,
 }
 

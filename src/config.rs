@@ -14,6 +14,8 @@ use serde::Deserialize;
 use crate::catalog::{Catalog, Drop, Sku};
 use crate::domain::{DropId, SkuId};
 use crate::money::parse_amount;
+use crate::payment::PaymentMethod;
+use crate::payment_rules::{DropPayments, PaymentRules};
 use crate::schedule::{Timing, WeeklySchedule};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,8 @@ pub struct Config {
     /// `[[promotions]]`: every instance declares its own; operators add
     /// and end them live.
     pub promotions: Vec<(crate::promotions::Definition, crate::pricing::Promotion)>,
+    /// `[payments]`: the methods and their rules, unless a drop overrides them.
+    pub payments: PaymentRules,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +132,16 @@ struct ConfigFile {
     drops: Vec<DropSection>,
     #[serde(default)]
     promotions: Vec<crate::promotions::Definition>,
+    #[serde(default)]
+    payments: PaymentsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaymentsSection {
+    methods: Option<Vec<PaymentMethod>>,
+    cod_max_amount: Option<toml::Value>,
+    installment_periods: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,6 +180,8 @@ struct DropSection {
     closes_at: Option<String>,
     #[serde(default)]
     skus: Vec<SkuSection>,
+    payment_methods: Option<Vec<PaymentMethod>>,
+    cod_max_amount: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +283,7 @@ impl Config {
         }
         Ok(Self {
             promotions,
+            payments: parse_payments(file.payments)?,
             listen,
             auth: resolve_secrets(file.auth, secrets)?,
             limits: check_limits(file.limits)?,
@@ -413,6 +430,68 @@ pub fn drop_from_json(json: &[u8]) -> Result<Drop, ConfigError> {
     parse_drop(section)
 }
 
+fn parse_payments(section: PaymentsSection) -> Result<PaymentRules, ConfigError> {
+    let defaults = PaymentRules::default();
+    let err = |field: &str, message: String| field_error(format!("payments.{field}"), message);
+    let methods = match section.methods {
+        Some(methods) => check_methods(methods).map_err(|m| err("methods", m))?,
+        None => defaults.methods,
+    };
+    let cod_max_amount = match &section.cod_max_amount {
+        Some(raw) => parse_money(raw).map_err(|m| err("cod_max_amount", m))?,
+        None => defaults.cod_max_amount,
+    };
+    let installment_periods = match section.installment_periods {
+        None => defaults.installment_periods,
+        Some(periods) => {
+            let mut checked: Vec<u32> = Vec::with_capacity(periods.len());
+            for n in periods {
+                let period = u32::try_from(n)
+                    .ok()
+                    .filter(|n| (2..=36).contains(n))
+                    .ok_or_else(|| {
+                        err(
+                            "installment_periods",
+                            format!("{n} is not a period of 2 to 36 months"),
+                        )
+                    })?;
+                if checked.contains(&period) {
+                    return Err(err(
+                        "installment_periods",
+                        format!("{period} appears twice"),
+                    ));
+                }
+                checked.push(period);
+            }
+            if checked.is_empty() {
+                return Err(err(
+                    "installment_periods",
+                    "at least one period is needed".into(),
+                ));
+            }
+            checked
+        }
+    };
+    Ok(PaymentRules {
+        methods,
+        cod_max_amount,
+        installment_periods,
+    })
+}
+
+/// At least one method, none twice.
+fn check_methods(methods: Vec<PaymentMethod>) -> Result<Vec<PaymentMethod>, String> {
+    if methods.is_empty() {
+        return Err("at least one method is needed".into());
+    }
+    for (i, method) in methods.iter().enumerate() {
+        if methods[..i].contains(method) {
+            return Err(format!("{} appears twice", method.as_str()));
+        }
+    }
+    Ok(methods)
+}
+
 fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
     let name = section.id.clone();
     let err = |field: &str, message: String| drop_error(&name, field, message);
@@ -506,8 +585,22 @@ fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
             stock,
         });
     }
+    let payments = DropPayments {
+        methods: section
+            .payment_methods
+            .map(check_methods)
+            .transpose()
+            .map_err(|m| err("payment_methods", m))?,
+        cod_max_amount: section
+            .cod_max_amount
+            .as_ref()
+            .map(parse_money)
+            .transpose()
+            .map_err(|m| err("cod_max_amount", m))?,
+    };
     Ok(Drop {
         id,
+        payments,
         product: section.product,
         per_user_limit,
         pay_within,

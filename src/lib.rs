@@ -18,7 +18,8 @@
 //!   engine's decision) that the HTTP handler calls.
 //! - [`lifecycle`], [`sweeper`]: cancel, pay, expire, durable releases; the sweeper.
 //! - [`admission`], [`sold_out`]: token buckets and the in-flight cap; local sold-out marks.
-//! - [`auth`], [`payment`]: shopper tokens; payment notification signatures.
+//! - [`auth`], [`payment`], [`payment_rules`]: shopper tokens; payment
+//!   notification signatures; the methods an order may be paid with.
 //! - [`http`]: the hyper server, routing and handlers.
 //! - [`telemetry`], [`upkeep`]: metrics; periodic pruning and drop loading.
 //! - [`app`]: the shared state, put together from the configuration.
@@ -39,6 +40,7 @@ pub mod money;
 pub mod order;
 pub mod order_states;
 pub mod payment;
+pub mod payment_rules;
 pub mod pricing;
 pub mod promotions;
 pub mod reserve;

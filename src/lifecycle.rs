@@ -9,7 +9,10 @@ use crate::app::App;
 use crate::domain::{OrderId, UserId};
 use crate::order::Order;
 use crate::payment::PaymentNotice;
-use crate::store::{CancelOutcome, EditOutcome, PayOutcome, StoreError};
+use crate::payment_rules::PaymentChoice;
+use crate::store::{
+    CancelOutcome, EditOutcome, IntentOutcome, IntentRequest, PayOutcome, StoreError,
+};
 use crate::telemetry;
 
 pub enum Cancelled {
@@ -82,6 +85,34 @@ pub async fn set_address(
     catch_up(app, &id).await?;
     app.store
         .set_order_address(id, user, Some(address_id))
+        .await
+}
+
+/// Issues a payment intent under the rules of the order's drop.
+pub async fn pay_intent(
+    app: &App,
+    id: OrderId,
+    user: UserId,
+    choice: PaymentChoice,
+) -> Result<IntentOutcome, StoreError> {
+    catch_up(app, &id).await?;
+    let Some(order) = app.store.get(id.clone()).await? else {
+        return Ok(IntentOutcome::NotFound);
+    };
+    // A drop is never removed from the catalog; the store's rules are the
+    // fallback all the same.
+    let catalog = app.catalog();
+    let drop = catalog.get(order.drop_id.as_str());
+    let request = IntentRequest {
+        choice,
+        rules: drop.map_or_else(
+            || app.payments.clone(),
+            |d| app.payments.for_drop(&d.payments),
+        ),
+        presale: drop.is_some_and(|d| d.presale),
+    };
+    app.store
+        .pay_intent(id, user, request, app.clock.now())
         .await
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::Destination;
 use crate::domain::{DropId, OrderId, Quantity, RoundId, SkuId, UserId};
 use crate::money::{as_cents_string, Currency};
+use crate::payment::PaymentMethod;
 use crate::pricing::Pricing;
 
 pub use crate::order_states::OrderStatus;
@@ -41,4 +42,13 @@ pub struct Order {
     /// Absent until then, and not written at all on the reserve path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Destination>,
+    /// The method of the last payment intent (or of the payment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<PaymentMethod>,
+    /// Interest-free periods chosen with `huabei` or `installment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installments: Option<u32>,
+    /// The last payment intent, which the gateway's notice must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
 }

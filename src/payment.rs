@@ -3,7 +3,7 @@
 
 use hmac::{Hmac, Mac};
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::domain::{InvalidValue, OrderId};
@@ -11,7 +11,7 @@ use crate::money::parse_amount;
 
 type HmacSha256 = Hmac<Sha256>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentMethod {
     Alipay,
@@ -24,6 +24,12 @@ pub enum PaymentMethod {
 }
 
 impl PaymentMethod {
+    pub fn parse(raw: &str) -> Option<Self> {
+        crate::payment_rules::ALL_METHODS
+            .into_iter()
+            .find(|m| m.as_str() == raw)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PaymentMethod::Alipay => "alipay",

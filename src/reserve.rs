@@ -184,6 +184,9 @@ fn new_order(
             .map_err(|_| Refusal::ClockOutOfRange)?,
         pricing,
         address: None,
+        payment_method: None,
+        installments: None,
+        payment_id: None,
     })
 }
 

@@ -1,16 +1,19 @@
 //! Checkout after the win: the shopper edits their pending order (the
-//! delivery address) before paying.
+//! delivery address), then asks to pay it (a payment intent).
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
+use serde_json::json;
 
 use super::error::ApiError;
 use super::json::{json, parse, read_body, HttpResponse};
 use super::shopper::{caller_and_order, no_order};
 use crate::app::App;
 use crate::lifecycle;
-use crate::store::EditOutcome;
+use crate::money::with_cents;
+use crate::payment_rules::{ChoiceRefused, PaymentChoice};
+use crate::store::{EditOutcome, IntentOutcome};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,5 +44,45 @@ pub async fn edit_order(
         EditOutcome::Missing(what) => Err(ApiError::InvalidRequest(format!(
             "no such {what} among yours"
         ))),
+    }
+}
+
+/// `POST /api/v1/orders/{id}/pay`: the intent the gateway's notice must
+/// match (its method and amount).
+pub async fn pay(
+    app: &App,
+    order_id: &str,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let (shopper, id) = caller_and_order(app, order_id, &req)?;
+    let body = read_body(req, &app.settings).await?;
+    let choice: PaymentChoice = parse(&body)?;
+    match lifecycle::pay_intent(app, id, shopper.user, choice).await? {
+        IntentOutcome::Issued {
+            order,
+            payment_id,
+            amount,
+        } => Ok(json(
+            StatusCode::OK,
+            &json!({
+                "payment_id": payment_id,
+                "order_id": order.id,
+                "amount": with_cents(amount).to_string(),
+                "method": order.payment_method,
+                "installments": order.installments,
+                "order": order,
+            }),
+        )),
+        IntentOutcome::NotFound => Err(no_order()),
+        IntentOutcome::NotPayable(order) => Err(ApiError::NotPayable {
+            status: order.status.as_str(),
+        }),
+        IntentOutcome::AddressRequired => Err(ApiError::AddressRequired),
+        IntentOutcome::Refused(ChoiceRefused::MethodNotAllowed(message)) => {
+            Err(ApiError::MethodNotAllowed(message))
+        }
+        IntentOutcome::Refused(ChoiceRefused::Invalid(message)) => {
+            Err(ApiError::InvalidRequest(message))
+        }
     }
 }

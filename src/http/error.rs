@@ -51,6 +51,12 @@ pub enum ApiError {
     TooManyAddresses { max: usize },
     #[error("only orders pending payment can be changed; this one is {status}")]
     NotEditable { status: &'static str },
+    #[error("the payment intent is for {expected}")]
+    MethodMismatch { expected: &'static str },
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("the order has no delivery address and the shopper no default one")]
+    AddressRequired,
     #[error("too many requests ({}); retry after {retry_after} s", layer_text(*.layer))]
     RateLimited { layer: Layer, retry_after: u32 },
     #[error("the server is at capacity; retry shortly")]
@@ -71,7 +77,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            InvalidRequest(_) | AmountMismatch { .. } => StatusCode::BAD_REQUEST,
+            InvalidRequest(_) | AmountMismatch { .. } | MethodMismatch { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             NotFound(_) => StatusCode::NOT_FOUND,
             NotOpen { .. }
@@ -84,7 +92,9 @@ impl ApiError {
             | DropExists
             | PromotionExists
             | TooManyAddresses { .. }
-            | NotEditable { .. } => StatusCode::CONFLICT,
+            | NotEditable { .. }
+            | MethodNotAllowed(_)
+            | AddressRequired => StatusCode::CONFLICT,
             Undeliverable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -116,6 +126,9 @@ impl ApiError {
             Undeliverable(_) => "undeliverable",
             TooManyAddresses { .. } => "too_many_addresses",
             NotEditable { .. } => "not_editable",
+            MethodMismatch { .. } => "method_mismatch",
+            MethodNotAllowed(_) => "method_not_allowed",
+            AddressRequired => "address_required",
             RateLimited { .. } => "rate_limited",
             Overloaded => "overloaded",
             Unavailable(_) => "unavailable",
@@ -132,7 +145,8 @@ impl ApiError {
             | PayloadTooLarge { .. }
             | BodyTimeout
             | IdempotencyMismatch
-            | Undeliverable(_) => "invalid",
+            | Undeliverable(_)
+            | MethodMismatch { .. } => "invalid",
             Unauthorized(_) => "unauthorized",
             NotOpen { .. } => "not_open",
             Closed => "closed",
@@ -144,7 +158,9 @@ impl ApiError {
             | DropExists
             | PromotionExists
             | TooManyAddresses { .. }
-            | NotEditable { .. } => "conflict",
+            | NotEditable { .. }
+            | MethodNotAllowed(_)
+            | AddressRequired => "conflict",
             RateLimited { layer, .. } => match layer {
                 Layer::Ip => "rate_limited_ip",
                 Layer::User => "rate_limited_user",

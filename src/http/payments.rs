@@ -35,6 +35,9 @@ pub async fn notify(app: &App, req: Request<Incoming>) -> Result<HttpResponse, A
         PayOutcome::AmountMismatch { due } => Err(ApiError::AmountMismatch {
             due: crate::money::with_cents(due).to_string(),
         }),
+        PayOutcome::MethodMismatch { expected } => Err(ApiError::MethodMismatch {
+            expected: expected.as_str(),
+        }),
         PayOutcome::TransactionUsedElsewhere => Err(ApiError::DuplicateTransaction),
         PayOutcome::NotPayable(order) | PayOutcome::ExpiredNow(order) => {
             Err(ApiError::NotPayable {

@@ -39,6 +39,7 @@ enum Route<'a> {
     Addresses,
     DeleteAddress(&'a str),
     EditOrder(&'a str),
+    PayOrder(&'a str),
     Unknown,
 }
 
@@ -56,6 +57,7 @@ impl Route<'_> {
             (&Method::GET, ["api", "v1", "orders", order]) => Route::Order(order),
             (&Method::POST, ["api", "v1", "orders", order, "cancel"]) => Route::Cancel(order),
             (&Method::PATCH, ["api", "v1", "orders", order]) => Route::EditOrder(order),
+            (&Method::POST, ["api", "v1", "orders", order, "pay"]) => Route::PayOrder(order),
             (&Method::POST, ["api", "v1", "addresses"]) => Route::AddAddress,
             (&Method::GET, ["api", "v1", "addresses"]) => Route::Addresses,
             (&Method::DELETE, ["api", "v1", "addresses", id]) => Route::DeleteAddress(id),
@@ -98,6 +100,7 @@ impl Route<'_> {
             Route::Addresses => "list_addresses",
             Route::DeleteAddress(_) => "delete_address",
             Route::EditOrder(_) => "edit_order",
+            Route::PayOrder(_) => "pay_order",
             Route::Unknown => "unknown",
         }
     }
@@ -119,6 +122,7 @@ impl Route<'_> {
                 | Route::Addresses
                 | Route::DeleteAddress(_)
                 | Route::EditOrder(_)
+                | Route::PayOrder(_)
                 | Route::Unknown
         )
     }
@@ -214,6 +218,7 @@ async fn dispatch(
         Route::Addresses => addresses::list(app, &req).await,
         Route::DeleteAddress(id) => addresses::delete(app, id, &req).await,
         Route::EditOrder(order) => checkout::edit_order(app, order, req).await,
+        Route::PayOrder(order) => checkout::pay(app, order, req).await,
         Route::Unknown => Err(ApiError::NotFound(format!("no endpoint {path}"))),
     }
 }

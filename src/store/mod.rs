@@ -6,6 +6,7 @@
 //! writer design (`writer.rs`), many jobs per transaction.
 
 mod address_rows;
+mod intent_rows;
 mod orders;
 mod postgres;
 mod promotion_rows;
@@ -26,12 +27,13 @@ use tokio::sync::{mpsc, oneshot};
 use crate::address::Address;
 use crate::domain::{IdempotencyKey, OrderId, RoundId, SkuId, UserId};
 use crate::order::{Order, OrderStatus};
-use crate::payment::PaymentNotice;
+use crate::payment::{PaymentMethod, PaymentNotice};
 use postgres::{PgDb, PgStore};
 use sqlite::{finish_now, SqliteStore};
 use writer::{Job, Reply};
 
 pub use address_rows::AddOutcome;
+pub use intent_rows::{IntentOutcome, IntentRequest};
 pub use orders::{db_time, EditOutcome};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -146,6 +148,10 @@ pub enum PayOutcome {
     AmountMismatch {
         due: Decimal,
     },
+    /// The order's payment intent is for another method.
+    MethodMismatch {
+        expected: PaymentMethod,
+    },
     /// Paid by another transaction, cancelled or expired already.
     NotPayable(Order),
     /// Pending but past `pay_by`: this notice expired it, its stock must return.
@@ -170,6 +176,11 @@ pub(crate) fn pay_step(order: &Order, notice: &PaymentNotice, now: Timestamp) ->
     }
     if now >= order.pay_by {
         return PayStep::Expire;
+    }
+    if let (Some(_), Some(expected)) = (&order.payment_id, order.payment_method) {
+        if notice.method != expected {
+            return PayStep::Refuse(PayOutcome::MethodMismatch { expected });
+        }
     }
     if notice.amount != order.deposit_due {
         return PayStep::Refuse(PayOutcome::AmountMismatch {
@@ -551,6 +562,25 @@ impl OrderStore {
             id,
             user,
             address_id,
+            reply,
+        })
+        .await
+    }
+
+    /// Issues a payment intent for the shopper's pending order (cash on
+    /// delivery moves it to awaiting delivery at once).
+    pub async fn pay_intent(
+        &self,
+        id: OrderId,
+        user: UserId,
+        request: IntentRequest,
+        now: Timestamp,
+    ) -> Result<IntentOutcome, StoreError> {
+        self.write(|reply| Job::PayIntent {
+            id,
+            user,
+            request,
+            now,
             reply,
         })
         .await

@@ -17,14 +17,16 @@ use crate::domain::{DropId, IdempotencyKey, OrderId, Quantity, RoundId, SkuId, U
 use crate::money::{parse_amount, Currency};
 use crate::order::{Order, OrderStatus};
 use crate::order_states::transition;
-use crate::payment::PaymentNotice;
+use crate::payment::{PaymentMethod, PaymentNotice};
 use crate::pricing::Pricing;
 
 /// The columns an order is read from, in this order (`order_from`).
-const ORDER_COLUMNS: &str = "id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
-     amount_due, deposit_due, created_at, pay_by, list_amount, discounts, address";
+pub(super) const ORDER_COLUMNS: &str =
+    "id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
+     amount_due, deposit_due, created_at, pay_by, list_amount, discounts, address, \
+     payment_method, installments, payment_id";
 /// Where the key columns start in a keyed select.
-const KEY_COLUMN: usize = 15;
+const KEY_COLUMN: usize = 18;
 
 /// A new order as inserted: its columns and the idempotency key's.
 const NEW_ORDER: Insert = Insert {
@@ -60,7 +62,7 @@ pub fn db_time(t: Timestamp) -> String {
 }
 
 /// The one row mapping: an order from the columns of `ORDER_COLUMNS`.
-fn order_from(row: &Row) -> Result<Order, StoreError> {
+pub(super) fn order_from(row: &Row) -> Result<Order, StoreError> {
     let corrupt = |what: &str, value: &str| StoreError::Corrupt(format!("{what} {value:?}"));
     let checked = |e: crate::domain::InvalidValue| StoreError::Corrupt(e.0);
     let time = |i: usize| -> Result<Timestamp, StoreError> {
@@ -107,6 +109,17 @@ fn order_from(row: &Row) -> Result<Order, StoreError> {
             None => None,
             Some(json) => Some(serde_json::from_str(&json).map_err(|_| corrupt("address", &json))?),
         },
+        payment_method: match row.opt_text(15)? {
+            None => None,
+            Some(raw) => Some(PaymentMethod::parse(&raw).ok_or_else(|| corrupt("method", &raw))?),
+        },
+        installments: match row.0.get(16) {
+            Some(Value::Int(n)) => {
+                Some(u32::try_from(*n).map_err(|_| corrupt("installments", &n.to_string()))?)
+            }
+            _ => None,
+        },
+        payment_id: row.opt_text(17)?,
     })
 }
 
@@ -376,24 +389,42 @@ where
         Ok(columns) => columns,
         Err(missing) => return Ok(EditOutcome::Missing(missing)),
     };
-    let mut params: Vec<Value<'_>> = vec![id.as_str().into()];
-    let mut assignments = Vec::with_capacity(columns.len());
-    for (column, value) in columns {
-        params.push(value.into());
-        assignments.push(format!("{column} = ${}", params.len()));
-    }
-    let sql = format!(
-        "UPDATE orders SET {} WHERE id = $1 AND status = 'pending_payment' RETURNING {ORDER_COLUMNS}",
-        assignments.join(", ")
-    );
-    Ok(match db.rows(&sql, &params).await?.first() {
-        Some(row) => EditOutcome::Edited(order_from(row)?),
+    let columns: Vec<(&str, Value<'_>)> = columns
+        .into_iter()
+        .map(|(column, value)| (column, Value::from(value)))
+        .collect();
+    Ok(match set_pending_columns(db, &order, &columns).await? {
+        Some(edited) => EditOutcome::Edited(edited),
         None => EditOutcome::NotEditable(order),
     })
 }
 
+/// Sets `columns` of an order still pending payment: the order as it now
+/// is, or None if it is no longer pending.
+pub(super) async fn set_pending_columns<S: Sql>(
+    db: &mut S,
+    order: &Order,
+    columns: &[(&str, Value<'_>)],
+) -> Result<Option<Order>, StoreError> {
+    let mut params: Vec<Value<'_>> = vec![order.id.as_str().into()];
+    let mut set = Vec::with_capacity(columns.len());
+    for (column, value) in columns {
+        params.push(value.clone());
+        set.push(format!("{column} = ${}", params.len()));
+    }
+    let sql = format!(
+        "UPDATE orders SET {} WHERE id = $1 AND status = 'pending_payment' RETURNING {ORDER_COLUMNS}",
+        set.join(", ")
+    );
+    db.rows(&sql, &params)
+        .await?
+        .first()
+        .map(order_from)
+        .transpose()
+}
+
 /// The order, locked until the transaction ends.
-async fn locked<S: Sql>(db: &mut S, id: &str) -> Result<Option<Order>, StoreError> {
+pub(super) async fn locked<S: Sql>(db: &mut S, id: &str) -> Result<Option<Order>, StoreError> {
     let tail = format!("WHERE id = $1{}", db.dialect().lock_rows());
     Ok(orders_where(db, &tail, &[id.into()]).await?.pop())
 }

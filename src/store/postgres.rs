@@ -32,7 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_order_states.sql"),
     include_str!("../../migrations/postgres/0005_orders_by_user.sql"),
     include_str!("../../migrations/postgres/0006_promotions.sql"),
-    include_str!("../../migrations/postgres/0007_addresses.sql"),
+    include_str!("../../migrations/postgres/0007_checkout.sql"),
 ];
 /// Connections for reads; the writer and the engine lease hold one each on top.
 const POOL_SIZE: usize = 8;

@@ -22,7 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_order_states.sql"),
     include_str!("../../migrations/sqlite/0005_orders_by_user.sql"),
     include_str!("../../migrations/sqlite/0006_promotions.sql"),
-    include_str!("../../migrations/sqlite/0007_addresses.sql"),
+    include_str!("../../migrations/sqlite/0007_checkout.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -342,6 +342,9 @@ mod tests {
             pay_by: now,
             pricing: crate::pricing::Pricing::at_list("1.00".parse().unwrap()),
             address: None,
+            payment_method: None,
+            installments: None,
+            payment_id: None,
         }
     }
 

@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
 use super::address_rows::{self, AddOutcome};
+use super::intent_rows::{self, IntentOutcome, IntentRequest};
 use super::orders::{self, EditOutcome};
 use super::sql::Sql;
 use super::{promotion_rows, CancelOutcome, Keyed, PayOutcome, RestockRecord, StoreError};
@@ -99,6 +100,13 @@ pub(crate) enum Job {
         user: UserId,
         address_id: Option<String>,
         reply: Reply<EditOutcome>,
+    },
+    PayIntent {
+        id: OrderId,
+        user: UserId,
+        request: IntentRequest,
+        now: Timestamp,
+        reply: Reply<IntentOutcome>,
     },
     Flush {
         reply: Reply<()>,
@@ -191,6 +199,7 @@ impl Job {
             Job::AddAddress { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::DeleteAddress { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::SetOrderAddress { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::PayIntent { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::Flush { reply } => Ran::of(reply, Ok(())),
         }
     }
@@ -275,6 +284,13 @@ impl Job {
                 reply,
                 address_rows::set_order_address(db, &id, &user, address_id.as_deref())
             ),
+            Job::PayIntent {
+                id,
+                user,
+                request,
+                now,
+                reply,
+            } => savepointed!(reply, intent_rows::issue(db, &id, &user, &request, now)),
         }
     }
 }

@@ -217,10 +217,6 @@ async fn a_pending_order_keeps_a_copy_of_its_address(backend: Backend) {
     assert_eq!(read.body["address"]["region"], "浙江省");
 }
 
-conformance!(
-    addresses_are_checked_kept_and_deleted,
-    a_pending_order_keeps_a_copy_of_its_address,
-);
 
 /// One shopper adding addresses through two instances at once keeps no
 /// more than the limit.
@@ -268,3 +264,199 @@ async fn racing_instances_keep_the_address_limit() {
     assert_eq!(listed.len(), 20);
     assert_eq!(listed.iter().filter(|a| a["default"] == true).count(), 1);
 }
+
+async fn pay_as(http: &Http, user: &str, order: &str, body: &str) -> Reply {
+    http.post(
+        &format!("/api/v1/orders/{order}/pay"),
+        Some(&token(user)),
+        body,
+    )
+    .await
+}
+
+fn notice(order: &str, transaction: &str, amount: &str, method: &str) -> String {
+    json!({"order_id": order, "transaction_id": transaction, "amount": amount, "method": method})
+        .to_string()
+}
+
+/// `[payments]` caps cash on delivery at 2500.00; the `strict` drop offers
+/// Alipay and cash on delivery only, the latter up to 1000.00; `pre` is a
+/// presale with a 500.00 deposit.
+async fn payment_server(backend: &Backend) -> TestServer {
+    let now = Timestamp::now();
+    let (opens, closes) = (now - hours(1), now + hours(1));
+    let config = config_head("")
+        + "[payments]\ncod_max_amount = \"2500.00\"\n"
+        + &window_drop(DROP, SKU, 20, 2, opens, closes)
+        + &window_drop("strict", SKU, 20, 2, opens, closes).replace(
+            "pay_within = \"15m\"",
+            "pay_within = \"15m\"\npayment_methods = [\"alipay\", \"cash_on_delivery\"]\ncod_max_amount = \"1000.00\"",
+        )
+        + &window_drop("pre", SKU, 20, 2, opens, closes)
+            .replace("pay_within = \"15m\"", "pay_within = \"15m\"\npresale = true")
+            .replace("stock = 20", "stock = 20\ndeposit = \"500.00\"");
+    backend.start(&config, now).await
+}
+
+async fn a_payment_intent_follows_the_rules_and_the_notice_must_match_it(backend: Backend) {
+    let s = payment_server(&backend).await;
+    let won = s.http.reserve(DROP, SKU, 1, "alice").await;
+    let order = won.body["id"].as_str().unwrap();
+    let alipay = r#"{"method": "alipay"}"#;
+    let refused = pay_as(&s.http, "alice", order, alipay).await;
+    assert_eq!((refused.status, refused.error()), (409, "address_required"));
+
+    add_address(&s.http, "alice", &address("张三", "四川省", false)).await;
+    for bad in [
+        r#"{"method": "installment"}"#,
+        r#"{"method": "installment", "installments": 5}"#,
+        r#"{"method": "alipay", "installments": 3}"#,
+        r#"{"method": "bitcoin"}"#,
+        r#"{"method": "alipay", "colour": "red"}"#,
+        "not json",
+    ] {
+        let refused = pay_as(&s.http, "alice", order, bad).await;
+        assert_eq!(
+            (refused.status, refused.error()),
+            (400, "invalid_request"),
+            "{bad}"
+        );
+    }
+    let first = pay_as(&s.http, "alice", order, alipay).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.body["amount"], "1999.00");
+    assert_eq!(first.body["method"], "alipay");
+    assert_eq!(
+        first.body["order"]["address"]["region"], "四川省",
+        "the default is copied"
+    );
+    // The shopper changes their mind: the new intent replaces the first.
+    let huabei = pay_as(
+        &s.http,
+        "alice",
+        order,
+        r#"{"method": "huabei", "installments": 12}"#,
+    )
+    .await;
+    assert_eq!(huabei.status, 200, "{:?}", huabei.body);
+    assert_eq!(huabei.body["installments"], 12);
+    assert_ne!(huabei.body["payment_id"], first.body["payment_id"]);
+
+    let wrong_method = s
+        .http
+        .notify_payment(&notice(order, "tx-a1", "1999.00", "alipay"))
+        .await;
+    assert_eq!(
+        (wrong_method.status, wrong_method.error()),
+        (400, "method_mismatch")
+    );
+    let wrong_amount = s
+        .http
+        .notify_payment(&notice(order, "tx-a1", "1899.00", "huabei"))
+        .await;
+    assert_eq!(
+        (wrong_amount.status, wrong_amount.error()),
+        (400, "amount_mismatch")
+    );
+    let paid = s
+        .http
+        .notify_payment(&notice(order, "tx-a1", "1999.00", "huabei"))
+        .await;
+    assert_eq!(paid.status, 200, "{:?}", paid.body);
+    assert_eq!(paid.body["status"], "paid");
+    assert_eq!(paid.body["payment_method"], "huabei");
+    assert_eq!(paid.body["installments"], 12);
+    let late = pay_as(&s.http, "alice", order, alipay).await;
+    assert_eq!((late.status, late.error()), (409, "not_payable"));
+    let stranger = pay_as(&s.http, "bob", order, alipay).await;
+    assert_eq!((stranger.status, stranger.error()), (404, "not_found"));
+}
+
+async fn cash_on_delivery_is_capped_and_awaits_delivery(backend: Backend) {
+    let s = payment_server(&backend).await;
+    let cod = r#"{"method": "cash_on_delivery"}"#;
+    for user in ["bob", "carol", "dave"] {
+        add_address(&s.http, user, &address("收件人", "湖北省", true)).await;
+    }
+    // Two units: 3998.00, above the store's cap of 2500.00.
+    let big = s.http.reserve(DROP, SKU, 2, "bob").await;
+    let refused = pay_as(&s.http, "bob", big.body["id"].as_str().unwrap(), cod).await;
+    assert_eq!(
+        (refused.status, refused.error()),
+        (409, "method_not_allowed")
+    );
+
+    let before = s.http.remaining(DROP).await;
+    let small = s.http.reserve(DROP, SKU, 1, "carol").await;
+    let order = small.body["id"].as_str().unwrap();
+    let taken = pay_as(&s.http, "carol", order, cod).await;
+    assert_eq!(taken.status, 200, "{:?}", taken.body);
+    assert_eq!(taken.body["order"]["status"], "awaiting_delivery");
+    assert_eq!(
+        s.http.remaining(DROP).await,
+        before - 1,
+        "the unit stays sold"
+    );
+    let notified = s
+        .http
+        .notify_payment(&notice(order, "tx-c1", "1999.00", "cash_on_delivery"))
+        .await;
+    assert_eq!((notified.status, notified.error()), (409, "not_payable"));
+    assert_eq!(
+        s.http.cancel(order, "carol").await.error(),
+        "not_cancellable"
+    );
+
+    // The strict drop: its own methods and cap.
+    let strict = s.http.reserve("strict", SKU, 1, "dave").await;
+    let strict_order = strict.body["id"].as_str().unwrap();
+    for method in ["wechat_pay", "cash_on_delivery"] {
+        let body = json!({ "method": method }).to_string();
+        let refused = pay_as(&s.http, "dave", strict_order, &body).await;
+        assert_eq!(
+            (refused.status, refused.error()),
+            (409, "method_not_allowed"),
+            "{method}"
+        );
+    }
+    assert_eq!(
+        pay_as(&s.http, "dave", strict_order, r#"{"method": "alipay"}"#)
+            .await
+            .status,
+        200
+    );
+
+    // A presale deposit is never paid on delivery; its intent is for the deposit.
+    let pre = s
+        .http
+        .reserve_keyed(
+            "pre",
+            "bob",
+            "k1",
+            &format!(r#"{{"sku": "{SKU}", "accept_presale_terms": true}}"#),
+        )
+        .await;
+    assert_eq!(pre.status, 201, "{:?}", pre.body);
+    let pre_order = pre.body["id"].as_str().unwrap();
+    let refused = pay_as(&s.http, "bob", pre_order, cod).await;
+    assert_eq!(
+        (refused.status, refused.error()),
+        (409, "method_not_allowed")
+    );
+    let deposit = pay_as(&s.http, "bob", pre_order, r#"{"method": "wechat_pay"}"#).await;
+    assert_eq!(deposit.body["amount"], "500.00");
+
+    let db = s.audit().await;
+    assert_eq!(
+        db.count_where("status = 'awaiting_delivery' AND payment_method = 'cash_on_delivery'")
+            .await,
+        1
+    );
+}
+
+conformance!(
+    addresses_are_checked_kept_and_deleted,
+    a_pending_order_keeps_a_copy_of_its_address,
+    a_payment_intent_follows_the_rules_and_the_notice_must_match_it,
+    cash_on_delivery_is_capped_and_awaits_delivery,
+);

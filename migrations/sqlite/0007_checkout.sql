@@ -16,3 +16,9 @@ CREATE UNIQUE INDEX addresses_one_default ON addresses (user_id) WHERE is_defaul
 
 -- Where the order goes: a JSON copy of the address chosen at checkout.
 ALTER TABLE orders ADD COLUMN address TEXT;
+
+-- The payment intent (POST /api/v1/orders/{id}/pay): its id, and the
+-- interest-free periods chosen; the method goes in payment_method, which a
+-- payment notification must then match.
+ALTER TABLE orders ADD COLUMN payment_id TEXT;
+ALTER TABLE orders ADD COLUMN installments INTEGER;

@@ -1,0 +1,106 @@
+//! A payment intent: how the shopper will pay their pending order, checked
+//! against the drop's payment rules on the locked order. Cash on delivery
+//! needs no gateway: the order goes to `awaiting_delivery` at once.
+
+use jiff::Timestamp;
+use rust_decimal::Decimal;
+
+use super::address_rows;
+use super::orders::{locked, move_order, set_pending_columns};
+use super::sql::{Sql, Value};
+use super::StoreError;
+use crate::domain::{OrderId, UserId};
+use crate::order::{Order, OrderStatus};
+use crate::payment::PaymentMethod;
+use crate::payment_rules::{check_choice, ChoiceRefused, PaymentChoice, PaymentRules, Stage};
+
+/// What asking to pay did.
+#[derive(Debug)]
+pub enum IntentOutcome {
+    /// The intent, for `amount`, that the gateway's notice must match; the
+    /// order as it now is (awaiting delivery for cash on delivery).
+    Issued {
+        order: Order,
+        payment_id: String,
+        amount: Decimal,
+    },
+    /// No such order, or another shopper's.
+    NotFound,
+    /// Paid, cancelled, expired, or past `pay_by`.
+    NotPayable(Order),
+    /// No address on the order and no default address to copy.
+    AddressRequired,
+    Refused(ChoiceRefused),
+}
+
+/// What the shopper asked, and the rules of the order's drop.
+#[derive(Debug, Clone)]
+pub struct IntentRequest {
+    pub choice: PaymentChoice,
+    pub rules: PaymentRules,
+    /// The drop takes a deposit now and the balance later.
+    pub presale: bool,
+}
+
+pub async fn issue<S: Sql>(
+    db: &mut S,
+    id: &OrderId,
+    user: &UserId,
+    request: &IntentRequest,
+    now: Timestamp,
+) -> Result<IntentOutcome, StoreError> {
+    let Some(order) = locked(db, id.as_str())
+        .await?
+        .filter(|o| &o.user_id == user)
+    else {
+        return Ok(IntentOutcome::NotFound);
+    };
+    if order.status != OrderStatus::PendingPayment || now >= order.pay_by {
+        return Ok(IntentOutcome::NotPayable(order));
+    }
+    let stage = if request.presale && order.deposit_due < order.amount_due {
+        Stage::Deposit
+    } else {
+        Stage::Full
+    };
+    if let Err(refused) = check_choice(&request.rules, request.choice, order.amount_due, stage) {
+        return Ok(IntentOutcome::Refused(refused));
+    }
+    let address = match &order.address {
+        Some(address) => address.clone(),
+        None => match address_rows::find(db, user, None).await? {
+            Some(default) => default.destination,
+            None => return Ok(IntentOutcome::AddressRequired),
+        },
+    };
+    let payment_id = uuid::Uuid::now_v7().to_string();
+    let method = request.choice.method;
+    let columns: [(&str, Value<'_>); 4] = [
+        ("payment_id", payment_id.as_str().into()),
+        ("payment_method", method.as_str().into()),
+        (
+            "installments",
+            request
+                .choice
+                .installments
+                .map_or(Value::Null, |n| Value::Int(i64::from(n))),
+        ),
+        (
+            "address",
+            serde_json::to_string(&address).unwrap_or_default().into(),
+        ),
+    ];
+    let moved = if method == PaymentMethod::CashOnDelivery {
+        move_order(db, &order, OrderStatus::AwaitingDelivery, now, &columns).await?
+    } else {
+        set_pending_columns(db, &order, &columns).await?
+    };
+    Ok(match moved {
+        Some(order) => IntentOutcome::Issued {
+            amount: order.deposit_due,
+            order,
+            payment_id,
+        },
+        None => IntentOutcome::NotPayable(order),
+    })
+}
