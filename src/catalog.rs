@@ -35,6 +35,8 @@ pub struct Drop {
     pub skus: Vec<Sku>,
     /// What this drop changes of the store's payment rules.
     pub payments: crate::payment_rules::DropPayments,
+    /// A presale's balance window (presale drops have one, others none).
+    pub balance: Option<crate::presale::BalanceWindow>,
     pub round_cache: RoundCache,
 }
 

@@ -16,6 +16,7 @@ use crate::domain::{DropId, SkuId};
 use crate::money::parse_amount;
 use crate::payment::PaymentMethod;
 use crate::payment_rules::{DropPayments, PaymentRules};
+use crate::presale::BalanceWindow;
 use crate::schedule::{Timing, WeeklySchedule};
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +183,8 @@ struct DropSection {
     skus: Vec<SkuSection>,
     payment_methods: Option<Vec<PaymentMethod>>,
     cod_max_amount: Option<toml::Value>,
+    balance_from: Option<String>,
+    balance_until: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -585,6 +588,24 @@ fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
             stock,
         });
     }
+    let balance =
+        match (section.presale, section.balance_from, section.balance_until) {
+            (true, Some(from), Some(until)) => {
+                Some(BalanceWindow::parse(&from, &until).map_err(|m| err("balance_from", m))?)
+            }
+            (true, _, _) => return Err(err(
+                "balance_from",
+                "a presale drop needs balance_from and balance_until (when the balance is paid)"
+                    .into(),
+            )),
+            (false, None, None) => None,
+            (false, _, _) => {
+                return Err(err(
+                    "balance_from",
+                    "only presale drops have a balance window".into(),
+                ))
+            }
+        };
     let payments = DropPayments {
         methods: section
             .payment_methods
@@ -601,6 +622,7 @@ fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
     Ok(Drop {
         id,
         payments,
+        balance,
         product: section.product,
         per_user_limit,
         pay_within,
@@ -690,6 +712,8 @@ mod tests {
         per_user_limit = 2
         pay_within = "15m"
         presale = true
+        balance_from = "48h"
+        balance_until = "96h"
         schedule = { days = ["Mon", "Wed", "Fri"], at = "10:00", time_zone = "Asia/Shanghai", duration = "2h" }
         [[drops.skus]]
         id = "mi15u-16-512-black"

@@ -41,6 +41,8 @@ product = "Xiaomi 15 Ultra"
 per_user_limit = 2
 pay_within = "15m"
 presale = true
+balance_from = "48h"
+balance_until = "96h"
 schedule = {{ days = ["Mon", "Wed", "Fri"], at = "10:00", time_zone = "Asia/Shanghai", duration = "2h" }}
 
 [[drops.skus]]

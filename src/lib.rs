@@ -20,6 +20,7 @@
 //! - [`admission`], [`sold_out`]: token buckets and the in-flight cap; local sold-out marks.
 //! - [`auth`], [`payment`], [`payment_rules`]: shopper tokens; payment
 //!   notification signatures; the methods an order may be paid with.
+//! - [`presale`]: the balance window of presale drops.
 //! - [`http`]: the hyper server, routing and handlers.
 //! - [`telemetry`], [`upkeep`]: metrics; periodic pruning and drop loading.
 //! - [`app`]: the shared state, put together from the configuration.
@@ -41,6 +42,7 @@ pub mod order;
 pub mod order_states;
 pub mod payment;
 pub mod payment_rules;
+pub mod presale;
 pub mod pricing;
 pub mod promotions;
 pub mod reserve;

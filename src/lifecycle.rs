@@ -109,7 +109,6 @@ pub async fn pay_intent(
             || app.payments.clone(),
             |d| app.payments.for_drop(&d.payments),
         ),
-        presale: drop.is_some_and(|d| d.presale),
     };
     app.store
         .pay_intent(id, user, request, app.clock.now())

@@ -58,6 +58,25 @@ pub mod as_cents_string {
     }
 }
 
+/// `serde` adapter: an optional amount, as `as_cents_string` when present.
+pub mod option_cents {
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(amount: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        match amount {
+            Some(amount) => super::as_cents_string::serialize(amount, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|raw| super::parse_amount(&raw).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Destination;
 use crate::domain::{DropId, OrderId, Quantity, RoundId, SkuId, UserId};
-use crate::money::{as_cents_string, Currency};
+use crate::money::{as_cents_string, option_cents, Currency};
 use crate::payment::PaymentMethod;
 use crate::pricing::Pricing;
 
@@ -51,4 +51,23 @@ pub struct Order {
     /// The last payment intent, which the gateway's notice must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_id: Option<String>,
+    /// A presale's balance (`amount_due` − `deposit_due`), paid in its window.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "option_cents"
+    )]
+    pub balance_due: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_from: Option<Timestamp>,
+    /// Unpaid by then, the order is forfeited: the deposit is kept, the units go back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_until: Option<Timestamp>,
+    /// What the gateway has confirmed paid: the deposit, then the whole amount.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "option_cents"
+    )]
+    pub paid_amount: Option<Decimal>,
 }

@@ -103,9 +103,11 @@ pub fn check_choice(
         )));
     }
     if method == PaymentMethod::CashOnDelivery {
-        if stage == Stage::Deposit {
+        // Paid at the door means paid whole: a presale's deposit and
+        // balance go through the gateway.
+        if stage != Stage::Full {
             return Err(ChoiceRefused::MethodNotAllowed(
-                "a presale deposit cannot be paid on delivery".into(),
+                "a presale is not paid on delivery".into(),
             ));
         }
         if order_amount > rules.cod_max_amount {
@@ -150,7 +152,7 @@ mod tests {
     }
 
     #[test]
-    fn cash_on_delivery_stops_at_the_cap_and_never_pays_a_deposit() {
+    fn cash_on_delivery_stops_at_the_cap_and_never_pays_a_presale() {
         let rules = PaymentRules::default();
         let cod = choice(PaymentMethod::CashOnDelivery, None);
         assert_eq!(
@@ -165,10 +167,10 @@ mod tests {
             check_choice(&rules, cod, amount("100.00"), Stage::Deposit),
             Err(ChoiceRefused::MethodNotAllowed(_))
         ));
-        assert_eq!(
+        assert!(matches!(
             check_choice(&rules, cod, amount("100.00"), Stage::Balance),
-            Ok(())
-        );
+            Err(ChoiceRefused::MethodNotAllowed(_))
+        ));
     }
 
     #[test]
@@ -227,7 +229,7 @@ mod tests {
 
     proptest! {
         /// Cash on delivery is allowed exactly when it is offered, the
-        /// amount is within the cap, and no deposit is being paid.
+        /// amount is within the cap, and the whole order is being paid.
         #[test]
         fn cash_on_delivery_is_allowed_exactly_within_its_rules(
             cents in 1i64..1_000_000,
@@ -241,7 +243,7 @@ mod tests {
             }
             let due = Decimal::new(cents, 2);
             let allowed = check_choice(&rules, choice(PaymentMethod::CashOnDelivery, None), due, stage).is_ok();
-            prop_assert_eq!(allowed, offered && cents <= cap_cents && stage != Stage::Deposit);
+            prop_assert_eq!(allowed, offered && cents <= cap_cents && stage == Stage::Full);
         }
     }
 }

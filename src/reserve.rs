@@ -11,11 +11,12 @@ use jiff::Timestamp;
 use crate::admission::Rejection;
 use crate::app::App;
 use crate::catalog::{Drop, Sku};
-use crate::domain::{IdempotencyKey, OrderId, Quantity, RoundId, UserId};
+use crate::domain::{IdempotencyKey, OrderId, Quantity, UserId};
 use crate::engine::{outside_window, EngineError, Refused, ReserveAttempt, Reserved};
 use crate::money::Currency;
 use crate::order::{Order, OrderStatus};
 use crate::pricing::price_at_win;
+use crate::schedule::Round;
 use crate::telemetry;
 use rust_decimal::Decimal;
 
@@ -98,7 +99,7 @@ pub async fn reserve(app: &App, drop: &Drop, request: Request<'_>) -> Result<Win
     let _in_flight = app.admission.enter_engine().map_err(Refusal::Busy)?;
     let quantity = request.quantity;
     let attempt = ReserveAttempt {
-        order: new_order(app, drop, sku, &round.id, &request, now)?,
+        order: new_order(app, drop, sku, &round, &request, now)?,
         opens_at: round.opens_at,
         closes_at: round.closes_at,
         allocated: sku.stock,
@@ -146,7 +147,7 @@ fn new_order(
     app: &App,
     drop: &Drop,
     sku: &Sku,
-    round_id: &RoundId,
+    round: &Round,
     request: &Request<'_>,
     now: Timestamp,
 ) -> Result<Order, Refusal> {
@@ -164,10 +165,20 @@ fn new_order(
         Some(deposit) => (deposit * Decimal::from(quantity.get())).min(pricing.amount_due),
         None => pricing.amount_due,
     };
+    // A presale owes the rest in the balance window of its round.
+    let balance = drop
+        .balance
+        .filter(|_| deposit_due < pricing.amount_due)
+        .map(|window| {
+            (
+                pricing.amount_due - deposit_due,
+                window.for_round(round.opens_at),
+            )
+        });
     Ok(Order {
         id: OrderId::generate(),
         drop_id: drop.id.clone(),
-        round_id: round_id.clone(),
+        round_id: round.id.clone(),
         sku: sku.id.clone(),
         quantity,
         user_id: request.user.clone(),
@@ -187,6 +198,10 @@ fn new_order(
         payment_method: None,
         installments: None,
         payment_id: None,
+        balance_due: balance.map(|(due, _)| due),
+        balance_from: balance.map(|(_, (from, _))| from),
+        balance_until: balance.map(|(_, (_, until))| until),
+        paid_amount: None,
     })
 }
 

@@ -22,3 +22,15 @@ ALTER TABLE orders ADD COLUMN address TEXT;
 -- payment notification must then match.
 ALTER TABLE orders ADD COLUMN payment_id TEXT;
 ALTER TABLE orders ADD COLUMN installments INTEGER;
+
+-- Presale: the balance window of the order's round (NULL for other
+-- orders), what has been paid (the deposit, then everything), and the
+-- balance's own gateway transaction (the deposit's stays in transaction_id).
+ALTER TABLE orders ADD COLUMN balance_from TEXT;
+ALTER TABLE orders ADD COLUMN balance_until TEXT;
+ALTER TABLE orders ADD COLUMN paid_amount TEXT;
+ALTER TABLE orders ADD COLUMN balance_transaction_id TEXT;
+CREATE UNIQUE INDEX orders_by_balance_transaction ON orders (balance_transaction_id)
+    WHERE balance_transaction_id IS NOT NULL;
+CREATE INDEX orders_deposit_by_balance_deadline ON orders (balance_until)
+    WHERE status = 'deposit_paid';

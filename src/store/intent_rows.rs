@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 
 use super::address_rows;
-use super::orders::{locked, move_order, set_pending_columns};
+use super::orders::{locked, move_order, set_columns};
 use super::sql::{Sql, Value};
 use super::StoreError;
 use crate::domain::{OrderId, UserId};
@@ -38,8 +38,23 @@ pub enum IntentOutcome {
 pub struct IntentRequest {
     pub choice: PaymentChoice,
     pub rules: PaymentRules,
-    /// The drop takes a deposit now and the balance later.
-    pub presale: bool,
+}
+
+/// What may be paid on `order` at `now`, and how much: the whole order
+/// or a presale's deposit before `pay_by`, a presale's balance in its
+/// window; None when nothing may be paid now.
+fn stage_at(order: &Order, now: Timestamp) -> Option<(Stage, Decimal)> {
+    match order.status {
+        OrderStatus::PendingPayment if now < order.pay_by => Some(match order.balance_due {
+            Some(_) => (Stage::Deposit, order.deposit_due),
+            None => (Stage::Full, order.amount_due),
+        }),
+        OrderStatus::DepositPaid => {
+            let (from, until) = (order.balance_from?, order.balance_until?);
+            (from <= now && now < until).then_some((Stage::Balance, order.balance_due?))
+        }
+        _ => None,
+    }
 }
 
 pub async fn issue<S: Sql>(
@@ -55,13 +70,8 @@ pub async fn issue<S: Sql>(
     else {
         return Ok(IntentOutcome::NotFound);
     };
-    if order.status != OrderStatus::PendingPayment || now >= order.pay_by {
+    let Some((stage, amount)) = stage_at(&order, now) else {
         return Ok(IntentOutcome::NotPayable(order));
-    }
-    let stage = if request.presale && order.deposit_due < order.amount_due {
-        Stage::Deposit
-    } else {
-        Stage::Full
     };
     if let Err(refused) = check_choice(&request.rules, request.choice, order.amount_due, stage) {
         return Ok(IntentOutcome::Refused(refused));
@@ -93,11 +103,11 @@ pub async fn issue<S: Sql>(
     let moved = if method == PaymentMethod::CashOnDelivery {
         move_order(db, &order, OrderStatus::AwaitingDelivery, now, &columns).await?
     } else {
-        set_pending_columns(db, &order, &columns).await?
+        set_columns(db, &order, &columns).await?
     };
     Ok(match moved {
         Some(order) => IntentOutcome::Issued {
-            amount: order.deposit_due,
+            amount,
             order,
             payment_id,
         },

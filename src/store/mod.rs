@@ -165,29 +165,61 @@ pub enum PayOutcome {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum PayStep {
     Refuse(PayOutcome),
-    /// Too late: the order's fate is expiry, decided here, once.
-    Expire,
-    Pay,
+    /// Too late: the order ends here (expired unpaid, or forfeited with its
+    /// deposit kept), decided once; its units go back.
+    End(OrderStatus),
+    /// Paid: the order moves to `to` (`paid`, or `deposit_paid` for a
+    /// presale's deposit); `paid` is what has been paid in all.
+    Pay {
+        to: OrderStatus,
+        paid: Decimal,
+    },
 }
 
+/// What a payment notice does to an order: the deposit or whole amount of
+/// a pending order before `pay_by`, a presale's balance in its window.
 pub(crate) fn pay_step(order: &Order, notice: &PaymentNotice, now: Timestamp) -> PayStep {
-    if order.status != OrderStatus::PendingPayment {
-        return PayStep::Refuse(PayOutcome::NotPayable(order.clone()));
-    }
-    if now >= order.pay_by {
-        return PayStep::Expire;
+    let (due, deadline, late, paid_to, paid) = match order.status {
+        OrderStatus::PendingPayment => {
+            let to = if order.balance_due.is_some() {
+                OrderStatus::DepositPaid
+            } else {
+                OrderStatus::Paid
+            };
+            let due = order.deposit_due;
+            (due, order.pay_by, OrderStatus::Expired, to, due)
+        }
+        OrderStatus::DepositPaid => {
+            let (Some(balance), Some(from), Some(until)) =
+                (order.balance_due, order.balance_from, order.balance_until)
+            else {
+                return PayStep::Refuse(PayOutcome::NotPayable(order.clone()));
+            };
+            if now < from {
+                return PayStep::Refuse(PayOutcome::NotPayable(order.clone()));
+            }
+            (
+                balance,
+                until,
+                OrderStatus::Forfeited,
+                OrderStatus::Paid,
+                order.amount_due,
+            )
+        }
+        _ => return PayStep::Refuse(PayOutcome::NotPayable(order.clone())),
+    };
+    if now >= deadline {
+        return PayStep::End(late);
     }
     if let (Some(_), Some(expected)) = (&order.payment_id, order.payment_method) {
         if notice.method != expected {
             return PayStep::Refuse(PayOutcome::MethodMismatch { expected });
         }
     }
-    if notice.amount != order.deposit_due {
-        return PayStep::Refuse(PayOutcome::AmountMismatch {
-            due: order.deposit_due,
-        });
+    if notice.amount != due {
+        return PayStep::Refuse(PayOutcome::AmountMismatch { due });
     }
-    PayStep::Pay
+    PayStep::Pay { to: paid_to, paid }
 }
 
 /// Units an operator added to a SKU in a round (summed over restocks).

@@ -24,9 +24,9 @@ use crate::pricing::Pricing;
 pub(super) const ORDER_COLUMNS: &str =
     "id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
      amount_due, deposit_due, created_at, pay_by, list_amount, discounts, address, \
-     payment_method, installments, payment_id";
+     payment_method, installments, payment_id, balance_from, balance_until, paid_amount";
 /// Where the key columns start in a keyed select.
-const KEY_COLUMN: usize = 18;
+const KEY_COLUMN: usize = 21;
 
 /// A new order as inserted: its columns and the idempotency key's.
 const NEW_ORDER: Insert = Insert {
@@ -49,6 +49,8 @@ const NEW_ORDER: Insert = Insert {
         ("request_fingerprint", Column::Text),
         ("list_amount", Column::Text),
         ("discounts", Column::Text),
+        ("balance_from", Column::Text),
+        ("balance_until", Column::Text),
     ],
 };
 
@@ -73,8 +75,14 @@ pub(super) fn order_from(row: &Row) -> Result<Order, StoreError> {
         let raw = row.text(i)?;
         parse_amount(&raw).map_err(|_| corrupt("amount", &raw))
     };
+    let opt_time = |i: usize| -> Result<Option<Timestamp>, StoreError> {
+        row.opt_text(i)?
+            .map(|raw| raw.parse().map_err(|_| corrupt("time", &raw)))
+            .transpose()
+    };
     let status = row.text(6)?;
     let amount_due = money(8)?;
+    let deposit_due = money(9)?;
     // Orders without discounts (and orders from before prices had them)
     // keep neither column: their list amount is what is due.
     let pricing = match row.opt_text(12)? {
@@ -100,7 +108,7 @@ pub(super) fn order_from(row: &Row) -> Result<Order, StoreError> {
         status: OrderStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
         unit_price: money(7)?,
         amount_due,
-        deposit_due: money(9)?,
+        deposit_due,
         currency: Currency::Cny,
         created_at: time(10)?,
         pay_by: time(11)?,
@@ -120,6 +128,13 @@ pub(super) fn order_from(row: &Row) -> Result<Order, StoreError> {
             _ => None,
         },
         payment_id: row.opt_text(17)?,
+        balance_due: opt_time(18)?.map(|_| amount_due - deposit_due),
+        balance_from: opt_time(18)?,
+        balance_until: opt_time(19)?,
+        paid_amount: match row.opt_text(20)? {
+            None => None,
+            Some(raw) => Some(parse_amount(&raw).map_err(|_| corrupt("amount", &raw))?),
+        },
     })
 }
 
@@ -279,6 +294,8 @@ pub async fn insert_orders<S: Sql>(
                 discounted
                     .map(|p| serde_json::to_string(&p.discounts).unwrap_or_default())
                     .into(),
+                order.balance_from.map(db_time).into(),
+                order.balance_until.map(db_time).into(),
             ]
         })
         .collect();
@@ -393,27 +410,27 @@ where
         .into_iter()
         .map(|(column, value)| (column, Value::from(value)))
         .collect();
-    Ok(match set_pending_columns(db, &order, &columns).await? {
+    Ok(match set_columns(db, &order, &columns).await? {
         Some(edited) => EditOutcome::Edited(edited),
         None => EditOutcome::NotEditable(order),
     })
 }
 
-/// Sets `columns` of an order still pending payment: the order as it now
-/// is, or None if it is no longer pending.
-pub(super) async fn set_pending_columns<S: Sql>(
+/// Sets `columns` of an order still in the status it was read in: the
+/// order as it now is, or None if its status has changed.
+pub(super) async fn set_columns<S: Sql>(
     db: &mut S,
     order: &Order,
     columns: &[(&str, Value<'_>)],
 ) -> Result<Option<Order>, StoreError> {
-    let mut params: Vec<Value<'_>> = vec![order.id.as_str().into()];
+    let mut params: Vec<Value<'_>> = vec![order.id.as_str().into(), order.status.as_str().into()];
     let mut set = Vec::with_capacity(columns.len());
     for (column, value) in columns {
         params.push(value.clone());
         set.push(format!("{column} = ${}", params.len()));
     }
     let sql = format!(
-        "UPDATE orders SET {} WHERE id = $1 AND status = 'pending_payment' RETURNING {ORDER_COLUMNS}",
+        "UPDATE orders SET {} WHERE id = $1 AND status = $2 RETURNING {ORDER_COLUMNS}",
         set.join(", ")
     );
     db.rows(&sql, &params)
@@ -454,9 +471,11 @@ pub async fn pay<S: Sql>(
     notice: &PaymentNotice,
     now: Timestamp,
 ) -> Result<PayOutcome, StoreError> {
+    // A presale's deposit and balance are two transactions of one order.
     let recorded = texts(
         db,
-        "SELECT id FROM orders WHERE transaction_id = $1",
+        "SELECT id FROM orders WHERE transaction_id = $1 \
+         UNION ALL SELECT id FROM orders WHERE balance_transaction_id = $1",
         &[notice.transaction_id.as_str().into()],
     )
     .await?;
@@ -475,50 +494,79 @@ pub async fn pay<S: Sql>(
     };
     let (to, also) = match pay_step(&order, notice, now) {
         PayStep::Refuse(outcome) => return Ok(outcome),
-        PayStep::Expire => (OrderStatus::Expired, vec![]),
-        PayStep::Pay => (
-            OrderStatus::Paid,
-            vec![
-                ("transaction_id", notice.transaction_id.as_str().into()),
+        PayStep::End(to) => (to, vec![]),
+        PayStep::Pay { to, paid } => {
+            let transaction = if order.status == OrderStatus::DepositPaid {
+                "balance_transaction_id"
+            } else {
+                "transaction_id"
+            };
+            let mut also: Vec<(&str, Value<'_>)> = vec![
+                (transaction, notice.transaction_id.as_str().into()),
                 ("payment_method", notice.method.as_str().into()),
+                ("paid_amount", paid.to_string().into()),
                 ("paid_at", db_time(now).into()),
-            ],
-        ),
+            ];
+            if to == OrderStatus::DepositPaid {
+                // The deposit's intent is spent: the balance takes its own.
+                also.push(("payment_id", Value::Null));
+                also.push(("installments", Value::Null));
+            }
+            (to, also)
+        }
     };
     Ok(match move_order(db, &order, to, now, &also).await? {
-        Some(moved) if to == OrderStatus::Expired => PayOutcome::ExpiredNow(moved),
+        Some(moved) if to.is_final() => PayOutcome::ExpiredNow(moved),
         Some(paid) => PayOutcome::Paid(paid),
         None => PayOutcome::NotPayable(order),
     })
 }
 
-/// Expires up to `max` orders unpaid at `now` and returns them; rows
-/// another instance is ending at the same moment are skipped, not waited for.
+/// The deadlines the sweeper enforces: a status, the column holding its
+/// deadline, and where an order still there at the deadline goes.
+const DEADLINES: [(OrderStatus, &str, OrderStatus); 2] = [
+    (OrderStatus::PendingPayment, "pay_by", OrderStatus::Expired),
+    (
+        OrderStatus::DepositPaid,
+        "balance_until",
+        OrderStatus::Forfeited,
+    ),
+];
+
+/// Ends up to `max` orders past their deadline at `now` (unpaid ones
+/// expire, presales with the balance unpaid are forfeited) and returns
+/// them; rows another instance is ending at the same moment are skipped,
+/// not waited for.
 pub async fn expire_due<S: Sql>(
     db: &mut S,
     now: Timestamp,
     max: usize,
 ) -> Result<Vec<Order>, StoreError> {
-    let (from, to) = (OrderStatus::PendingPayment, OrderStatus::Expired);
-    let returns_units = transition(from, to).is_some_and(|t| t.returns_units);
-    let sql = format!(
-        "UPDATE orders SET {} WHERE id IN ( \
-             SELECT id FROM orders WHERE status = $3 AND pay_by <= $1 \
-             ORDER BY pay_by LIMIT $2{}) \
-         AND status = $3 RETURNING {ORDER_COLUMNS}",
-        move_columns(to, returns_units, "$1"),
-        db.dialect().lock_free_rows()
-    );
-    let params = [
-        db_time(now).into(),
-        Value::Int(max as i64),
-        from.as_str().into(),
-    ];
-    db.rows(&sql, &params)
-        .await?
-        .iter()
-        .map(order_from)
-        .collect()
+    let mut ended = Vec::new();
+    for (from, deadline, to) in DEADLINES {
+        let left = max - ended.len();
+        if left == 0 {
+            break;
+        }
+        let returns_units = transition(from, to).is_some_and(|t| t.returns_units);
+        let sql = format!(
+            "UPDATE orders SET {} WHERE id IN ( \
+                 SELECT id FROM orders WHERE status = $3 AND {deadline} <= $1 \
+                 ORDER BY {deadline} LIMIT $2{}) \
+             AND status = $3 RETURNING {ORDER_COLUMNS}",
+            move_columns(to, returns_units, "$1"),
+            db.dialect().lock_free_rows()
+        );
+        let params = [
+            db_time(now).into(),
+            Value::Int(left as i64),
+            from.as_str().into(),
+        ];
+        for row in db.rows(&sql, &params).await? {
+            ended.push(order_from(&row)?);
+        }
+    }
+    Ok(ended)
 }
 
 /// Records that the engine has taken back these orders' units.

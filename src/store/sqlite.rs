@@ -345,6 +345,10 @@ mod tests {
             payment_method: None,
             installments: None,
             payment_id: None,
+            balance_due: None,
+            balance_from: None,
+            balance_until: None,
+            paid_amount: None,
         }
     }
 

@@ -3,7 +3,7 @@
 //! the address limit under racing instances.
 
 use hyper::Method;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde_json::{json, Value};
 
 use crate::conformance::{conformance, Backend};
@@ -217,7 +217,6 @@ async fn a_pending_order_keeps_a_copy_of_its_address(backend: Backend) {
     assert_eq!(read.body["address"]["region"], "浙江省");
 }
 
-
 /// One shopper adding addresses through two instances at once keeps no
 /// more than the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -284,7 +283,7 @@ fn notice(order: &str, transaction: &str, amount: &str, method: &str) -> String 
 /// presale with a 500.00 deposit.
 async fn payment_server(backend: &Backend) -> TestServer {
     let now = Timestamp::now();
-    let (opens, closes) = (now - hours(1), now + hours(1));
+    let (opens, closes) = (now - hours(1), now + hours(6));
     let config = config_head("")
         + "[payments]\ncod_max_amount = \"2500.00\"\n"
         + &window_drop(DROP, SKU, 20, 2, opens, closes)
@@ -293,7 +292,10 @@ async fn payment_server(backend: &Backend) -> TestServer {
             "pay_within = \"15m\"\npayment_methods = [\"alipay\", \"cash_on_delivery\"]\ncod_max_amount = \"1000.00\"",
         )
         + &window_drop("pre", SKU, 20, 2, opens, closes)
-            .replace("pay_within = \"15m\"", "pay_within = \"15m\"\npresale = true")
+            .replace(
+                "pay_within = \"15m\"",
+                "pay_within = \"15m\"\npresale = true\nbalance_from = \"2h\"\nbalance_until = \"4h\"",
+            )
             .replace("stock = 20", "stock = 20\ndeposit = \"500.00\"");
     backend.start(&config, now).await
 }
@@ -454,9 +456,145 @@ async fn cash_on_delivery_is_capped_and_awaits_delivery(backend: Backend) {
     );
 }
 
+/// Waits for the sweeper to move `order` to `status` (it runs every 50 ms).
+async fn sweeps_to(s: &TestServer, order: &str, user: &str, status: &str) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let read = s
+            .http
+            .get(&format!("/api/v1/orders/{order}"), Some(&token(user)))
+            .await;
+        if read.body["status"] == status {
+            return read.body;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "never {status}: {:?}",
+            read.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The `pre` drop opened an hour ago; its balance window is 2 h to 4 h
+/// after the opening.
+async fn a_presale_takes_the_deposit_then_the_balance_or_is_forfeited(backend: Backend) {
+    let s = payment_server(&backend).await;
+    let terms = format!(r#"{{"sku": "{SKU}", "quantity": 2, "accept_presale_terms": true}}"#);
+    let won = s.http.reserve_keyed("pre", "bob", "k-bob", &terms).await;
+    assert_eq!(won.status, 201, "{:?}", won.body);
+    assert_eq!(won.body["amount_due"], "3998.00");
+    assert_eq!(won.body["deposit_due"], "1000.00");
+    assert_eq!(won.body["balance_due"], "2998.00");
+    let created: Timestamp = won.body["created_at"].as_str().unwrap().parse().unwrap();
+    let from: Timestamp = won.body["balance_from"].as_str().unwrap().parse().unwrap();
+    let until: Timestamp = won.body["balance_until"].as_str().unwrap().parse().unwrap();
+    assert_eq!(until.duration_since(from), SignedDuration::from_hours(2));
+    // The round opened an hour before the win; the window starts 2 h after that.
+    let to_window = from.duration_since(created);
+    assert!(
+        to_window > SignedDuration::from_mins(55) && to_window <= SignedDuration::from_mins(61),
+        "{to_window}"
+    );
+    let order = won.body["id"].as_str().unwrap();
+    add_address(&s.http, "bob", &address("收件人", "福建省", true)).await;
+
+    let deposit = pay_as(&s.http, "bob", order, r#"{"method": "wechat_pay"}"#).await;
+    assert_eq!(deposit.body["amount"], "1000.00");
+    let paid = s
+        .http
+        .notify_payment(&notice(order, "tx-dep", "1000.00", "wechat_pay"))
+        .await;
+    assert_eq!(paid.status, 200, "{:?}", paid.body);
+    assert_eq!(paid.body["status"], "deposit_paid");
+    assert_eq!(paid.body["paid_amount"], "1000.00");
+    assert!(
+        paid.body.get("payment_id").is_none(),
+        "the deposit's intent is spent"
+    );
+
+    // Before the window: nothing to pay yet.
+    let early = pay_as(&s.http, "bob", order, r#"{"method": "alipay"}"#).await;
+    assert_eq!((early.status, early.error()), (409, "not_payable"));
+    let early = s
+        .http
+        .notify_payment(&notice(order, "tx-bal", "2998.00", "alipay"))
+        .await;
+    assert_eq!((early.status, early.error()), (409, "not_payable"));
+
+    s.clock.advance(SignedDuration::from_mins(61));
+    let cod = pay_as(&s.http, "bob", order, r#"{"method": "cash_on_delivery"}"#).await;
+    assert_eq!((cod.status, cod.error()), (409, "method_not_allowed"));
+    let balance = pay_as(&s.http, "bob", order, r#"{"method": "alipay"}"#).await;
+    assert_eq!(balance.status, 200, "{:?}", balance.body);
+    assert_eq!(balance.body["amount"], "2998.00");
+    let again = s
+        .http
+        .notify_payment(&notice(order, "tx-dep", "1000.00", "wechat_pay"))
+        .await;
+    assert_eq!(
+        (again.status, &again.body["status"]),
+        (200, &json!("deposit_paid")),
+        "a redelivered deposit notice"
+    );
+    let short = s
+        .http
+        .notify_payment(&notice(order, "tx-bal", "1000.00", "alipay"))
+        .await;
+    assert_eq!((short.status, short.error()), (400, "amount_mismatch"));
+    let done = s
+        .http
+        .notify_payment(&notice(order, "tx-bal", "2998.00", "alipay"))
+        .await;
+    assert_eq!(done.status, 200, "{:?}", done.body);
+    assert_eq!(done.body["status"], "paid");
+    assert_eq!(done.body["paid_amount"], "3998.00");
+
+    // Carol pays her deposit but never the balance: forfeited, deposit kept, unit back.
+    let carol = s
+        .http
+        .reserve_keyed("pre", "carol", "k-carol", &terms.replace("2,", "1,"))
+        .await;
+    let carols = carol.body["id"].as_str().unwrap();
+    let kept = s
+        .http
+        .notify_payment(&notice(carols, "tx-carol", "500.00", "mi_wallet"))
+        .await;
+    assert_eq!(kept.body["status"], "deposit_paid", "{:?}", kept.body);
+    let remaining = s.http.remaining("pre").await;
+    s.clock.advance(SignedDuration::from_mins(180));
+    let forfeited = sweeps_to(&s, carols, "carol", "forfeited").await;
+    assert_eq!(forfeited["paid_amount"], "500.00");
+    let started = std::time::Instant::now();
+    while s.http.remaining("pre").await != remaining + 1 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the unit never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let late = s
+        .http
+        .notify_payment(&notice(carols, "tx-carol-2", "500.00", "mi_wallet"))
+        .await;
+    assert_eq!((late.status, late.error()), (409, "not_payable"));
+    let db = s.audit().await;
+    assert_eq!(
+        db.count_where("status = 'forfeited' AND paid_amount = '500.00'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count_where("status = 'paid' AND paid_amount = '3998.00'")
+            .await,
+        1
+    );
+}
+
 conformance!(
     addresses_are_checked_kept_and_deleted,
     a_pending_order_keeps_a_copy_of_its_address,
     a_payment_intent_follows_the_rules_and_the_notice_must_match_it,
     cash_on_delivery_is_capped_and_awaits_delivery,
+    a_presale_takes_the_deposit_then_the_balance_or_is_forfeited,
 );

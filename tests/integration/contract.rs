@@ -23,6 +23,8 @@ product = "Presale Phone"
 per_user_limit = 3
 pay_within = "15m"
 presale = true
+balance_from = "48h"
+balance_until = "96h"
 opens_at = "{}"
 closes_at = "{}"
 [[drops.skus]]
