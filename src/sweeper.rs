@@ -1,6 +1,7 @@
 //! The expiry sweeper: every `sweep_interval`, orders unpaid past `pay_by`
-//! are expired and their stock returned, and releases that could not be
-//! applied when their order ended (the engine was unreachable) are retried.
+//! are expired and presales whose balance is unpaid past `balance_until`
+//! forfeited, their stock returned; and releases that could not be applied
+//! when their order ended (the engine was unreachable) are retried.
 
 use std::sync::Arc;
 
