@@ -50,6 +50,7 @@ fn attempt(user: &str, clock: &dyn Clock) -> ReserveAttempt {
             balance_from: None,
             balance_until: None,
             paid_amount: None,
+            coupon_id: None,
         },
         opens_at: now - SignedDuration::from_hours(1),
         closes_at: now + SignedDuration::from_hours(24),

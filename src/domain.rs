@@ -79,6 +79,11 @@ identifier!(
     PromotionId,
     "promotion id"
 );
+identifier!(
+    /// The id of a batch of coupons.
+    CouponBatchId,
+    "coupon batch id"
+);
 
 /// One round of a drop: `<drop id>@<when it opens>` (`schedule::Round`
 /// names them), the key of stock, limits, orders and Redis keys.

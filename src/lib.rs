@@ -9,8 +9,8 @@
 //! - [`domain`], [`money`], [`catalog`], [`schedule`], [`clock`], [`order`],
 //!   [`order_states`]: checked values, the catalog and its rounds, time, the
 //!   order and its state machine.
-//! - [`pricing`], [`promotions`], [`address`]: prices at the win, the live
-//!   promotions, delivery addresses.
+//! - [`pricing`], [`promotions`], [`coupons`], [`address`]: prices at the
+//!   win, the live promotions, coupon batches, delivery addresses.
 //! - [`engine`]: the inventory engine trait, the embedded engine, and the
 //!   Redis engine (scripts in `lua/`, reconciliation, the order writer).
 //! - [`store`]: the order store (SQLite or PostgreSQL) and its group-commit writers.
@@ -32,6 +32,7 @@ pub mod auth;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod coupons;
 pub mod demo;
 pub mod domain;
 pub mod engine;

@@ -88,6 +88,27 @@ pub async fn set_address(
         .await
 }
 
+/// Puts one of the shopper's coupons on their pending order, or takes the
+/// order's coupon off. A coupon another instance took between this
+/// change's read and its write fails the change whole; the one retry then
+/// finds it used.
+pub async fn set_coupon(
+    app: &App,
+    id: OrderId,
+    user: UserId,
+    coupon_id: Option<String>,
+) -> Result<EditOutcome, StoreError> {
+    catch_up(app, &id).await?;
+    let set = || {
+        app.store
+            .set_order_coupon(id.clone(), user.clone(), coupon_id.clone(), app.clock.now())
+    };
+    match set().await {
+        Err(StoreError::Raced(_)) => set().await,
+        outcome => outcome,
+    }
+}
+
 /// Issues a payment intent under the rules of the order's drop.
 pub async fn pay_intent(
     app: &App,

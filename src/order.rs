@@ -63,6 +63,9 @@ pub struct Order {
     /// Unpaid by then, the order is forfeited: the deposit is kept, the units go back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balance_until: Option<Timestamp>,
+    /// The coupon on this order (its discount is in `pricing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_id: Option<String>,
     /// What the gateway has confirmed paid: the deposit, then the whole amount.
     #[serde(
         default,

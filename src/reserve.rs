@@ -202,6 +202,7 @@ fn new_order(
         balance_from: balance.map(|(_, (from, _))| from),
         balance_until: balance.map(|(_, (_, until))| until),
         paid_amount: None,
+        coupon_id: None,
     })
 }
 

@@ -34,3 +34,26 @@ CREATE UNIQUE INDEX orders_by_balance_transaction ON orders (balance_transaction
     WHERE balance_transaction_id IS NOT NULL;
 CREATE INDEX orders_deposit_by_balance_deadline ON orders (balance_until)
     WHERE status = 'deposit_paid';
+
+-- Coupon batches operators create (the definition as sent, the counts the
+-- store enforces), the coupons shoppers claim, and the one an order uses.
+-- A coupon is on at most one order and an order has at most one coupon.
+CREATE TABLE coupon_batches (
+    id         TEXT PRIMARY KEY NOT NULL,
+    definition TEXT NOT NULL,
+    total      INTEGER NOT NULL,
+    per_user   INTEGER NOT NULL,
+    claimed    INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE coupons (
+    id         TEXT PRIMARY KEY NOT NULL,
+    batch_id   TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    claimed_at TEXT NOT NULL,
+    order_id   TEXT,
+    used_at    TEXT
+);
+CREATE INDEX coupons_by_user ON coupons (user_id, batch_id);
+CREATE UNIQUE INDEX coupons_by_order ON coupons (order_id) WHERE order_id IS NOT NULL;
+ALTER TABLE orders ADD COLUMN coupon_id TEXT;

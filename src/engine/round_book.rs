@@ -201,6 +201,7 @@ mod tests {
                 balance_from: None,
                 balance_until: None,
                 paid_amount: None,
+                coupon_id: None,
             },
             opens_at: now,
             closes_at: now + SignedDuration::from_hours(1),

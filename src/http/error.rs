@@ -57,6 +57,20 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("the order has no delivery address and the shopper no default one")]
     AddressRequired,
+    #[error("this coupon is on another order")]
+    CouponUsed,
+    #[error("{0}")]
+    CouponNotApplicable(String),
+    #[error("a coupon batch with this id exists")]
+    CouponBatchExists,
+    #[error("this coupon is for verified students only")]
+    StudentOnly,
+    #[error("all coupons of this batch have been claimed")]
+    CouponsGone,
+    #[error("a shopper may claim {per_user} of this batch")]
+    CouponLimit { per_user: u32 },
+    #[error("this coupon batch is no longer valid")]
+    CouponBatchExpired,
     #[error("too many requests ({}); retry after {retry_after} s", layer_text(*.layer))]
     RateLimited { layer: Layer, retry_after: u32 },
     #[error("the server is at capacity; retry shortly")]
@@ -94,7 +108,14 @@ impl ApiError {
             | TooManyAddresses { .. }
             | NotEditable { .. }
             | MethodNotAllowed(_)
-            | AddressRequired => StatusCode::CONFLICT,
+            | AddressRequired
+            | CouponUsed
+            | CouponNotApplicable(_)
+            | CouponBatchExists
+            | CouponsGone
+            | CouponLimit { .. }
+            | CouponBatchExpired => StatusCode::CONFLICT,
+            StudentOnly => StatusCode::FORBIDDEN,
             Undeliverable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -129,6 +150,13 @@ impl ApiError {
             MethodMismatch { .. } => "method_mismatch",
             MethodNotAllowed(_) => "method_not_allowed",
             AddressRequired => "address_required",
+            CouponUsed => "coupon_used",
+            CouponNotApplicable(_) => "coupon_not_applicable",
+            CouponBatchExists => "coupon_batch_exists",
+            StudentOnly => "student_only",
+            CouponsGone => "sold_out",
+            CouponLimit { .. } => "limit_exceeded",
+            CouponBatchExpired => "coupon_expired",
             RateLimited { .. } => "rate_limited",
             Overloaded => "overloaded",
             Unavailable(_) => "unavailable",
@@ -160,7 +188,14 @@ impl ApiError {
             | TooManyAddresses { .. }
             | NotEditable { .. }
             | MethodNotAllowed(_)
-            | AddressRequired => "conflict",
+            | AddressRequired
+            | CouponUsed
+            | CouponNotApplicable(_)
+            | CouponBatchExists
+            | CouponsGone
+            | CouponLimit { .. }
+            | CouponBatchExpired => "conflict",
+            StudentOnly => "unauthorized",
             RateLimited { layer, .. } => match layer {
                 Layer::Ip => "rate_limited_ip",
                 Layer::User => "rate_limited_user",
@@ -209,6 +244,9 @@ impl ApiError {
             }
             ApiError::LimitExceeded { limit } => {
                 body.insert("limit".into(), json!(limit));
+            }
+            ApiError::CouponLimit { per_user } => {
+                body.insert("limit".into(), json!(per_user));
             }
             ApiError::RateLimited { layer, retry_after } => {
                 body.insert("layer".into(), json!(layer.as_str()));

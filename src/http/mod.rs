@@ -5,6 +5,7 @@ mod addresses;
 mod admin;
 mod checkout;
 mod client_ip;
+mod coupons;
 mod error;
 mod json;
 mod ops;

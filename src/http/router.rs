@@ -11,7 +11,7 @@ use hyper::{Method, Request, StatusCode};
 use super::client_ip::client_ip;
 use super::error::ApiError;
 use super::json::{error, HttpResponse};
-use super::{addresses, admin, checkout, ops, payments, promotions, shopper};
+use super::{addresses, admin, checkout, coupons, ops, payments, promotions, shopper};
 use crate::app::App;
 use crate::telemetry;
 
@@ -40,6 +40,10 @@ enum Route<'a> {
     DeleteAddress(&'a str),
     EditOrder(&'a str),
     PayOrder(&'a str),
+    CreateCouponBatch,
+    CouponBatches,
+    ClaimCoupon(&'a str),
+    Coupons,
     Unknown,
 }
 
@@ -58,6 +62,10 @@ impl Route<'_> {
             (&Method::POST, ["api", "v1", "orders", order, "cancel"]) => Route::Cancel(order),
             (&Method::PATCH, ["api", "v1", "orders", order]) => Route::EditOrder(order),
             (&Method::POST, ["api", "v1", "orders", order, "pay"]) => Route::PayOrder(order),
+            (&Method::GET, ["api", "v1", "coupons"]) => Route::Coupons,
+            (&Method::POST, ["api", "v1", "coupons", batch, "claim"]) => Route::ClaimCoupon(batch),
+            (&Method::POST, ["admin", "v1", "coupons"]) => Route::CreateCouponBatch,
+            (&Method::GET, ["admin", "v1", "coupons"]) => Route::CouponBatches,
             (&Method::POST, ["api", "v1", "addresses"]) => Route::AddAddress,
             (&Method::GET, ["api", "v1", "addresses"]) => Route::Addresses,
             (&Method::DELETE, ["api", "v1", "addresses", id]) => Route::DeleteAddress(id),
@@ -101,6 +109,10 @@ impl Route<'_> {
             Route::DeleteAddress(_) => "delete_address",
             Route::EditOrder(_) => "edit_order",
             Route::PayOrder(_) => "pay_order",
+            Route::CreateCouponBatch => "admin_create_coupon_batch",
+            Route::CouponBatches => "admin_list_coupon_batches",
+            Route::ClaimCoupon(_) => "claim_coupon",
+            Route::Coupons => "list_coupons",
             Route::Unknown => "unknown",
         }
     }
@@ -123,6 +135,8 @@ impl Route<'_> {
                 | Route::DeleteAddress(_)
                 | Route::EditOrder(_)
                 | Route::PayOrder(_)
+                | Route::ClaimCoupon(_)
+                | Route::Coupons
                 | Route::Unknown
         )
     }
@@ -219,6 +233,10 @@ async fn dispatch(
         Route::DeleteAddress(id) => addresses::delete(app, id, &req).await,
         Route::EditOrder(order) => checkout::edit_order(app, order, req).await,
         Route::PayOrder(order) => checkout::pay(app, order, req).await,
+        Route::CreateCouponBatch => coupons::create_batch(app, req).await,
+        Route::CouponBatches => coupons::list_batches(app, &req).await,
+        Route::ClaimCoupon(batch) => coupons::claim(app, batch, &req).await,
+        Route::Coupons => coupons::list(app, &req).await,
         Route::Unknown => Err(ApiError::NotFound(format!("no endpoint {path}"))),
     }
 }

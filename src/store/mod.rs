@@ -6,6 +6,7 @@
 //! writer design (`writer.rs`), many jobs per transaction.
 
 mod address_rows;
+mod coupon_rows;
 mod intent_rows;
 mod orders;
 mod postgres;
@@ -25,6 +26,7 @@ use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::address::Address;
+use crate::coupons::{Batch, BatchDefinition};
 use crate::domain::{IdempotencyKey, OrderId, RoundId, SkuId, UserId};
 use crate::order::{Order, OrderStatus};
 use crate::payment::{PaymentMethod, PaymentNotice};
@@ -33,6 +35,7 @@ use sqlite::{finish_now, SqliteStore};
 use writer::{Job, Reply};
 
 pub use address_rows::AddOutcome;
+pub use coupon_rows::{ClaimOutcome, CouponRefusal, CouponRow};
 pub use intent_rows::{IntentOutcome, IntentRequest};
 pub use orders::{db_time, EditOutcome};
 
@@ -51,6 +54,10 @@ pub enum StoreError {
     /// key under another id) and was not stored.
     #[error("order {0} collides with a stored order")]
     Conflict(String),
+    /// Another instance changed what this change depended on after it was
+    /// read; nothing was changed, and a retry reads the new state.
+    #[error("raced with another change: {0}")]
+    Raced(String),
     /// The connection died during the commit and the database could not be
     /// read back in time: the write may or may not be stored.
     #[error("the commit's outcome is unknown (the database connection was lost)")]
@@ -612,6 +619,75 @@ impl OrderStore {
             id,
             user,
             request,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Records a coupon batch; false if its id is taken.
+    pub async fn save_coupon_batch(
+        &self,
+        batch: Batch,
+        definition: String,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.write(|reply| Job::SaveCouponBatch {
+            batch,
+            definition,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Every batch's definition and claimed count, or only `id`'s.
+    pub async fn coupon_batches(
+        &self,
+        id: Option<String>,
+    ) -> Result<Vec<(BatchDefinition, i64)>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| coupon_rows::batches(
+            db,
+            id.as_deref()
+        ))
+    }
+
+    /// Claims a coupon of a batch for a shopper, within its counts.
+    pub async fn claim_coupon(
+        &self,
+        batch_id: String,
+        user: UserId,
+        now: Timestamp,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let coupon_id = uuid::Uuid::now_v7().to_string();
+        self.write(|reply| Job::ClaimCoupon {
+            batch_id,
+            user,
+            coupon_id,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn coupons(&self, user: UserId) -> Result<Vec<CouponRow>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| coupon_rows::for_user(
+            db, &user, None
+        ))
+    }
+
+    /// Puts a coupon on the shopper's pending order, or takes it off.
+    pub async fn set_order_coupon(
+        &self,
+        id: OrderId,
+        user: UserId,
+        coupon_id: Option<String>,
+        now: Timestamp,
+    ) -> Result<EditOutcome, StoreError> {
+        self.write(|reply| Job::SetOrderCoupon {
+            id,
+            user,
+            coupon_id,
             now,
             reply,
         })

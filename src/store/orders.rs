@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use jiff::fmt::temporal::DateTimePrinter;
 use jiff::Timestamp;
 
+use super::coupon_rows::give_back;
 use super::sql::{text_list, Column, Insert, Row, Sql, Value};
 use super::{
     pay_step, CancelOutcome, Keyed, PayOutcome, PayStep, Restock, RestockRecord, StatusCounts,
@@ -24,9 +25,10 @@ use crate::pricing::Pricing;
 pub(super) const ORDER_COLUMNS: &str =
     "id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
      amount_due, deposit_due, created_at, pay_by, list_amount, discounts, address, \
-     payment_method, installments, payment_id, balance_from, balance_until, paid_amount";
+     payment_method, installments, payment_id, balance_from, balance_until, paid_amount, \
+     coupon_id";
 /// Where the key columns start in a keyed select.
-const KEY_COLUMN: usize = 21;
+const KEY_COLUMN: usize = 22;
 
 /// A new order as inserted: its columns and the idempotency key's.
 const NEW_ORDER: Insert = Insert {
@@ -135,6 +137,7 @@ pub(super) fn order_from(row: &Row) -> Result<Order, StoreError> {
             None => None,
             Some(raw) => Some(parse_amount(&raw).map_err(|_| corrupt("amount", &raw))?),
         },
+        coupon_id: row.opt_text(21)?,
     })
 }
 
@@ -358,11 +361,23 @@ pub async fn move_order<S: Sql>(
     }
     let sql =
         format!("UPDATE orders SET {set} WHERE id = $1 AND status = $2 RETURNING {ORDER_COLUMNS}");
-    db.rows(&sql, &params)
+    let moved = db
+        .rows(&sql, &params)
         .await?
         .first()
         .map(order_from)
-        .transpose()
+        .transpose()?;
+    if let Some(moved) = moved.iter().find(|o| gives_coupon_back(o)) {
+        give_back(db, &[moved.id.as_str()]).await?;
+    }
+    Ok(moved)
+}
+
+/// An order cancelled or expired unpaid gives its coupon back; a paid,
+/// refunded or forfeited one does not.
+fn gives_coupon_back(order: &Order) -> bool {
+    order.coupon_id.is_some()
+        && matches!(order.status, OrderStatus::Cancelled | OrderStatus::Expired)
 }
 
 /// What an edit of an order at checkout did.
@@ -375,6 +390,8 @@ pub enum EditOutcome {
     NotEditable(Order),
     /// The change needs something the shopper does not have (say, the address).
     Missing(&'static str),
+    /// The coupon cannot go on this order.
+    Coupon(super::CouponRefusal),
 }
 
 /// Changes checkout columns of one of `user`'s orders while it is pending
@@ -566,6 +583,12 @@ pub async fn expire_due<S: Sql>(
             ended.push(order_from(&row)?);
         }
     }
+    let coupons_back: Vec<&str> = ended
+        .iter()
+        .filter(|o| gives_coupon_back(o))
+        .map(|o| o.id.as_str())
+        .collect();
+    give_back(db, &coupons_back).await?;
     Ok(ended)
 }
 

@@ -349,6 +349,7 @@ mod tests {
             balance_from: None,
             balance_until: None,
             paid_amount: None,
+            coupon_id: None,
         }
     }
 

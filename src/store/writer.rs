@@ -14,11 +14,13 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
 use super::address_rows::{self, AddOutcome};
+use super::coupon_rows::{self, ClaimOutcome};
 use super::intent_rows::{self, IntentOutcome, IntentRequest};
 use super::orders::{self, EditOutcome};
 use super::sql::Sql;
 use super::{promotion_rows, CancelOutcome, Keyed, PayOutcome, RestockRecord, StoreError};
 use crate::address::Address;
+use crate::coupons::Batch;
 use crate::domain::{OrderId, UserId};
 use crate::order::Order;
 use crate::payment::PaymentNotice;
@@ -107,6 +109,26 @@ pub(crate) enum Job {
         request: IntentRequest,
         now: Timestamp,
         reply: Reply<IntentOutcome>,
+    },
+    SaveCouponBatch {
+        batch: Batch,
+        definition: String,
+        now: Timestamp,
+        reply: Reply<bool>,
+    },
+    ClaimCoupon {
+        batch_id: String,
+        user: UserId,
+        coupon_id: String,
+        now: Timestamp,
+        reply: Reply<ClaimOutcome>,
+    },
+    SetOrderCoupon {
+        id: OrderId,
+        user: UserId,
+        coupon_id: Option<String>,
+        now: Timestamp,
+        reply: Reply<EditOutcome>,
     },
     Flush {
         reply: Reply<()>,
@@ -200,6 +222,9 @@ impl Job {
             Job::DeleteAddress { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::SetOrderAddress { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::PayIntent { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::SaveCouponBatch { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::ClaimCoupon { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::SetOrderCoupon { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::Flush { reply } => Ran::of(reply, Ok(())),
         }
     }
@@ -291,6 +316,32 @@ impl Job {
                 now,
                 reply,
             } => savepointed!(reply, intent_rows::issue(db, &id, &user, &request, now)),
+            Job::SaveCouponBatch {
+                batch,
+                definition,
+                now,
+                reply,
+            } => savepointed!(reply, coupon_rows::save_batch(db, &batch, &definition, now)),
+            Job::ClaimCoupon {
+                batch_id,
+                user,
+                coupon_id,
+                now,
+                reply,
+            } => savepointed!(
+                reply,
+                coupon_rows::claim(db, &batch_id, &user, &coupon_id, now)
+            ),
+            Job::SetOrderCoupon {
+                id,
+                user,
+                coupon_id,
+                now,
+                reply,
+            } => savepointed!(
+                reply,
+                coupon_rows::set_order_coupon(db, &id, &user, coupon_id.as_deref(), now)
+            ),
         }
     }
 }

@@ -597,4 +597,250 @@ conformance!(
     a_payment_intent_follows_the_rules_and_the_notice_must_match_it,
     cash_on_delivery_is_capped_and_awaits_delivery,
     a_presale_takes_the_deposit_then_the_balance_or_is_forfeited,
+    coupons_are_claimed_within_their_counts_and_used_once,
 );
+
+fn batch(id: &str, kind: &str, value: &str, min_spend: &str, total: u64, per_user: u32) -> Value {
+    let now = Timestamp::now();
+    json!({
+        "id": id, "kind": kind, "value": value, "min_spend": min_spend,
+        "valid_from": (now - hours(1)).to_string(), "valid_until": (now + hours(2)).to_string(),
+        "total": total, "per_user": per_user
+    })
+}
+
+async fn claim(http: &Http, batch: &str, token: &str) -> Reply {
+    http.post(&format!("/api/v1/coupons/{batch}/claim"), Some(token), "")
+        .await
+}
+
+async fn coupon_status(http: &Http, user: &str, coupon: &str) -> String {
+    let listed = http.get("/api/v1/coupons", Some(&token(user))).await;
+    let coupons = listed.body["coupons"].as_array().unwrap();
+    let found = coupons
+        .iter()
+        .find(|c| c["id"] == coupon)
+        .expect("the coupon is listed");
+    found["status"].as_str().unwrap().to_owned()
+}
+
+async fn coupons_are_claimed_within_their_counts_and_used_once(backend: Backend) {
+    let s = payment_server(&backend).await;
+    let c200 = batch("c200", "amount", "200.00", "1000.00", 3, 2);
+    let created = s
+        .http
+        .admin(Method::POST, "/admin/v1/coupons", &c200.to_string())
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(created.body["claimed"], 0);
+    let mut student = batch("stu", "percent", "10", "0.00", 5, 1);
+    student["student_only"] = json!(true);
+    assert_eq!(
+        s.http
+            .admin(Method::POST, "/admin/v1/coupons", &student.to_string())
+            .await
+            .status,
+        201
+    );
+    let again = s
+        .http
+        .admin(Method::POST, "/admin/v1/coupons", &c200.to_string())
+        .await;
+    assert_eq!((again.status, again.error()), (409, "coupon_batch_exists"));
+    let mut bad = c200.clone();
+    bad["id"] = json!("bad");
+    bad["per_user"] = json!(9);
+    let refused = s
+        .http
+        .admin(Method::POST, "/admin/v1/coupons", &bad.to_string())
+        .await;
+    assert_eq!((refused.status, refused.error()), (400, "invalid_request"));
+    let shopper = s
+        .http
+        .post(
+            "/admin/v1/coupons",
+            Some(&token("mallory")),
+            &bad.to_string(),
+        )
+        .await;
+    assert_eq!(shopper.status, 401);
+
+    let alice = token("alice");
+    let first = claim(&s.http, "c200", &alice).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    assert_eq!(first.body["status"], "available");
+    let second = claim(&s.http, "c200", &alice).await;
+    assert_eq!(second.status, 201);
+    let third = claim(&s.http, "c200", &alice).await;
+    assert_eq!((third.status, third.error()), (409, "limit_exceeded"));
+    assert_eq!(claim(&s.http, "c200", &token("bob")).await.status, 201);
+    let gone = claim(&s.http, "c200", &token("carol")).await;
+    assert_eq!((gone.status, gone.error()), (409, "sold_out"));
+    assert_eq!(claim(&s.http, "nope", &alice).await.status, 404);
+    let not_student = claim(&s.http, "stu", &alice).await;
+    assert_eq!(
+        (not_student.status, not_student.error()),
+        (403, "student_only")
+    );
+    let student_token = dropgate::auth::mint(
+        JWT_SECRET,
+        &dropgate::domain::UserId::parse("dave").unwrap(),
+        3600,
+        true,
+    );
+    assert_eq!(claim(&s.http, "stu", &student_token).await.status, 201);
+    let listed = s.http.admin(Method::GET, "/admin/v1/coupons", "").await;
+    assert_eq!(listed.body["batches"][0]["claimed"], 3);
+
+    // On an order: 1999.00 − 200.00; single use; off and on again; back on cancel.
+    let coupon = first.body["id"].as_str().unwrap();
+    let one = s.http.reserve(DROP, SKU, 1, "alice").await;
+    let two = s.http.reserve(DROP, SKU, 1, "alice").await;
+    let (one, two) = (
+        one.body["id"].as_str().unwrap(),
+        two.body["id"].as_str().unwrap(),
+    );
+    let put = json!({ "coupon_id": coupon }).to_string();
+    let priced = edit_order(&s.http, "alice", one, &put).await;
+    assert_eq!(priced.status, 200, "{:?}", priced.body);
+    assert_eq!(priced.body["amount_due"], "1799.00");
+    assert_eq!(priced.body["coupon_id"], coupon);
+    let discounts = priced.body["pricing"]["discounts"].as_array().unwrap();
+    assert_eq!(discounts[0]["source"], format!("coupon:{coupon}"));
+    assert_eq!(coupon_status(&s.http, "alice", coupon).await, "used");
+    let twice = edit_order(&s.http, "alice", two, &put).await;
+    assert_eq!((twice.status, twice.error()), (409, "coupon_used"));
+    let bobs = edit_order(&s.http, "bob", one, &put).await;
+    assert_eq!(bobs.status, 404);
+    let off = edit_order(&s.http, "alice", one, r#"{"coupon_id": null}"#).await;
+    assert_eq!(off.body["amount_due"], "1999.00");
+    assert!(off.body.get("coupon_id").is_none());
+    assert_eq!(coupon_status(&s.http, "alice", coupon).await, "available");
+    assert_eq!(edit_order(&s.http, "alice", two, &put).await.status, 200);
+    assert_eq!(s.http.cancel(two, "alice").await.status, 200);
+    assert_eq!(
+        coupon_status(&s.http, "alice", coupon).await,
+        "available",
+        "a cancel gives it back"
+    );
+
+    // Below the minimum spend after promotions: 1000.00 is needed, and the
+    // strict drop's order is 1999.00, so use a batch that asks more.
+    let big = batch("big", "amount", "50.00", "5000.00", 10, 1);
+    s.http
+        .admin(Method::POST, "/admin/v1/coupons", &big.to_string())
+        .await;
+    let big_coupon = claim(&s.http, "big", &alice).await;
+    let too_small = json!({ "coupon_id": big_coupon.body["id"] }).to_string();
+    let refused = edit_order(&s.http, "alice", one, &too_small).await;
+    assert_eq!(
+        (refused.status, refused.error()),
+        (409, "coupon_not_applicable")
+    );
+    let unknown = edit_order(&s.http, "alice", one, r#"{"coupon_id": "no-such-coupon"}"#).await;
+    assert_eq!((unknown.status, unknown.error()), (400, "invalid_request"));
+
+    // Paid with the coupon: the intent and the notice are for 1799.00.
+    assert_eq!(edit_order(&s.http, "alice", one, &put).await.status, 200);
+    add_address(&s.http, "alice", &address("张三", "北京市", true)).await;
+    let intent = pay_as(&s.http, "alice", one, r#"{"method": "alipay"}"#).await;
+    assert_eq!(intent.body["amount"], "1799.00");
+    let paid = s
+        .http
+        .notify_payment(&notice(one, "tx-coupon", "1799.00", "alipay"))
+        .await;
+    assert_eq!(paid.body["status"], "paid", "{:?}", paid.body);
+    assert_eq!(paid.body["paid_amount"], "1799.00");
+    let late = edit_order(&s.http, "alice", one, r#"{"coupon_id": null}"#).await;
+    assert_eq!((late.status, late.error()), (409, "not_editable"));
+
+    // An order that expires unpaid gives its coupon back.
+    let bob_coupon = s
+        .http
+        .get("/api/v1/coupons", Some(&token("bob")))
+        .await
+        .body["coupons"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bobs_order = s.http.reserve(DROP, SKU, 1, "bob").await;
+    let bobs_order = bobs_order.body["id"].as_str().unwrap();
+    let on = json!({ "coupon_id": bob_coupon }).to_string();
+    assert_eq!(
+        edit_order(&s.http, "bob", bobs_order, &on).await.status,
+        200
+    );
+    s.clock.advance(SignedDuration::from_mins(16));
+    sweeps_to(&s, bobs_order, "bob", "expired").await;
+    assert_eq!(
+        coupon_status(&s.http, "bob", &bob_coupon).await,
+        "available"
+    );
+    let db = s.audit().await;
+    assert_eq!(
+        db.count_where(&format!("coupon_id = '{coupon}'")).await,
+        2,
+        "the paid order and the cancelled one"
+    );
+}
+
+/// One coupon, two pending orders, two instances: every round of racing
+/// checkouts puts it on exactly one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_checkouts_on_two_instances_use_a_coupon_once() {
+    let pg = PostgresServer::start();
+    let redis = RedisServer::start();
+    let now = Timestamp::now();
+    let config = config_head("") + &window_drop(DROP, SKU, 5, 2, now - hours(1), now + hours(1));
+    let a = TestServer::start_with_database(&config, &pg.database(), now, &redis.engine()).await;
+    let b = TestServer::start_with_database(&config, &pg.database(), now, &redis.engine()).await;
+    let one_off = batch("race", "amount", "10.00", "0.00", 1, 1);
+    assert_eq!(
+        a.http
+            .admin(Method::POST, "/admin/v1/coupons", &one_off.to_string())
+            .await
+            .status,
+        201
+    );
+    let coupon = claim(&b.http, "race", &token("alice")).await;
+    let coupon = coupon.body["id"].as_str().unwrap().to_owned();
+    let first = a.http.reserve(DROP, SKU, 1, "alice").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = b.http.reserve(DROP, SKU, 1, "alice").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let put = json!({ "coupon_id": coupon }).to_string();
+    for round in 0..10 {
+        let (ha, hb, pa, pb) = (a.http.clone(), b.http.clone(), put.clone(), put.clone());
+        let (fa, fb) = (first.clone(), second.clone());
+        let on_a = tokio::spawn(async move { edit_order(&ha, "alice", &fa, &pa).await });
+        let on_b = tokio::spawn(async move { edit_order(&hb, "alice", &fb, &pb).await });
+        let (ra, rb) = (on_a.await.unwrap(), on_b.await.unwrap());
+        let mut statuses = [
+            (ra.status, ra.error().to_owned()),
+            (rb.status, rb.error().to_owned()),
+        ];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [(200, String::new()), (409, "coupon_used".to_owned())],
+            "round {round}"
+        );
+        let db = a.audit().await;
+        assert_eq!(
+            db.count_where(&format!("coupon_id = '{coupon}'")).await,
+            1,
+            "round {round}"
+        );
+        let winner = if ra.status == 200 {
+            (&a, &first)
+        } else {
+            (&b, &second)
+        };
+        let off = edit_order(&winner.0.http, "alice", winner.1, r#"{"coupon_id": null}"#).await;
+        assert_eq!(off.status, 200);
+    }
+}

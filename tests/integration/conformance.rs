@@ -123,6 +123,7 @@ pub fn attempt_for(
             balance_from: None,
             balance_until: None,
             paid_amount: None,
+            coupon_id: None,
         },
         opens_at,
         closes_at,
