@@ -30,7 +30,9 @@ pub enum ClaimOutcome {
     Claimed(Box<CouponRow>),
     NoSuchBatch,
     SoldOut,
-    LimitExceeded { per_user: u32 },
+    LimitExceeded {
+        per_user: u32,
+    },
 }
 
 /// Why a coupon cannot go on an order.
