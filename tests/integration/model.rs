@@ -1,12 +1,14 @@
 //! Model-based tests of a reservation's life (proptest-state-machine):
 //! random sequences of reserve (with and without keys, within and beyond
-//! the limit), replay, cancel, pay, expiry, restock and restart run against
-//! a real server in each engine, and against a model of what should happen.
-//! Every answer must match the model; after every step the drop's remaining
-//! stock must match and the order store must hold no oversold unit (I1) and
-//! no shopper above the limit (I2); at the end, after a graceful stop, the
-//! store must hold exactly the model's orders with the model's fates (I3,
-//! I4, I5). A failure prints its minimal sequence, and proptest records its
+//! the limit), replay, cancel, a coupon put on and taken off, a payment
+//! intent (online or cash on delivery), pay, expiry, restock and restart
+//! run against a real server in each engine, and against a model of what
+//! should happen. Every answer must match the model; after every step the
+//! drop's remaining stock must match and the order store must hold no
+//! oversold unit (I1), no shopper above the limit (I2), no coupon on two
+//! live orders, and every paid order paid exactly what it asked; at the
+//! end, after a graceful stop, the store must hold exactly the model's
+//! orders with the model's fates and amounts (I3, I4, I5). A failure prints its minimal sequence, and proptest records its
 //! seed under `tests/proptest-regressions/`, which every
 //! later run replays first. `MODEL_CASES` and `MODEL_CASES_REDIS` set the
 //! number of cases (1,000 and 300 by default).
@@ -31,24 +33,33 @@ const SKU: &str = "sku";
 const LIMIT: u32 = 2;
 const USERS: [&str; 3] = ["ann", "ben", "cat"];
 const PRICE_CENTS: u32 = 199_900;
+/// Each shopper holds one coupon of this much off.
+const COUPON_CENTS: u32 = 10_000;
+/// Cash on delivery is refused above this (one unit passes, two do not).
+const COD_MAX: &str = "3000.00";
+/// Shoppers with a default address; the others have none.
+const WITH_ADDRESS: [bool; 3] = [true, true, false];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fate {
     Pending,
     Paid,
+    /// Cash on delivery: keeps its units, paid at the door.
+    AwaitingDelivery,
     Cancelled,
     Expired,
 }
 
 impl Fate {
     fn live(self) -> bool {
-        matches!(self, Fate::Pending | Fate::Paid)
+        matches!(self, Fate::Pending | Fate::Paid | Fate::AwaitingDelivery)
     }
 
     fn stored(self) -> &'static str {
         match self {
             Fate::Pending => "pending_payment",
             Fate::Paid => "paid",
+            Fate::AwaitingDelivery => "awaiting_delivery",
             Fate::Cancelled => "cancelled",
             Fate::Expired => "expired",
         }
@@ -60,6 +71,18 @@ struct ModelOrder {
     user: usize,
     units: u32,
     fate: Fate,
+    /// The owner's coupon is on it.
+    coupon: bool,
+}
+
+impl ModelOrder {
+    fn due_cents(&self) -> u32 {
+        self.units * PRICE_CENTS - if self.coupon { COUPON_CENTS } else { 0 }
+    }
+}
+
+fn money(cents: u32) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +96,15 @@ enum Step {
     Cancel(usize),
     /// A signed notification for the n-th order, with its exact amount.
     Pay(usize),
+    /// The n-th order's owner puts their coupon on it.
+    UseCoupon(usize),
+    /// The n-th order's owner takes the coupon off it.
+    DropCoupon(usize),
+    /// The n-th order's owner asks to pay: Alipay, or cash on delivery.
+    Intent {
+        order: usize,
+        cod: bool,
+    },
     /// The clock passes every pending order's pay-by time.
     Expire,
     Restock(u32),
@@ -97,6 +129,8 @@ struct Model {
     orders: Vec<ModelOrder>,
     /// (user, key) → the order it made and the units it asked for.
     keys: HashMap<(usize, u8), (usize, u32)>,
+    /// Per shopper: the order their coupon is on.
+    coupon_on: [Option<usize>; 3],
     expect: Expect,
 }
 
@@ -134,6 +168,7 @@ impl ReferenceStateMachine for Reference {
                 stock,
                 orders: Vec::new(),
                 keys: HashMap::new(),
+                coupon_on: [None; 3],
                 expect: Expect::Nothing,
             })
             .boxed()
@@ -149,6 +184,9 @@ impl ReferenceStateMachine for Reference {
             8 => reserve,
             2 => any::<usize>().prop_map(Step::Cancel),
             2 => any::<usize>().prop_map(Step::Pay),
+            2 => any::<usize>().prop_map(Step::UseCoupon),
+            1 => any::<usize>().prop_map(Step::DropCoupon),
+            2 => (any::<usize>(), any::<bool>()).prop_map(|(order, cod)| Step::Intent { order, cod }),
             1 => Just(Step::Expire),
             1 => (1u32..3).prop_map(Step::Restock),
             1 => Just(Step::Restart),
@@ -158,7 +196,11 @@ impl ReferenceStateMachine for Reference {
 
     fn preconditions(state: &Model, step: &Step) -> bool {
         match step {
-            Step::Cancel(_) | Step::Pay(_) => !state.orders.is_empty(),
+            Step::Cancel(_)
+            | Step::Pay(_)
+            | Step::UseCoupon(_)
+            | Step::DropCoupon(_)
+            | Step::Intent { .. } => !state.orders.is_empty(),
             _ => true,
         }
     }
@@ -168,12 +210,52 @@ impl ReferenceStateMachine for Reference {
             Step::Reserve { user, units, key } => reserve(&mut state, user, units, key),
             Step::Cancel(n) => {
                 let n = n % state.orders.len();
-                let order = &mut state.orders[n];
-                if order.fate == Fate::Pending {
-                    order.fate = Fate::Cancelled;
+                if state.orders[n].fate == Fate::Pending {
+                    state.orders[n].fate = Fate::Cancelled;
+                    give_back(&mut state, n);
                     Expect::Status(200, "")
                 } else {
                     Expect::Status(409, "not_cancellable")
+                }
+            }
+            Step::UseCoupon(n) => {
+                let n = n % state.orders.len();
+                let user = state.orders[n].user;
+                match (state.orders[n].fate, state.coupon_on[user]) {
+                    (Fate::Pending, Some(on)) if on != n => Expect::Status(409, "coupon_used"),
+                    (Fate::Pending, _) => {
+                        state.orders[n].coupon = true;
+                        state.coupon_on[user] = Some(n);
+                        Expect::Status(200, "")
+                    }
+                    _ => Expect::Status(409, "not_editable"),
+                }
+            }
+            Step::DropCoupon(n) => {
+                let n = n % state.orders.len();
+                if state.orders[n].fate == Fate::Pending {
+                    state.orders[n].coupon = false;
+                    give_back(&mut state, n);
+                    Expect::Status(200, "")
+                } else {
+                    Expect::Status(409, "not_editable")
+                }
+            }
+            Step::Intent { order: n, cod } => {
+                let n = n % state.orders.len();
+                let order = &mut state.orders[n];
+                let over_cap = order.due_cents() > 300_000;
+                if order.fate != Fate::Pending {
+                    Expect::Status(409, "not_payable")
+                } else if cod && over_cap {
+                    Expect::Status(409, "method_not_allowed")
+                } else if !WITH_ADDRESS[order.user] {
+                    Expect::Status(409, "address_required")
+                } else {
+                    if cod {
+                        order.fate = Fate::AwaitingDelivery;
+                    }
+                    Expect::Status(200, "")
                 }
             }
             Step::Pay(n) => {
@@ -184,13 +266,16 @@ impl ReferenceStateMachine for Reference {
                         order.fate = Fate::Paid;
                         Expect::Status(200, "")
                     }
-                    Fate::Cancelled | Fate::Expired => Expect::Status(409, "not_payable"),
+                    Fate::AwaitingDelivery | Fate::Cancelled | Fate::Expired => {
+                        Expect::Status(409, "not_payable")
+                    }
                 }
             }
             Step::Expire => {
-                for order in &mut state.orders {
-                    if order.fate == Fate::Pending {
-                        order.fate = Fate::Expired;
+                for n in 0..state.orders.len() {
+                    if state.orders[n].fate == Fate::Pending {
+                        state.orders[n].fate = Fate::Expired;
+                        give_back(&mut state, n);
                     }
                 }
                 Expect::Nothing
@@ -202,6 +287,15 @@ impl ReferenceStateMachine for Reference {
             Step::Restart => Expect::Nothing,
         };
         state
+    }
+}
+
+/// The n-th order's coupon, if on it, is free again (the order keeps its
+/// discount on record when it ended; a pending order's is taken off).
+fn give_back(state: &mut Model, n: usize) {
+    let user = state.orders[n].user;
+    if state.coupon_on[user] == Some(n) {
+        state.coupon_on[user] = None;
     }
 }
 
@@ -228,6 +322,7 @@ fn reserve(state: &mut Model, user: usize, units: u32, key: Option<u8>) -> Expec
         user,
         units,
         fate: Fate::Pending,
+        coupon: false,
     });
     if let Some(key) = key {
         state
@@ -270,6 +365,8 @@ struct Sut {
     now: Timestamp,
     /// The server's id of each order, in the model's order.
     ids: Vec<String>,
+    /// Each shopper's coupon.
+    coupons: Vec<String>,
 }
 
 impl Sut {
@@ -293,6 +390,7 @@ impl<E: Engine> StateMachineTest for ModelTest<E> {
         let (redis, engine) = E::start();
         let now = Timestamp::now();
         let config = config_head("")
+            + &format!("[payments]\ncod_max_amount = \"{COD_MAX}\"\n")
             + &window_drop(
                 DROP,
                 SKU,
@@ -310,9 +408,13 @@ impl<E: Engine> StateMachineTest for ModelTest<E> {
             dir: tempfile::tempdir().unwrap(),
             now,
             ids: Vec::new(),
+            coupons: Vec::new(),
         };
         let runtime = sut.runtime.clone();
-        runtime.block_on(sut.start());
+        runtime.block_on(async {
+            sut.start().await;
+            sut.coupons = checkout_setup(sut.server(), now).await;
+        });
         sut
     }
 
@@ -335,18 +437,39 @@ impl<E: Engine> StateMachineTest for ModelTest<E> {
             most <= i64::from(LIMIT),
             "I2: a shopper holds {most} of {LIMIT}"
         );
+        let scalar = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let shared = scalar(
+            "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM orders \
+             WHERE coupon_id IS NOT NULL \
+             AND status IN ('pending_payment', 'paid', 'awaiting_delivery') GROUP BY coupon_id)",
+        );
+        assert!(shared <= 1, "a coupon is on {shared} live orders");
+        let misplaced = scalar(
+            "SELECT COUNT(*) FROM coupons c JOIN orders o ON o.id = c.order_id \
+             WHERE o.coupon_id IS NOT c.id",
+        );
+        assert_eq!(
+            misplaced, 0,
+            "a coupon marks an order that does not carry it"
+        );
+        let short = scalar(
+            "SELECT COUNT(*) FROM orders WHERE status = 'paid' AND paid_amount <> amount_due",
+        );
+        assert_eq!(short, 0, "a paid order paid other than what it asked");
     }
 
     fn teardown(mut sut: Sut, model: Model) {
         let runtime = sut.runtime.clone();
         runtime.block_on(sut.server.as_mut().unwrap().stop());
         let db = sut.server().db();
-        let stored: HashMap<String, (String, String, i64)> = {
+        let stored: HashMap<String, (String, String, i64, String)> = {
             let mut query = db
-                .prepare("SELECT id, user_id, status, quantity FROM orders")
+                .prepare("SELECT id, user_id, status, quantity, amount_due FROM orders")
                 .unwrap();
             let rows = query
-                .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+                .query_map([], |r| {
+                    Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                })
                 .unwrap();
             rows.map(Result::unwrap).collect()
         };
@@ -359,6 +482,7 @@ impl<E: Engine> StateMachineTest for ModelTest<E> {
                 USERS[order.user].to_owned(),
                 order.fate.stored().to_owned(),
                 i64::from(order.units),
+                money(order.due_cents()),
             );
             assert_eq!(row, &expected, "I5: order {id}");
         }
@@ -390,15 +514,43 @@ async fn apply_step(sut: &mut Sut, model: &Model, step: Step) {
         }
         Step::Pay(n) => {
             let n = n % sut.ids.len();
-            let cents = model.orders[n].units * PRICE_CENTS;
             let notice = json!({
                 "order_id": sut.ids[n],
                 "transaction_id": format!("tx-{}", sut.ids[n]),
-                "amount": format!("{}.{:02}", cents / 100, cents % 100),
+                "amount": money(model.orders[n].due_cents()),
                 "method": "alipay",
             })
             .to_string();
             Some(sut.server().http.notify_payment(&notice).await)
+        }
+        Step::UseCoupon(n) | Step::DropCoupon(n) => {
+            let n = n % sut.ids.len();
+            let user = model.orders[n].user;
+            let coupon = match step {
+                Step::UseCoupon(_) => json!(sut.coupons[user]),
+                _ => serde_json::Value::Null,
+            };
+            let body = json!({ "coupon_id": coupon }).to_string();
+            let auth = format!("Bearer {}", token(USERS[user]));
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let path = format!("/api/v1/orders/{}", sut.ids[n]);
+            Some(
+                sut.server()
+                    .http
+                    .send(Method::PATCH, &path, &headers, body.into_bytes())
+                    .await,
+            )
+        }
+        Step::Intent { order, cod } => {
+            let n = order % sut.ids.len();
+            let method = if cod { "cash_on_delivery" } else { "alipay" };
+            let body = json!({ "method": method }).to_string();
+            let path = format!("/api/v1/orders/{}/pay", sut.ids[n]);
+            let owner = token(USERS[model.orders[n].user]);
+            Some(sut.server().http.post(&path, Some(&owner), &body).await)
         }
         Step::Expire => {
             sut.now += SignedDuration::from_mins(16);
@@ -459,6 +611,43 @@ async fn apply_step(sut: &mut Sut, model: &Model, step: Step) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Each shopper claims one coupon; those in `WITH_ADDRESS` add a default
+/// address. Returns the coupons' ids, by shopper.
+async fn checkout_setup(server: &TestServer, now: Timestamp) -> Vec<String> {
+    let batch = json!({
+        "id": "mdl-coupons", "kind": "amount", "value": money(COUPON_CENTS),
+        "valid_from": (now - hours(1)).to_string(), "valid_until": (now + hours(24 * 60)).to_string(),
+        "total": USERS.len(), "per_user": 1
+    });
+    let created = server
+        .http
+        .admin(Method::POST, "/admin/v1/coupons", &batch.to_string())
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let mut coupons = Vec::new();
+    for (user, with_address) in USERS.iter().zip(WITH_ADDRESS) {
+        let claimed = server
+            .http
+            .post("/api/v1/coupons/mdl-coupons/claim", Some(&token(user)), "")
+            .await;
+        assert_eq!(claimed.status, 201, "{:?}", claimed.body);
+        coupons.push(claimed.body["id"].as_str().unwrap().to_owned());
+        if with_address {
+            let address = json!({"name": "收件人", "phone": "13800138000", "region": "上海市", "detail": "浦东新区"});
+            let added = server
+                .http
+                .post(
+                    "/api/v1/addresses",
+                    Some(&token(user)),
+                    &address.to_string(),
+                )
+                .await;
+            assert_eq!(added.status, 201);
+        }
+    }
+    coupons
 }
 
 prop_state_machine! {
