@@ -3,7 +3,11 @@
 // open-model arrival rate that reaches its peak within the first second.
 // Some retry with the same Idempotency-Key; some ask for more than their
 // limit. After the drop the script reads the operators' stats and shoppers'
-// orders and fails the run if an invariant broke.
+// orders, takes the sampled shoppers' pending orders through checkout
+// (addresses, coupons, payment methods, some never paying: lib/checkout.js)
+// and fails the run if an invariant broke or checkout answered other than
+// the API says. `loadtest/run` then audits the store: units, limits, the
+// money and coupon single use.
 //
 //   loadtest/run drop-day            (starts dropgate and everything else)
 //   k6 run -e BASE_URL=... -e JWT_SECRET=... -e ADMIN_TOKEN=... -e DROP=... \
@@ -17,10 +21,12 @@ import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import { tokenFor } from './lib/token.js';
+import { checkout, createCoupons } from './lib/checkout.js';
 
 const BASE = __ENV.BASE_URL;
 const SECRET = __ENV.JWT_SECRET;
 const ADMIN_TOKEN = __ENV.ADMIN_TOKEN;
+const PAYMENT_SECRET = __ENV.PAYMENT_SECRET;
 const DROP = __ENV.DROP;
 const SKU = __ENV.SKU;
 const STOCK = parseInt(__ENV.STOCK || '5000', 10);
@@ -44,6 +50,8 @@ const oversold = new Counter('oversold');
 const lostOrders = new Counter('lost_orders');
 const limitViolations = new Counter('limit_violations');
 const leakedOrders = new Counter('leaked_orders');
+const checkoutErrors = new Counter('checkout_errors');
+const checkouts = new Counter('checkouts');
 
 const EXPECTED = [200, 201, 409, 429, 503];
 http.setResponseCallback(http.expectedStatuses(...EXPECTED));
@@ -73,6 +81,7 @@ export const options = {
     lost_orders: ['count==0'],
     limit_violations: ['count==0'],
     leaked_orders: ['count==0'],
+    checkout_errors: ['count==0'],
     won: [`count<=${STOCK}`],
     'http_req_duration{expected_response:true}': ['p(99)<250'],
   },
@@ -102,6 +111,7 @@ function clockOffsetMs() {
 }
 
 export function setup() {
+  createCoupons(BASE, admin(), () => checkoutErrors.add(1));
   const offset = clockOffsetMs();
   const drop = http.get(`${BASE}/api/v1/drops/${DROP}`).json();
   const waitMs = Date.parse(drop.round.opens_at) - (Date.now() + offset);
@@ -166,7 +176,7 @@ export function teardown(data) {
     sleep(0.1);
   }
   const sku = stats.skus[SKU];
-  const liveOrders = stats.orders.pending_payment + stats.orders.paid;
+  const liveOrders = stats.orders.pending_payment + stats.orders.paid + stats.orders.awaiting_delivery;
   console.log(`round ${data.round}: allocated ${sku.allocated}, sold ${sku.sold}, remaining ${sku.remaining}; ` +
     `orders ${JSON.stringify(stats.orders)}; queue lag ${stats.queue_lag}`);
   if (sku.sold > sku.allocated) oversold.add(sku.sold - sku.allocated);
@@ -174,16 +184,24 @@ export function teardown(data) {
   if (liveOrders !== sku.sold) lostOrders.add(Math.abs(sku.sold - liveOrders));
 
   let audited = 0;
+  const outcomes = {};
+  const secrets = { jwt: SECRET, payment: PAYMENT_SECRET };
   for (let n = 0; n < Math.min(USERS, AUDIT_USERS); n++) {
     const user = `shopper-${Math.floor(Math.random() * USERS)}`;
     const res = http.get(`${BASE}/api/v1/orders`, { headers: shopper(user) });
     if (res.status !== 200) continue;
     audited += 1;
-    const held = res.json('orders')
-      .filter((o) => o.status === 'pending_payment' || o.status === 'paid')
+    const orders = res.json('orders');
+    const held = orders
+      .filter((o) => ['pending_payment', 'paid', 'awaiting_delivery'].includes(o.status))
       .reduce((units, o) => units + o.quantity, 0);
     if (held > LIMIT) limitViolations.add(1);
-    if (res.json('orders').some((o) => o.user_id !== user)) leakedOrders.add(1);
+    if (orders.some((o) => o.user_id !== user)) leakedOrders.add(1);
+    for (const order of orders.filter((o) => o.status === 'pending_payment')) {
+      const outcome = checkout(BASE, secrets, user, order, () => checkoutErrors.add(1));
+      outcomes[outcome] = (outcomes[outcome] || 0) + 1;
+      checkouts.add(1);
+    }
   }
-  console.log(`read back the orders of ${audited} shoppers`);
+  console.log(`read back the orders of ${audited} shoppers; checkouts: ${JSON.stringify(outcomes)}`);
 }
