@@ -1,7 +1,9 @@
 //! Model-based tests of a reservation's life (proptest-state-machine):
 //! random sequences of reserve (with and without keys, within and beyond
-//! the limit), replay, cancel, a coupon put on and taken off, a payment
-//! intent (online or cash on delivery), pay, expiry, restock and restart
+//! the limit), replay, cancel, an address confirmed, a coupon put on and
+//! taken off, a payment intent (online or cash on delivery), pay (on a
+//! presale drop: the deposit, then the balance in its window), expiry and
+//! forfeit as the clock moves, restock and restart
 //! run against a real server in each engine, and against a model of what
 //! should happen. Every answer must match the model; after every step the
 //! drop's remaining stock must match and the order store must hold no
@@ -39,6 +41,14 @@ const COUPON_CENTS: u32 = 10_000;
 const COD_MAX: &str = "3000.00";
 /// Shoppers with a default address; the others have none.
 const WITH_ADDRESS: [bool; 3] = [true, true, false];
+/// A presale's deposit per unit.
+const DEPOSIT_CENTS: u32 = 50_000;
+/// A presale's balance window, in minutes of the test's clock (the round
+/// opened an hour before it started): from 10 until 40.
+const BALANCE_FROM_MIN: i64 = 10;
+const BALANCE_UNTIL_MIN: i64 = 40;
+/// How far each `Expire` step moves the clock (past every `pay_by`).
+const STEP_MIN: i64 = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fate {
@@ -46,13 +56,20 @@ enum Fate {
     Paid,
     /// Cash on delivery: keeps its units, paid at the door.
     AwaitingDelivery,
+    /// A presale's deposit is paid; the balance is due in its window.
+    DepositPaid,
     Cancelled,
     Expired,
+    /// The balance was not paid in its window: the deposit is kept.
+    Forfeited,
 }
 
 impl Fate {
     fn live(self) -> bool {
-        matches!(self, Fate::Pending | Fate::Paid | Fate::AwaitingDelivery)
+        matches!(
+            self,
+            Fate::Pending | Fate::Paid | Fate::AwaitingDelivery | Fate::DepositPaid
+        )
     }
 
     fn stored(self) -> &'static str {
@@ -60,8 +77,10 @@ impl Fate {
             Fate::Pending => "pending_payment",
             Fate::Paid => "paid",
             Fate::AwaitingDelivery => "awaiting_delivery",
+            Fate::DepositPaid => "deposit_paid",
             Fate::Cancelled => "cancelled",
             Fate::Expired => "expired",
+            Fate::Forfeited => "forfeited",
         }
     }
 }
@@ -78,6 +97,10 @@ struct ModelOrder {
 impl ModelOrder {
     fn due_cents(&self) -> u32 {
         self.units * PRICE_CENTS - if self.coupon { COUPON_CENTS } else { 0 }
+    }
+
+    fn deposit_cents(&self) -> u32 {
+        (self.units * DEPOSIT_CENTS).min(self.due_cents())
     }
 }
 
@@ -105,6 +128,8 @@ enum Step {
         order: usize,
         cod: bool,
     },
+    /// The n-th order's owner confirms their address on it.
+    Confirm(usize),
     /// The clock passes every pending order's pay-by time.
     Expire,
     Restock(u32),
@@ -131,6 +156,10 @@ struct Model {
     keys: HashMap<(usize, u8), (usize, u32)>,
     /// Per shopper: the order their coupon is on.
     coupon_on: [Option<usize>; 3],
+    /// The drop takes a deposit now and the balance in a window.
+    presale: bool,
+    /// Minutes the clock has moved since the test started.
+    minutes: i64,
     expect: Expect,
 }
 
@@ -154,6 +183,11 @@ impl Model {
     fn remaining(&self) -> u32 {
         self.stock - self.live_units()
     }
+
+    /// A presale's balance may be paid now.
+    fn balance_open(&self) -> bool {
+        (BALANCE_FROM_MIN..BALANCE_UNTIL_MIN).contains(&self.minutes)
+    }
 }
 
 struct Reference;
@@ -163,12 +197,14 @@ impl ReferenceStateMachine for Reference {
     type Transition = Step;
 
     fn init_state() -> BoxedStrategy<Model> {
-        (1u32..=4)
-            .prop_map(|stock| Model {
+        (1u32..=4, any::<bool>())
+            .prop_map(|(stock, presale)| Model {
                 stock,
                 orders: Vec::new(),
                 keys: HashMap::new(),
                 coupon_on: [None; 3],
+                presale,
+                minutes: 0,
                 expect: Expect::Nothing,
             })
             .boxed()
@@ -187,6 +223,7 @@ impl ReferenceStateMachine for Reference {
             2 => any::<usize>().prop_map(Step::UseCoupon),
             1 => any::<usize>().prop_map(Step::DropCoupon),
             2 => (any::<usize>(), any::<bool>()).prop_map(|(order, cod)| Step::Intent { order, cod }),
+            1 => any::<usize>().prop_map(Step::Confirm),
             1 => Just(Step::Expire),
             1 => (1u32..3).prop_map(Step::Restock),
             1 => Just(Step::Restart),
@@ -200,7 +237,8 @@ impl ReferenceStateMachine for Reference {
             | Step::Pay(_)
             | Step::UseCoupon(_)
             | Step::DropCoupon(_)
-            | Step::Intent { .. } => !state.orders.is_empty(),
+            | Step::Intent { .. }
+            | Step::Confirm(_) => !state.orders.is_empty(),
             _ => true,
         }
     }
@@ -243,11 +281,18 @@ impl ReferenceStateMachine for Reference {
             }
             Step::Intent { order: n, cod } => {
                 let n = n % state.orders.len();
+                let in_window = state.balance_open();
+                let presale = state.presale;
                 let order = &mut state.orders[n];
                 let over_cap = order.due_cents() > 300_000;
-                if order.fate != Fate::Pending {
+                let payable = match order.fate {
+                    Fate::Pending => true,
+                    Fate::DepositPaid => in_window,
+                    _ => false,
+                };
+                if !payable {
                     Expect::Status(409, "not_payable")
-                } else if cod && over_cap {
+                } else if cod && (over_cap || presale) {
                     Expect::Status(409, "method_not_allowed")
                 } else if !WITH_ADDRESS[order.user] {
                     Expect::Status(409, "address_required")
@@ -258,24 +303,56 @@ impl ReferenceStateMachine for Reference {
                     Expect::Status(200, "")
                 }
             }
+            Step::Confirm(n) => {
+                let n = n % state.orders.len();
+                let order = &state.orders[n];
+                if order.fate != Fate::Pending {
+                    Expect::Status(409, "not_editable")
+                } else if !WITH_ADDRESS[order.user] {
+                    Expect::Status(400, "invalid_request")
+                } else {
+                    Expect::Status(200, "")
+                }
+            }
             Step::Pay(n) => {
                 let n = n % state.orders.len();
+                let in_window = state.balance_open();
+                let presale = state.presale;
                 let order = &mut state.orders[n];
                 match order.fate {
+                    Fate::Pending if presale => {
+                        order.fate = Fate::DepositPaid;
+                        Expect::Status(200, "")
+                    }
+                    Fate::DepositPaid if in_window => {
+                        order.fate = Fate::Paid;
+                        Expect::Status(200, "")
+                    }
                     Fate::Pending | Fate::Paid => {
                         order.fate = Fate::Paid;
                         Expect::Status(200, "")
                     }
-                    Fate::AwaitingDelivery | Fate::Cancelled | Fate::Expired => {
-                        Expect::Status(409, "not_payable")
-                    }
+                    Fate::DepositPaid
+                    | Fate::AwaitingDelivery
+                    | Fate::Cancelled
+                    | Fate::Expired
+                    | Fate::Forfeited => Expect::Status(409, "not_payable"),
                 }
             }
             Step::Expire => {
+                state.minutes += STEP_MIN;
+                let past_window = state.minutes >= BALANCE_UNTIL_MIN;
                 for n in 0..state.orders.len() {
-                    if state.orders[n].fate == Fate::Pending {
-                        state.orders[n].fate = Fate::Expired;
-                        give_back(&mut state, n);
+                    match state.orders[n].fate {
+                        Fate::Pending => {
+                            state.orders[n].fate = Fate::Expired;
+                            give_back(&mut state, n);
+                        }
+                        // The deposit is kept, and so is the coupon's use.
+                        Fate::DepositPaid if past_window => {
+                            state.orders[n].fate = Fate::Forfeited;
+                        }
+                        _ => {}
                     }
                 }
                 Expect::Nothing
@@ -367,6 +444,8 @@ struct Sut {
     ids: Vec<String>,
     /// Each shopper's coupon.
     coupons: Vec<String>,
+    /// Each shopper's address, if they have one.
+    addresses: Vec<Option<String>>,
 }
 
 impl Sut {
@@ -389,16 +468,31 @@ impl<E: Engine> StateMachineTest for ModelTest<E> {
     fn init_test(model: &Model) -> Sut {
         let (redis, engine) = E::start();
         let now = Timestamp::now();
-        let config = config_head("")
-            + &format!("[payments]\ncod_max_amount = \"{COD_MAX}\"\n")
-            + &window_drop(
-                DROP,
-                SKU,
-                i64::from(model.stock),
-                i64::from(LIMIT),
-                now - hours(1),
-                now + hours(24 * 30),
+        let mut drop = window_drop(
+            DROP,
+            SKU,
+            i64::from(model.stock),
+            i64::from(LIMIT),
+            now - hours(1),
+            now + hours(24 * 30),
+        );
+        if model.presale {
+            let terms = format!(
+                "pay_within = \"15m\"\npresale = true\nbalance_from = \"{}m\"\nbalance_until = \"{}m\"",
+                60 + BALANCE_FROM_MIN,
+                60 + BALANCE_UNTIL_MIN
             );
+            drop = drop.replace("pay_within = \"15m\"", &terms).replace(
+                &format!("stock = {}", model.stock),
+                &format!(
+                    "stock = {}\ndeposit = \"{}\"",
+                    model.stock,
+                    money(DEPOSIT_CENTS)
+                ),
+            );
+        }
+        let config =
+            config_head("") + &format!("[payments]\ncod_max_amount = \"{COD_MAX}\"\n") + &drop;
         let mut sut = Sut {
             runtime: std::sync::Arc::new(tokio::runtime::Runtime::new().unwrap()),
             server: None,
@@ -409,11 +503,12 @@ impl<E: Engine> StateMachineTest for ModelTest<E> {
             now,
             ids: Vec::new(),
             coupons: Vec::new(),
+            addresses: Vec::new(),
         };
         let runtime = sut.runtime.clone();
         runtime.block_on(async {
             sut.start().await;
-            sut.coupons = checkout_setup(sut.server(), now).await;
+            (sut.coupons, sut.addresses) = checkout_setup(sut.server(), now).await;
         });
         sut
     }
@@ -492,7 +587,10 @@ impl<E: Engine> StateMachineTest for ModelTest<E> {
 async fn apply_step(sut: &mut Sut, model: &Model, step: Step) {
     let reply = match step {
         Step::Reserve { user, units, key } => {
-            let body = format!(r#"{{"sku": "{SKU}", "quantity": {units}}}"#);
+            let body = format!(
+                r#"{{"sku": "{SKU}", "quantity": {units}, "accept_presale_terms": {}}}"#,
+                model.presale
+            );
             let path = format!("/api/v1/drops/{DROP}/reserve");
             let key = key.map(|k| format!("key-{k}"));
             let extra: Vec<(&str, &str)> = key
@@ -514,14 +612,45 @@ async fn apply_step(sut: &mut Sut, model: &Model, step: Step) {
         }
         Step::Pay(n) => {
             let n = n % sut.ids.len();
+            let order = &model.orders[n];
+            // A presale is paid twice: the deposit while pending, then the
+            // balance; which one this is, the order's status says.
+            let owner = token(USERS[order.user]);
+            let path = format!("/api/v1/orders/{}", sut.ids[n]);
+            let status = sut.server().http.get(&path, Some(&owner)).await.body["status"].clone();
+            let (transaction, cents) = match status.as_str() {
+                Some("pending_payment") if model.presale => ("deposit", order.deposit_cents()),
+                _ if model.presale => ("balance", order.due_cents() - order.deposit_cents()),
+                _ => ("whole", order.due_cents()),
+            };
             let notice = json!({
                 "order_id": sut.ids[n],
-                "transaction_id": format!("tx-{}", sut.ids[n]),
-                "amount": money(model.orders[n].due_cents()),
+                "transaction_id": format!("tx-{}-{transaction}", sut.ids[n]),
+                "amount": money(cents),
                 "method": "alipay",
             })
             .to_string();
             Some(sut.server().http.notify_payment(&notice).await)
+        }
+        Step::Confirm(n) => {
+            let n = n % sut.ids.len();
+            let user = model.orders[n].user;
+            let address = sut.addresses[user]
+                .clone()
+                .unwrap_or_else(|| "no-address".into());
+            let body = json!({ "address_id": address }).to_string();
+            let auth = format!("Bearer {}", token(USERS[user]));
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let path = format!("/api/v1/orders/{}", sut.ids[n]);
+            Some(
+                sut.server()
+                    .http
+                    .send(Method::PATCH, &path, &headers, body.into_bytes())
+                    .await,
+            )
         }
         Step::UseCoupon(n) | Step::DropCoupon(n) => {
             let n = n % sut.ids.len();
@@ -553,8 +682,10 @@ async fn apply_step(sut: &mut Sut, model: &Model, step: Step) {
             Some(sut.server().http.post(&path, Some(&owner), &body).await)
         }
         Step::Expire => {
-            sut.now += SignedDuration::from_mins(16);
-            sut.server().clock.advance(SignedDuration::from_mins(16));
+            sut.now += SignedDuration::from_mins(STEP_MIN);
+            sut.server()
+                .clock
+                .advance(SignedDuration::from_mins(STEP_MIN));
             None
         }
         Step::Restock(units) => {
@@ -614,8 +745,8 @@ async fn apply_step(sut: &mut Sut, model: &Model, step: Step) {
 }
 
 /// Each shopper claims one coupon; those in `WITH_ADDRESS` add a default
-/// address. Returns the coupons' ids, by shopper.
-async fn checkout_setup(server: &TestServer, now: Timestamp) -> Vec<String> {
+/// address. Returns the coupons' and the addresses' ids, by shopper.
+async fn checkout_setup(server: &TestServer, now: Timestamp) -> (Vec<String>, Vec<Option<String>>) {
     let batch = json!({
         "id": "mdl-coupons", "kind": "amount", "value": money(COUPON_CENTS),
         "valid_from": (now - hours(1)).to_string(), "valid_until": (now + hours(24 * 60)).to_string(),
@@ -627,6 +758,7 @@ async fn checkout_setup(server: &TestServer, now: Timestamp) -> Vec<String> {
         .await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     let mut coupons = Vec::new();
+    let mut addresses = Vec::new();
     for (user, with_address) in USERS.iter().zip(WITH_ADDRESS) {
         let claimed = server
             .http
@@ -645,9 +777,12 @@ async fn checkout_setup(server: &TestServer, now: Timestamp) -> Vec<String> {
                 )
                 .await;
             assert_eq!(added.status, 201);
+            addresses.push(Some(added.body["id"].as_str().unwrap().to_owned()));
+        } else {
+            addresses.push(None);
         }
     }
-    coupons
+    (coupons, addresses)
 }
 
 prop_state_machine! {

@@ -390,12 +390,32 @@ pub fn open_db(path: &Path) -> rusqlite::Connection {
 
 /// Units in live orders (pending payment or paid) of the rounds matching `$1`.
 /// Written once for SQLite and PostgreSQL alike (`$1` is a parameter in both).
-const LIVE_UNITS_SQL: &str = "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM orders \
-     WHERE round_id LIKE $1 AND status IN ('pending_payment', 'paid')";
+fn live_units_sql() -> String {
+    format!(
+        "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM orders \
+         WHERE round_id LIKE $1 AND status IN ({})",
+        live_statuses()
+    )
+}
+
+/// The statuses whose orders hold units, from the server's state machine.
+fn live_statuses() -> String {
+    dropgate::order::OrderStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_live())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// The most live units any single user holds in one round.
-const MAX_UNITS_PER_USER_SQL: &str = "SELECT CAST(COALESCE(MAX(units), 0) AS BIGINT) FROM (SELECT SUM(quantity) \
-     AS units FROM orders WHERE status IN ('pending_payment', 'paid') GROUP BY round_id, user_id) AS per_user";
+fn max_units_per_user_sql() -> String {
+    format!(
+        "SELECT CAST(COALESCE(MAX(units), 0) AS BIGINT) FROM (SELECT SUM(quantity) \
+         AS units FROM orders WHERE status IN ({}) GROUP BY round_id, user_id) AS per_user",
+        live_statuses()
+    )
+}
 
 fn sqlite_scalar(db: &rusqlite::Connection, sql: &str, args: &[&str]) -> i64 {
     db.query_row(sql, rusqlite::params_from_iter(args), |r| r.get(0))
@@ -404,12 +424,12 @@ fn sqlite_scalar(db: &rusqlite::Connection, sql: &str, args: &[&str]) -> i64 {
 
 /// Units in live orders (pending payment or paid), from an SQLite file.
 pub fn live_units(db: &rusqlite::Connection, round_like: &str) -> i64 {
-    sqlite_scalar(db, LIVE_UNITS_SQL, &[round_like])
+    sqlite_scalar(db, &live_units_sql(), &[round_like])
 }
 
 /// The most live units any single user holds in one round, from an SQLite file.
 pub fn max_units_per_user(db: &rusqlite::Connection) -> i64 {
-    sqlite_scalar(db, MAX_UNITS_PER_USER_SQL, &[])
+    sqlite_scalar(db, &max_units_per_user_sql(), &[])
 }
 
 pub fn order_ids(db: &rusqlite::Connection) -> std::collections::HashSet<String> {
@@ -611,12 +631,12 @@ impl Audit {
 
     /// Units in live orders of the rounds matching `round_like`.
     pub async fn live_units(&self, round_like: &str) -> i64 {
-        self.scalar(LIVE_UNITS_SQL, &[round_like]).await
+        self.scalar(&live_units_sql(), &[round_like]).await
     }
 
     /// The most live units one user holds in one round.
     pub async fn max_units_per_user(&self) -> i64 {
-        self.scalar(MAX_UNITS_PER_USER_SQL, &[]).await
+        self.scalar(&max_units_per_user_sql(), &[]).await
     }
 
     pub async fn order_ids(&self) -> std::collections::HashSet<String> {
