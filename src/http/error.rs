@@ -163,39 +163,17 @@ impl ApiError {
         }
     }
 
-    /// The outcome label of `dropgate_requests_total` for this refusal.
+    /// The outcome label of `dropgate_requests_total` for this refusal:
+    /// the reserve path's refusals by name, other 409s `conflict`, other
+    /// 4xx `invalid`.
     pub fn outcome(&self) -> &'static str {
         use ApiError::*;
         match self {
-            InvalidRequest(_)
-            | NotFound(_)
-            | AmountMismatch { .. }
-            | PayloadTooLarge { .. }
-            | BodyTimeout
-            | IdempotencyMismatch
-            | Undeliverable(_)
-            | MethodMismatch { .. } => "invalid",
-            Unauthorized(_) => "unauthorized",
+            Unauthorized(_) | StudentOnly => "unauthorized",
             NotOpen { .. } => "not_open",
             Closed => "closed",
             SoldOut => "sold_out",
             LimitExceeded { .. } => "limit_exceeded",
-            NotCancellable { .. }
-            | NotPayable { .. }
-            | DuplicateTransaction
-            | DropExists
-            | PromotionExists
-            | TooManyAddresses { .. }
-            | NotEditable { .. }
-            | MethodNotAllowed(_)
-            | AddressRequired
-            | CouponUsed
-            | CouponNotApplicable(_)
-            | CouponBatchExists
-            | CouponsGone
-            | CouponLimit { .. }
-            | CouponBatchExpired => "conflict",
-            StudentOnly => "unauthorized",
             RateLimited { layer, .. } => match layer {
                 Layer::Ip => "rate_limited_ip",
                 Layer::User => "rate_limited_user",
@@ -203,6 +181,8 @@ impl ApiError {
             },
             Overloaded => "overloaded",
             Unavailable(_) => "unavailable",
+            _ if self.status() == StatusCode::CONFLICT => "conflict",
+            _ => "invalid",
         }
     }
 

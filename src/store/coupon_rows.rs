@@ -6,12 +6,12 @@
 
 use jiff::Timestamp;
 
-use super::orders::{db_time, locked, set_columns, EditOutcome};
+use super::orders::{db_time, locked_pending, set_columns, EditOutcome};
 use super::sql::{text_list, Row, Sql, Value};
 use super::StoreError;
 use crate::coupons::{Batch, BatchDefinition};
 use crate::domain::{OrderId, UserId};
-use crate::order::{Order, OrderStatus};
+use crate::order::Order;
 use crate::pricing::{with_coupon, without_coupon, Pricing};
 
 /// A claimed coupon as stored, with its batch's definition.
@@ -212,15 +212,10 @@ pub async fn set_order_coupon<S: Sql>(
     coupon_id: Option<&str>,
     now: Timestamp,
 ) -> Result<EditOutcome, StoreError> {
-    let Some(order) = locked(db, order_id.as_str())
-        .await?
-        .filter(|o| &o.user_id == user)
-    else {
-        return Ok(EditOutcome::NotFound);
+    let order = match locked_pending(db, order_id, user).await? {
+        Ok(order) => order,
+        Err(refused) => return Ok(refused),
     };
-    if order.status != OrderStatus::PendingPayment {
-        return Ok(EditOutcome::NotEditable(order));
-    }
     let pricing = match coupon_id {
         None => without_coupon(&order.pricing),
         Some(id) => {

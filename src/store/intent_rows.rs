@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 
 use super::address_rows;
-use super::orders::{locked, move_order, set_columns};
+use super::orders::{locked_own, move_order, set_columns};
 use super::sql::{Sql, Value};
 use super::StoreError;
 use crate::domain::{OrderId, UserId};
@@ -64,10 +64,7 @@ pub async fn issue<S: Sql>(
     request: &IntentRequest,
     now: Timestamp,
 ) -> Result<IntentOutcome, StoreError> {
-    let Some(order) = locked(db, id.as_str())
-        .await?
-        .filter(|o| &o.user_id == user)
-    else {
+    let Some(order) = locked_own(db, id, user).await? else {
         return Ok(IntentOutcome::NotFound);
     };
     let Some((stage, amount)) = stage_at(&order, now) else {

@@ -410,15 +410,10 @@ where
         &Order,
     ) -> Result<Result<Vec<(&'static str, String)>, &'static str>, StoreError>,
 {
-    let Some(order) = locked(db, id.as_str())
-        .await?
-        .filter(|o| &o.user_id == user)
-    else {
-        return Ok(EditOutcome::NotFound);
+    let order = match locked_pending(db, id, user).await? {
+        Ok(order) => order,
+        Err(refused) => return Ok(refused),
     };
-    if order.status != OrderStatus::PendingPayment {
-        return Ok(EditOutcome::NotEditable(order));
-    }
     let columns = match set(db, &order).await? {
         Ok(columns) => columns,
         Err(missing) => return Ok(EditOutcome::Missing(missing)),
@@ -431,6 +426,33 @@ where
         Some(edited) => EditOutcome::Edited(edited),
         None => EditOutcome::NotEditable(order),
     })
+}
+
+/// One of `user`'s orders, locked, while it is pending payment; otherwise
+/// what an edit of it answers (another shopper's order is not found).
+pub(super) async fn locked_pending<S: Sql>(
+    db: &mut S,
+    id: &OrderId,
+    user: &UserId,
+) -> Result<Result<Order, EditOutcome>, StoreError> {
+    Ok(match locked_own(db, id, user).await? {
+        None => Err(EditOutcome::NotFound),
+        Some(order) if order.status != OrderStatus::PendingPayment => {
+            Err(EditOutcome::NotEditable(order))
+        }
+        Some(order) => Ok(order),
+    })
+}
+
+/// One of `user`'s orders, locked until the transaction ends.
+pub(super) async fn locked_own<S: Sql>(
+    db: &mut S,
+    id: &OrderId,
+    user: &UserId,
+) -> Result<Option<Order>, StoreError> {
+    Ok(locked(db, id.as_str())
+        .await?
+        .filter(|o| &o.user_id == user))
 }
 
 /// Sets `columns` of an order still in the status it was read in: the
@@ -469,10 +491,7 @@ pub async fn cancel<S: Sql>(
     user: &UserId,
     now: Timestamp,
 ) -> Result<CancelOutcome, StoreError> {
-    let Some(order) = locked(db, id.as_str())
-        .await?
-        .filter(|o| &o.user_id == user)
-    else {
+    let Some(order) = locked_own(db, id, user).await? else {
         return Ok(CancelOutcome::NotFound);
     };
     Ok(
