@@ -782,6 +782,12 @@ async fn coupons_are_claimed_within_their_counts_and_used_once(backend: Backend)
         2,
         "the paid order and the cancelled one"
     );
+
+    // Past its batch's validity: unused coupons show expired, claims are refused.
+    s.clock.advance(SignedDuration::from_hours(3));
+    assert_eq!(coupon_status(&s.http, "bob", &bob_coupon).await, "expired");
+    let late = claim(&s.http, "big", &token("erin")).await;
+    assert_eq!((late.status, late.error()), (409, "coupon_expired"));
 }
 
 /// One coupon, two pending orders, two instances: every round of racing
