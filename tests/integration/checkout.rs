@@ -710,6 +710,32 @@ async fn coupons_are_claimed_within_their_counts_and_used_once(backend: Backend)
     assert_eq!(coupon_status(&s.http, "alice", coupon).await, "used");
     let twice = edit_order(&s.http, "alice", two, &put).await;
     assert_eq!((twice.status, twice.error()), (409, "coupon_used"));
+    // Two checkouts at once, on two orders, with one free coupon: one wins.
+    let second_coupon = second.body["id"].as_str().unwrap();
+    let race = json!({ "coupon_id": second_coupon }).to_string();
+    let (a, b) = tokio::join!(
+        edit_order(&s.http, "alice", one, &race),
+        edit_order(&s.http, "alice", two, &race)
+    );
+    let mut raced = [
+        (a.status, a.error().to_owned()),
+        (b.status, b.error().to_owned()),
+    ];
+    raced.sort();
+    assert_eq!(
+        raced,
+        [(200, String::new()), (409, "coupon_used".to_owned())]
+    );
+    // Back to where it was: both off, the first coupon on order one.
+    for order in [one, two] {
+        let off = edit_order(&s.http, "alice", order, r#"{"coupon_id": null}"#).await;
+        assert_eq!(off.status, 200);
+    }
+    assert_eq!(edit_order(&s.http, "alice", one, &put).await.status, 200);
+    assert_eq!(
+        coupon_status(&s.http, "alice", second_coupon).await,
+        "available"
+    );
     let bobs = edit_order(&s.http, "bob", one, &put).await;
     assert_eq!(bobs.status, 404);
     let off = edit_order(&s.http, "alice", one, r#"{"coupon_id": null}"#).await;
