@@ -45,10 +45,12 @@ pub struct IntentRequest {
 /// window; None when nothing may be paid now.
 fn stage_at(order: &Order, now: Timestamp) -> Option<(Stage, Decimal)> {
     match order.status {
-        OrderStatus::PendingPayment if now < order.pay_by => Some(match order.balance_due {
-            Some(_) => (Stage::Deposit, order.deposit_due),
-            None => (Stage::Full, order.amount_due),
-        }),
+        OrderStatus::PendingPayment if now < order.pay_by => match order.balance_due {
+            // No deposit once the balance can no longer be paid.
+            Some(_) if order.balance_until.is_some_and(|until| now >= until) => None,
+            Some(_) => Some((Stage::Deposit, order.deposit_due)),
+            None => Some((Stage::Full, order.amount_due)),
+        },
         OrderStatus::DepositPaid => {
             let (from, until) = (order.balance_from?, order.balance_until?);
             (from <= now && now < until).then_some((Stage::Balance, order.balance_due?))

@@ -194,7 +194,12 @@ pub(crate) fn pay_step(order: &Order, notice: &PaymentNotice, now: Timestamp) ->
                 OrderStatus::Paid
             };
             let due = order.deposit_due;
-            (due, order.pay_by, OrderStatus::Expired, to, due)
+            // A presale's deposit is taken only while its balance can
+            // still be paid; later, the unpaid order simply expires.
+            let deadline = order
+                .balance_until
+                .map_or(order.pay_by, |until| until.min(order.pay_by));
+            (due, deadline, OrderStatus::Expired, to, due)
         }
         OrderStatus::DepositPaid => {
             let (Some(balance), Some(from), Some(until)) =

@@ -578,6 +578,24 @@ async fn a_presale_takes_the_deposit_then_the_balance_or_is_forfeited(backend: B
         .notify_payment(&notice(carols, "tx-carol-2", "500.00", "mi_wallet"))
         .await;
     assert_eq!((late.status, late.error()), (409, "not_payable"));
+
+    // Won after the window closed (the sale is still open): no deposit is
+    // taken for a balance that can no longer be paid; the order expires.
+    let erin = s
+        .http
+        .reserve_keyed("pre", "erin", "k-erin", &terms.replace("2,", "1,"))
+        .await;
+    let erins = erin.body["id"].as_str().unwrap();
+    add_address(&s.http, "erin", &address("收件人", "福建省", true)).await;
+    let intent = pay_as(&s.http, "erin", erins, r#"{"method": "alipay"}"#).await;
+    assert_eq!((intent.status, intent.error()), (409, "not_payable"));
+    let deposit = s
+        .http
+        .notify_payment(&notice(erins, "tx-erin", "500.00", "alipay"))
+        .await;
+    assert_eq!((deposit.status, deposit.error()), (409, "not_payable"));
+    sweeps_to(&s, erins, "erin", "expired").await;
+
     let db = s.audit().await;
     assert_eq!(
         db.count_where("status = 'forfeited' AND paid_amount = '500.00'")

@@ -282,11 +282,12 @@ impl ReferenceStateMachine for Reference {
             Step::Intent { order: n, cod } => {
                 let n = n % state.orders.len();
                 let in_window = state.balance_open();
+                let balance_over = state.minutes >= BALANCE_UNTIL_MIN;
                 let presale = state.presale;
                 let order = &mut state.orders[n];
                 let over_cap = order.due_cents() > 300_000;
                 let payable = match order.fate {
-                    Fate::Pending => true,
+                    Fate::Pending => !(presale && balance_over),
                     Fate::DepositPaid => in_window,
                     _ => false,
                 };
@@ -320,6 +321,13 @@ impl ReferenceStateMachine for Reference {
                 let presale = state.presale;
                 let order = &mut state.orders[n];
                 match order.fate {
+                    // Too late for a deposit: the balance could no longer
+                    // be paid, so the notice expires the order instead.
+                    Fate::Pending if presale && state.minutes >= BALANCE_UNTIL_MIN => {
+                        order.fate = Fate::Expired;
+                        give_back(&mut state, n);
+                        Expect::Status(409, "not_payable")
+                    }
                     Fate::Pending if presale => {
                         order.fate = Fate::DepositPaid;
                         Expect::Status(200, "")
