@@ -51,15 +51,17 @@ pub async fn find_order(app: &App, id: &OrderId) -> Result<Found, StoreError> {
 }
 
 /// An order the store lacks but the engine knows is stored first, so its
-/// fate is decided in the store like any other.
-async fn catch_up(app: &App, id: &OrderId) -> Result<(), StoreError> {
-    let Found::Fresh(order) = find_order(app, id).await? else {
-        return Ok(());
+/// fate is decided in the store like any other. The order as found, if any.
+async fn catch_up(app: &App, id: &OrderId) -> Result<Option<Order>, StoreError> {
+    let order = match find_order(app, id).await? {
+        Found::Stored(order) => return Ok(Some(order)),
+        Found::Missing => return Ok(None),
+        Found::Fresh(order) => order,
     };
-    let refused = app.store.insert_many(vec![(order, None)]).await?;
+    let refused = app.store.insert_many(vec![(order.clone(), None)]).await?;
     match refused.first() {
         Some(id) => Err(StoreError::Conflict(id.to_string())),
-        None => Ok(()),
+        None => Ok(Some(order)),
     }
 }
 
@@ -83,9 +85,7 @@ pub async fn set_address(
     address_id: String,
 ) -> Result<EditOutcome, StoreError> {
     catch_up(app, &id).await?;
-    app.store
-        .set_order_address(id, user, Some(address_id))
-        .await
+    app.store.set_order_address(id, user, address_id).await
 }
 
 /// Puts one of the shopper's coupons on their pending order, or takes the
@@ -116,8 +116,8 @@ pub async fn pay_intent(
     user: UserId,
     choice: PaymentChoice,
 ) -> Result<IntentOutcome, StoreError> {
-    catch_up(app, &id).await?;
-    let Some(order) = app.store.get(id.clone()).await? else {
+    // Read only for its drop: the store checks the order itself, locked.
+    let Some(order) = catch_up(app, &id).await? else {
         return Ok(IntentOutcome::NotFound);
     };
     // A drop is never removed from the catalog; the store's rules are the

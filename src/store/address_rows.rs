@@ -1,12 +1,11 @@
 //! The statements of the `addresses` table: a shopper's delivery addresses,
 //! at most one of them the default.
 
-use super::orders::{self, db_time, EditOutcome};
+use super::orders::{db_time, edit_columns, locked_pending, EditOutcome};
 use super::sql::{Row, Sql};
 use super::StoreError;
 use crate::address::{Address, Destination};
 use crate::domain::{OrderId, UserId};
-use crate::order::Order;
 
 const ADDRESS_COLUMNS: &str = "id, name, phone, region, detail, is_default, created_at";
 
@@ -152,24 +151,20 @@ pub async fn delete<S: Sql>(db: &mut S, user: &UserId, id: &str) -> Result<bool,
     Ok(true)
 }
 
-/// Copies one of the shopper's addresses (`address_id`, else the default)
-/// into their pending order.
+/// Copies one of the shopper's addresses into their pending order.
 pub async fn set_order_address<S: Sql>(
     db: &mut S,
     order: &OrderId,
     user: &UserId,
-    address_id: Option<&str>,
+    address_id: &str,
 ) -> Result<EditOutcome, StoreError> {
-    orders::edit_pending(db, order, user, async |db: &mut S, _: &Order| {
-        Ok(match find(db, user, address_id).await? {
-            Some(address) => Ok(vec![("address", destination_json(&address.destination))]),
-            None => Err("address"),
-        })
-    })
-    .await
-}
-
-/// The copy an order keeps.
-fn destination_json(destination: &Destination) -> String {
-    serde_json::to_string(destination).unwrap_or_default()
+    let order = match locked_pending(db, order, user).await? {
+        Ok(order) => order,
+        Err(refused) => return Ok(refused),
+    };
+    let Some(address) = find(db, user, Some(address_id)).await? else {
+        return Ok(EditOutcome::Missing("address"));
+    };
+    let copy = serde_json::to_string(&address.destination).unwrap_or_default();
+    edit_columns(db, order, &[("address", copy.into())]).await
 }

@@ -6,7 +6,7 @@
 
 use jiff::Timestamp;
 
-use super::orders::{db_time, locked_pending, set_columns, EditOutcome};
+use super::orders::{db_time, edit_columns, locked_pending, EditOutcome};
 use super::sql::{text_list, Row, Sql, Value};
 use super::StoreError;
 use crate::coupons::{Batch, BatchDefinition};
@@ -271,10 +271,7 @@ pub async fn set_order_coupon<S: Sql>(
         }
     }
     let columns = repriced(&order, &pricing, coupon_id);
-    Ok(match set_columns(db, &order, &columns).await? {
-        Some(edited) => EditOutcome::Edited(edited),
-        None => EditOutcome::NotEditable(order),
-    })
+    edit_columns(db, order, &columns).await
 }
 
 /// The order's money columns for a new pricing: what is due, the deposit

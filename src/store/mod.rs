@@ -595,12 +595,12 @@ impl OrderStore {
         read!(self, READ_TIMEOUT, |db| address_rows::list(db, &user))
     }
 
-    /// Copies one of the shopper's addresses (or their default) into their pending order.
+    /// Copies one of the shopper's addresses into their pending order.
     pub async fn set_order_address(
         &self,
         id: OrderId,
         user: UserId,
-        address_id: Option<String>,
+        address_id: String,
     ) -> Result<EditOutcome, StoreError> {
         self.write(|reply| Job::SetOrderAddress {
             id,

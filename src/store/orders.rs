@@ -394,35 +394,14 @@ pub enum EditOutcome {
     Coupon(super::CouponRefusal),
 }
 
-/// Changes checkout columns of one of `user`'s orders while it is pending
-/// payment: `set` decides the columns from the locked order, or says what
-/// is missing.
-pub async fn edit_pending<S, F>(
+/// Sets `columns` of a pending order locked by [`locked_pending`]: the
+/// order as it now is.
+pub(super) async fn edit_columns<S: Sql>(
     db: &mut S,
-    id: &OrderId,
-    user: &UserId,
-    set: F,
-) -> Result<EditOutcome, StoreError>
-where
-    S: Sql,
-    F: AsyncFnOnce(
-        &mut S,
-        &Order,
-    ) -> Result<Result<Vec<(&'static str, String)>, &'static str>, StoreError>,
-{
-    let order = match locked_pending(db, id, user).await? {
-        Ok(order) => order,
-        Err(refused) => return Ok(refused),
-    };
-    let columns = match set(db, &order).await? {
-        Ok(columns) => columns,
-        Err(missing) => return Ok(EditOutcome::Missing(missing)),
-    };
-    let columns: Vec<(&str, Value<'_>)> = columns
-        .into_iter()
-        .map(|(column, value)| (column, Value::from(value)))
-        .collect();
-    Ok(match set_columns(db, &order, &columns).await? {
+    order: Order,
+    columns: &[(&str, Value<'_>)],
+) -> Result<EditOutcome, StoreError> {
+    Ok(match set_columns(db, &order, columns).await? {
         Some(edited) => EditOutcome::Edited(edited),
         None => EditOutcome::NotEditable(order),
     })

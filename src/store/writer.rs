@@ -100,7 +100,7 @@ pub(crate) enum Job {
     SetOrderAddress {
         id: OrderId,
         user: UserId,
-        address_id: Option<String>,
+        address_id: String,
         reply: Reply<EditOutcome>,
     },
     PayIntent {
@@ -307,7 +307,7 @@ impl Job {
                 reply,
             } => savepointed!(
                 reply,
-                address_rows::set_order_address(db, &id, &user, address_id.as_deref())
+                address_rows::set_order_address(db, &id, &user, &address_id)
             ),
             Job::PayIntent {
                 id,

@@ -37,21 +37,6 @@ async fn addresses_of(http: &Http, user: &str) -> Vec<Value> {
     listed.body["addresses"].as_array().unwrap().clone()
 }
 
-async fn edit_order(http: &Http, user: &str, order: &str, body: &str) -> Reply {
-    let auth = format!("Bearer {}", token(user));
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("content-type", "application/json"),
-    ];
-    http.send(
-        Method::PATCH,
-        &format!("/api/v1/orders/{order}"),
-        &headers,
-        body.as_bytes().to_vec(),
-    )
-    .await
-}
-
 async fn addresses_are_checked_kept_and_deleted(backend: Backend) {
     let s = server(&backend).await;
     let first = add_address(&s.http, "alice", &address("张三", "北京市", false)).await;
@@ -168,18 +153,18 @@ async fn a_pending_order_keeps_a_copy_of_its_address(backend: Backend) {
         (r#"{"colour": "red"}"#.to_owned(), "invalid_request"),
         ("not json".to_owned(), "invalid_request"),
     ] {
-        let refused = edit_order(&s.http, "alice", order, &body).await;
+        let refused = s.http.edit_order("alice", order, &body).await;
         assert_eq!((refused.status, refused.error()), (400, code), "{body}");
     }
     let edit = json!({ "address_id": home_id }).to_string();
     let bobs_address = add_address(&s.http, "bob", &address("王五", "浙江省", false)).await;
     let with_bobs = json!({ "address_id": bobs_address.body["id"] }).to_string();
-    let refused = edit_order(&s.http, "alice", order, &with_bobs).await;
+    let refused = s.http.edit_order("alice", order, &with_bobs).await;
     assert_eq!(refused.status, 400, "another shopper's address");
-    let not_bobs = edit_order(&s.http, "bob", order, &edit).await;
+    let not_bobs = s.http.edit_order("bob", order, &edit).await;
     assert_eq!((not_bobs.status, not_bobs.error()), (404, "not_found"));
 
-    let edited = edit_order(&s.http, "alice", order, &edit).await;
+    let edited = s.http.edit_order("alice", order, &edit).await;
     assert_eq!(edited.status, 200, "{:?}", edited.body);
     assert_eq!(edited.body["address"]["region"], "浙江省");
     assert_eq!(edited.body["address"]["name"], "张三");
@@ -204,7 +189,7 @@ async fn a_pending_order_keeps_a_copy_of_its_address(backend: Backend) {
     let other = add_address(&s.http, "alice", &address("张三", "江苏省", false)).await;
     assert_eq!(s.http.cancel(order, "alice").await.status, 200);
     let late = json!({ "address_id": other.body["id"] }).to_string();
-    let refused = edit_order(&s.http, "alice", order, &late).await;
+    let refused = s.http.edit_order("alice", order, &late).await;
     assert_eq!(
         (refused.status, refused.error()),
         (409, "not_editable"),
@@ -719,21 +704,21 @@ async fn coupons_are_claimed_within_their_counts_and_used_once(backend: Backend)
         two.body["id"].as_str().unwrap(),
     );
     let put = json!({ "coupon_id": coupon }).to_string();
-    let priced = edit_order(&s.http, "alice", one, &put).await;
+    let priced = s.http.edit_order("alice", one, &put).await;
     assert_eq!(priced.status, 200, "{:?}", priced.body);
     assert_eq!(priced.body["amount_due"], "1799.00");
     assert_eq!(priced.body["coupon_id"], coupon);
     let discounts = priced.body["pricing"]["discounts"].as_array().unwrap();
     assert_eq!(discounts[0]["source"], format!("coupon:{coupon}"));
     assert_eq!(coupon_status(&s.http, "alice", coupon).await, "used");
-    let twice = edit_order(&s.http, "alice", two, &put).await;
+    let twice = s.http.edit_order("alice", two, &put).await;
     assert_eq!((twice.status, twice.error()), (409, "coupon_used"));
     // Two checkouts at once, on two orders, with one free coupon: one wins.
     let second_coupon = second.body["id"].as_str().unwrap();
     let race = json!({ "coupon_id": second_coupon }).to_string();
     let (a, b) = tokio::join!(
-        edit_order(&s.http, "alice", one, &race),
-        edit_order(&s.http, "alice", two, &race)
+        s.http.edit_order("alice", one, &race),
+        s.http.edit_order("alice", two, &race)
     );
     let mut raced = [
         (a.status, a.error().to_owned()),
@@ -746,21 +731,27 @@ async fn coupons_are_claimed_within_their_counts_and_used_once(backend: Backend)
     );
     // Back to where it was: both off, the first coupon on order one.
     for order in [one, two] {
-        let off = edit_order(&s.http, "alice", order, r#"{"coupon_id": null}"#).await;
+        let off = s
+            .http
+            .edit_order("alice", order, r#"{"coupon_id": null}"#)
+            .await;
         assert_eq!(off.status, 200);
     }
-    assert_eq!(edit_order(&s.http, "alice", one, &put).await.status, 200);
+    assert_eq!(s.http.edit_order("alice", one, &put).await.status, 200);
     assert_eq!(
         coupon_status(&s.http, "alice", second_coupon).await,
         "available"
     );
-    let bobs = edit_order(&s.http, "bob", one, &put).await;
+    let bobs = s.http.edit_order("bob", one, &put).await;
     assert_eq!(bobs.status, 404);
-    let off = edit_order(&s.http, "alice", one, r#"{"coupon_id": null}"#).await;
+    let off = s
+        .http
+        .edit_order("alice", one, r#"{"coupon_id": null}"#)
+        .await;
     assert_eq!(off.body["amount_due"], "1999.00");
     assert!(off.body.get("coupon_id").is_none());
     assert_eq!(coupon_status(&s.http, "alice", coupon).await, "available");
-    assert_eq!(edit_order(&s.http, "alice", two, &put).await.status, 200);
+    assert_eq!(s.http.edit_order("alice", two, &put).await.status, 200);
     assert_eq!(s.http.cancel(two, "alice").await.status, 200);
     assert_eq!(
         coupon_status(&s.http, "alice", coupon).await,
@@ -776,16 +767,19 @@ async fn coupons_are_claimed_within_their_counts_and_used_once(backend: Backend)
         .await;
     let big_coupon = claim(&s.http, "big", &alice).await;
     let too_small = json!({ "coupon_id": big_coupon.body["id"] }).to_string();
-    let refused = edit_order(&s.http, "alice", one, &too_small).await;
+    let refused = s.http.edit_order("alice", one, &too_small).await;
     assert_eq!(
         (refused.status, refused.error()),
         (409, "coupon_not_applicable")
     );
-    let unknown = edit_order(&s.http, "alice", one, r#"{"coupon_id": "no-such-coupon"}"#).await;
+    let unknown = s
+        .http
+        .edit_order("alice", one, r#"{"coupon_id": "no-such-coupon"}"#)
+        .await;
     assert_eq!((unknown.status, unknown.error()), (400, "invalid_request"));
 
     // Paid with the coupon: the intent and the notice are for 1799.00.
-    assert_eq!(edit_order(&s.http, "alice", one, &put).await.status, 200);
+    assert_eq!(s.http.edit_order("alice", one, &put).await.status, 200);
     add_address(&s.http, "alice", &address("张三", "北京市", true)).await;
     let intent = pay_as(&s.http, "alice", one, r#"{"method": "alipay"}"#).await;
     assert_eq!(intent.body["amount"], "1799.00");
@@ -795,7 +789,10 @@ async fn coupons_are_claimed_within_their_counts_and_used_once(backend: Backend)
         .await;
     assert_eq!(paid.body["status"], "paid", "{:?}", paid.body);
     assert_eq!(paid.body["paid_amount"], "1799.00");
-    let late = edit_order(&s.http, "alice", one, r#"{"coupon_id": null}"#).await;
+    let late = s
+        .http
+        .edit_order("alice", one, r#"{"coupon_id": null}"#)
+        .await;
     assert_eq!((late.status, late.error()), (409, "not_editable"));
 
     // An order that expires unpaid gives its coupon back.
@@ -810,10 +807,7 @@ async fn coupons_are_claimed_within_their_counts_and_used_once(backend: Backend)
     let bobs_order = s.http.reserve(DROP, SKU, 1, "bob").await;
     let bobs_order = bobs_order.body["id"].as_str().unwrap();
     let on = json!({ "coupon_id": bob_coupon }).to_string();
-    assert_eq!(
-        edit_order(&s.http, "bob", bobs_order, &on).await.status,
-        200
-    );
+    assert_eq!(s.http.edit_order("bob", bobs_order, &on).await.status, 200);
     s.clock.advance(SignedDuration::from_mins(16));
     sweeps_to(&s, bobs_order, "bob", "expired").await;
     assert_eq!(
@@ -866,8 +860,8 @@ async fn racing_checkouts_on_two_instances_use_a_coupon_once() {
     for round in 0..10 {
         let (ha, hb, pa, pb) = (a.http.clone(), b.http.clone(), put.clone(), put.clone());
         let (fa, fb) = (first.clone(), second.clone());
-        let on_a = tokio::spawn(async move { edit_order(&ha, "alice", &fa, &pa).await });
-        let on_b = tokio::spawn(async move { edit_order(&hb, "alice", &fb, &pb).await });
+        let on_a = tokio::spawn(async move { ha.edit_order("alice", &fa, &pa).await });
+        let on_b = tokio::spawn(async move { hb.edit_order("alice", &fb, &pb).await });
         let (ra, rb) = (on_a.await.unwrap(), on_b.await.unwrap());
         let mut statuses = [
             (ra.status, ra.error().to_owned()),
@@ -890,7 +884,11 @@ async fn racing_checkouts_on_two_instances_use_a_coupon_once() {
         } else {
             (&b, &second)
         };
-        let off = edit_order(&winner.0.http, "alice", winner.1, r#"{"coupon_id": null}"#).await;
+        let off = winner
+            .0
+            .http
+            .edit_order("alice", winner.1, r#"{"coupon_id": null}"#)
+            .await;
         assert_eq!(off.status, 200);
     }
 }

@@ -647,18 +647,8 @@ async fn apply_step(sut: &mut Sut, model: &Model, step: Step) {
                 .clone()
                 .unwrap_or_else(|| "no-address".into());
             let body = json!({ "address_id": address }).to_string();
-            let auth = format!("Bearer {}", token(USERS[user]));
-            let headers = [
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-            ];
-            let path = format!("/api/v1/orders/{}", sut.ids[n]);
-            Some(
-                sut.server()
-                    .http
-                    .send(Method::PATCH, &path, &headers, body.into_bytes())
-                    .await,
-            )
+            let http = &sut.server().http;
+            Some(http.edit_order(USERS[user], &sut.ids[n], &body).await)
         }
         Step::UseCoupon(n) | Step::DropCoupon(n) => {
             let n = n % sut.ids.len();
@@ -668,18 +658,8 @@ async fn apply_step(sut: &mut Sut, model: &Model, step: Step) {
                 _ => serde_json::Value::Null,
             };
             let body = json!({ "coupon_id": coupon }).to_string();
-            let auth = format!("Bearer {}", token(USERS[user]));
-            let headers = [
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-            ];
-            let path = format!("/api/v1/orders/{}", sut.ids[n]);
-            Some(
-                sut.server()
-                    .http
-                    .send(Method::PATCH, &path, &headers, body.into_bytes())
-                    .await,
-            )
+            let http = &sut.server().http;
+            Some(http.edit_order(USERS[user], &sut.ids[n], &body).await)
         }
         Step::Intent { order, cod } => {
             let n = order % sut.ids.len();

@@ -244,6 +244,18 @@ impl Http {
             .await
     }
 
+    /// Edits `user`'s order at checkout (`PATCH`); `body` is the raw JSON.
+    pub async fn edit_order(&self, user: &str, order: &str, body: &str) -> Reply {
+        let auth = format!("Bearer {}", token(user));
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let path = format!("/api/v1/orders/{order}");
+        self.send(Method::PATCH, &path, &headers, body.as_bytes().to_vec())
+            .await
+    }
+
     pub async fn cancel(&self, order: &str, user: &str) -> Reply {
         self.post(
             &format!("/api/v1/orders/{order}/cancel"),
