@@ -51,6 +51,7 @@ fn attempt(user: &str, clock: &dyn Clock) -> ReserveAttempt {
             balance_until: None,
             paid_amount: None,
             coupon_id: None,
+            after: Default::default(),
         },
         opens_at: now - SignedDuration::from_hours(1),
         closes_at: now + SignedDuration::from_hours(24),

@@ -168,6 +168,16 @@ impl App {
         self.catalog.is_retired(round, self.clock.now())
     }
 
+    /// True while `round` is the one on sale: units given back now can
+    /// still sell. After it closes they do not come back.
+    pub fn is_on_sale(&self, round: &RoundId) -> bool {
+        let now = self.clock.now();
+        self.catalog()
+            .get(round.drop_part())
+            .map(|drop| drop.round_at(now))
+            .is_some_and(|r| r.id == *round && r.phase_at(now) == crate::schedule::Phase::Open)
+    }
+
     /// The catalog as it stands now (operators may add drops at any time).
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.snapshot()

@@ -37,6 +37,8 @@ pub struct Drop {
     pub payments: crate::payment_rules::DropPayments,
     /// A presale's balance window (presale drops have one, others none).
     pub balance: Option<crate::presale::BalanceWindow>,
+    /// When paid orders ship, and where the drop counts days.
+    pub shipping: crate::shipping::ShipPlan,
     pub round_cache: RoundCache,
 }
 

@@ -18,6 +18,7 @@ use crate::payment::PaymentMethod;
 use crate::payment_rules::{DropPayments, PaymentRules};
 use crate::presale::BalanceWindow;
 use crate::schedule::{Timing, WeeklySchedule};
+use crate::shipping::ShipPlan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -185,6 +186,10 @@ struct DropSection {
     cod_max_amount: Option<toml::Value>,
     balance_from: Option<String>,
     balance_until: Option<String>,
+    estimated_ship_date: Option<String>,
+    ship_within_days: Option<i64>,
+    /// Where a one-window drop counts days (a schedule names its own).
+    time_zone: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -516,6 +521,7 @@ fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
     if pay_within > SignedDuration::from_hours(24 * 30) {
         return Err(err("pay_within", "must not exceed 30 days".into()));
     }
+    let shipping = parse_shipping(&section, &err)?;
     let timing = match (section.schedule, section.opens_at, section.closes_at) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
             return Err(err(
@@ -623,6 +629,7 @@ fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
         id,
         payments,
         balance,
+        shipping,
         product: section.product,
         per_user_limit,
         pay_within,
@@ -630,6 +637,63 @@ fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
         timing,
         skus,
         round_cache: Default::default(),
+    })
+}
+
+/// The drop's shipping promise: a fixed date or working days after
+/// payment, counted in the drop's time zone.
+fn parse_shipping(
+    section: &DropSection,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<ShipPlan, ConfigError> {
+    let time_zone = match (&section.schedule, &section.time_zone) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "time_zone",
+                "a scheduled drop counts days in schedule.time_zone".into(),
+            ))
+        }
+        (Some(schedule), None) => TimeZone::get(&schedule.time_zone).map_err(|_| {
+            err(
+                "schedule.time_zone",
+                format!("unknown time zone {:?}", schedule.time_zone),
+            )
+        })?,
+        (None, Some(name)) => TimeZone::get(name)
+            .map_err(|_| err("time_zone", format!("unknown time zone {name:?}")))?,
+        (None, None) => crate::shipping::default_time_zone(),
+    };
+    if section.estimated_ship_date.is_some() && section.ship_within_days.is_some() {
+        return Err(err(
+            "estimated_ship_date",
+            "give estimated_ship_date or ship_within_days, not both".into(),
+        ));
+    }
+    let date = match &section.estimated_ship_date {
+        None => None,
+        Some(raw) => Some(raw.parse().map_err(|_| {
+            err(
+                "estimated_ship_date",
+                format!("{raw:?} is not a date like \"2026-12-15\""),
+            )
+        })?),
+    };
+    let within_days = match section.ship_within_days {
+        None => crate::shipping::DEFAULT_SHIP_WITHIN_DAYS,
+        Some(days) => u32::try_from(days)
+            .ok()
+            .filter(|d| (1..=60).contains(d))
+            .ok_or_else(|| {
+                err(
+                    "ship_within_days",
+                    format!("must be 1 to 60 working days, got {days}"),
+                )
+            })?,
+    };
+    Ok(ShipPlan {
+        date,
+        within_days,
+        time_zone,
     })
 }
 

@@ -27,6 +27,7 @@
 
 pub mod address;
 pub mod admission;
+pub mod after_sale;
 pub mod app;
 pub mod auth;
 pub mod catalog;
@@ -36,6 +37,7 @@ pub mod coupons;
 pub mod demo;
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod lifecycle;
 pub mod money;
@@ -48,6 +50,7 @@ pub mod pricing;
 pub mod promotions;
 pub mod reserve;
 pub mod schedule;
+pub mod shipping;
 pub mod sold_out;
 pub mod store;
 pub mod sweeper;

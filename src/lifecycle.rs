@@ -1,17 +1,21 @@
-//! An order's fate after the win: cancelled by the shopper, paid through the
-//! gateway, or expired unpaid. The order store decides each transition in one
-//! transaction (so an order has one fate, I5); only an order that this call
-//! moved out of pending payment gives its units back (exactly once).
+//! An order's life after the win: cancelled by the shopper, paid through the
+//! gateway, or expired unpaid; then shipped, delivered, refunded, returned.
+//! The order store decides each transition in one transaction (so an order
+//! has one fate, I5); only an order that this call moved into a status that
+//! gives units back returns them (exactly once).
 
 use std::time::Instant;
 
+use crate::after_sale::Request;
 use crate::app::App;
 use crate::domain::{OrderId, UserId};
 use crate::order::Order;
 use crate::payment::PaymentNotice;
 use crate::payment_rules::PaymentChoice;
+use crate::shipping::ShipPlan;
 use crate::store::{
-    CancelOutcome, EditOutcome, IntentOutcome, IntentRequest, PayOutcome, StoreError,
+    AfterSaleOutcome, CancelOutcome, EditOutcome, IntentOutcome, IntentRequest, PayOutcome,
+    StoreError,
 };
 use crate::telemetry;
 
@@ -130,29 +134,71 @@ pub async fn pay_intent(
             || app.payments.clone(),
             |d| app.payments.for_drop(&d.payments),
         ),
+        shipping: shipping_of(app, &order),
     };
     app.store
         .pay_intent(id, user, request, app.clock.now())
         .await
 }
 
+/// How the order's drop ships (the store's defaults for an order not found:
+/// nothing is shipped for it).
+fn shipping_of(app: &App, order: &Order) -> ShipPlan {
+    app.catalog()
+        .get(order.drop_id.as_str())
+        .map(|d| d.shipping.clone())
+        .unwrap_or_default()
+}
+
 pub async fn pay(app: &App, notice: PaymentNotice) -> Result<PayOutcome, StoreError> {
-    catch_up(app, &notice.order_id).await?;
-    let outcome = app.store.pay(notice, app.clock.now()).await?;
+    let shipping = match catch_up(app, &notice.order_id).await? {
+        Some(order) => shipping_of(app, &order),
+        None => ShipPlan::default(),
+    };
+    let outcome = app.store.pay(notice, shipping, app.clock.now()).await?;
     if let PayOutcome::ExpiredNow(order) = &outcome {
         return_stock(app, order).await;
     }
     Ok(outcome)
 }
 
-/// Expires every order unpaid at its `pay_by` and returns its stock.
+/// Applies an after-sale request (`user`: the shopper asking, None for
+/// operators, the carrier and the gateway); an order it refunds before
+/// shipping or cancels gives its units back.
+pub async fn after_sale(
+    app: &App,
+    id: OrderId,
+    user: Option<UserId>,
+    request: Request,
+) -> Result<AfterSaleOutcome, StoreError> {
+    let Some(order) = catch_up(app, &id).await? else {
+        return Ok(AfterSaleOutcome::NotFound);
+    };
+    let shipping = shipping_of(app, &order);
+    let outcome = app
+        .store
+        .after_sale(id, user, request, shipping, app.clock.now())
+        .await?;
+    if let AfterSaleOutcome::Changed(order) = &outcome {
+        if !order.status.is_live() {
+            return_stock(app, order).await;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Ends every order past its deadline (unpaid ones expire, presales with
+/// the balance unpaid are forfeited, delivered ones past every return
+/// window complete) and returns the stock of those that give it back.
 pub async fn expire_due(app: &App) -> Result<usize, StoreError> {
     let mut total = 0;
     loop {
-        let expired = app.store.expire_due(app.clock.now(), EXPIRE_BATCH).await?;
-        return_stocks(app, &expired).await;
-        total += expired.len();
-        if expired.len() < EXPIRE_BATCH {
+        let mut ended = app.store.expire_due(app.clock.now(), EXPIRE_BATCH).await?;
+        let count = ended.len();
+        ended.retain(|o| !o.status.is_live());
+        return_stocks(app, &ended).await;
+        total += count;
+        if count < EXPIRE_BATCH {
             return Ok(total);
         }
     }
@@ -183,10 +229,10 @@ async fn return_stocks(app: &App, orders: &[Order]) {
 }
 
 /// Asks the engine to take the order's units back; true once it has them.
-/// A retired round takes nothing back: it sells nothing more, and the
-/// engine has forgotten it.
+/// A round no longer on sale takes nothing back: it sells nothing more
+/// (once retired, the engine has forgotten it).
 async fn release(app: &App, order: &Order) -> bool {
-    if app.is_retired(&order.round_id) {
+    if !app.is_on_sale(&order.round_id) {
         return true;
     }
     let started = Instant::now();

@@ -6,6 +6,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::address::Destination;
+use crate::after_sale::AfterSale;
 use crate::domain::{DropId, OrderId, Quantity, RoundId, SkuId, UserId};
 use crate::money::{as_cents_string, option_cents, Currency};
 use crate::payment::PaymentMethod;
@@ -73,4 +74,9 @@ pub struct Order {
         with = "option_cents"
     )]
     pub paid_amount: Option<Decimal>,
+    /// Shipping, refunds, returns, the invoice and the time of each status.
+    /// Never part of a fresh win, so the Redis order writer, which reads
+    /// wins back from JSON, has nothing to read here.
+    #[serde(flatten, skip_deserializing)]
+    pub after: AfterSale,
 }

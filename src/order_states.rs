@@ -104,6 +104,34 @@ pub enum Event {
     Exchange,
 }
 
+impl Event {
+    /// The type of the order event this move writes (`order.paid`, …):
+    /// named after where the order goes, except for a refused refund or
+    /// return, which goes back to where the order was.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Event::PayOnline | Event::PayBalance => "order.paid",
+            Event::PayCashOnDelivery => "order.awaiting_delivery",
+            Event::PayDeposit => "order.deposit_paid",
+            Event::Cancel => "order.cancelled",
+            Event::Expire => "order.expired",
+            Event::Forfeit => "order.forfeited",
+            Event::Ship => "order.shipped",
+            Event::Deliver => "order.delivered",
+            Event::Complete => "order.completed",
+            Event::RequestRefund => "order.refund_requested",
+            Event::ApproveRefund => "order.refunding",
+            Event::RejectRefund => "order.refund_rejected",
+            Event::ConfirmRefund => "order.refunded",
+            Event::RequestReturn => "order.return_requested",
+            Event::ApproveReturn => "order.return_approved",
+            Event::RejectReturn => "order.return_rejected",
+            Event::ConfirmReturn => "order.returned",
+            Event::Exchange => "order.exchanged",
+        }
+    }
+}
+
 /// One arrow of the diagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {
@@ -158,6 +186,7 @@ pub const TRANSITIONS: &[Transition] = &[
     arrow(ReturnRequested, Event::ApproveReturn, ReturnApproved),
     arrow(ReturnRequested, Event::RejectReturn, Delivered),
     arrow(ReturnApproved, Event::ConfirmReturn, Returned),
+    // The replacement of an approved exchange ships: the exchange is done.
     arrow(ReturnApproved, Event::Exchange, Exchanged),
 ];
 

@@ -203,6 +203,7 @@ fn new_order(
         balance_until: balance.map(|(_, (_, until))| until),
         paid_amount: None,
         coupon_id: None,
+        after: Default::default(),
     })
 }
 

@@ -202,6 +202,7 @@ mod tests {
                 balance_until: None,
                 paid_amount: None,
                 coupon_id: None,
+                after: Default::default(),
             },
             opens_at: now,
             closes_at: now + SignedDuration::from_hours(1),

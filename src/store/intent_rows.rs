@@ -13,6 +13,7 @@ use crate::domain::{OrderId, UserId};
 use crate::order::{Order, OrderStatus};
 use crate::payment::PaymentMethod;
 use crate::payment_rules::{check_choice, ChoiceRefused, PaymentChoice, PaymentRules, Stage};
+use crate::shipping::ShipPlan;
 
 /// What asking to pay did.
 #[derive(Debug)]
@@ -38,6 +39,9 @@ pub enum IntentOutcome {
 pub struct IntentRequest {
     pub choice: PaymentChoice,
     pub rules: PaymentRules,
+    /// When the order is expected to ship once paid (cash on delivery is
+    /// "paid" here: it ships at once).
+    pub shipping: ShipPlan,
 }
 
 /// What may be paid on `order` at `now`, and how much: the whole order
@@ -84,7 +88,7 @@ pub async fn issue<S: Sql>(
     };
     let payment_id = uuid::Uuid::now_v7().to_string();
     let method = request.choice.method;
-    let columns: [(&str, Value<'_>); 4] = [
+    let mut columns: Vec<(&str, Value<'_>)> = vec![
         ("payment_id", payment_id.as_str().into()),
         ("payment_method", method.as_str().into()),
         (
@@ -100,6 +104,9 @@ pub async fn issue<S: Sql>(
         ),
     ];
     let moved = if method == PaymentMethod::CashOnDelivery {
+        // On its way at once: it ships as if paid now.
+        let ships = request.shipping.estimate(now, None).to_string();
+        columns.push(("estimated_ship_date", ships.into()));
         move_order(db, &order, OrderStatus::AwaitingDelivery, now, &columns).await?
     } else {
         set_columns(db, &order, &columns).await?

@@ -6,7 +6,9 @@
 //! writer design (`writer.rs`), many jobs per transaction.
 
 mod address_rows;
+mod after_sale_rows;
 mod coupon_rows;
+mod event_rows;
 mod intent_rows;
 mod orders;
 mod postgres;
@@ -30,11 +32,13 @@ use crate::coupons::{Batch, BatchDefinition};
 use crate::domain::{IdempotencyKey, OrderId, RoundId, SkuId, UserId};
 use crate::order::{Order, OrderStatus};
 use crate::payment::{PaymentMethod, PaymentNotice};
+use crate::shipping::ShipPlan;
 use postgres::{PgDb, PgStore};
 use sqlite::{finish_now, SqliteStore};
 use writer::{Job, Reply};
 
 pub use address_rows::AddOutcome;
+pub use after_sale_rows::AfterSaleOutcome;
 pub use coupon_rows::{ClaimOutcome, CouponRefusal, CouponRow};
 pub use intent_rows::{IntentOutcome, IntentRequest};
 pub use orders::{db_time, EditOutcome};
@@ -430,9 +434,36 @@ impl OrderStore {
     pub async fn pay(
         &self,
         notice: PaymentNotice,
+        shipping: ShipPlan,
         now: Timestamp,
     ) -> Result<PayOutcome, StoreError> {
-        self.write(|reply| Job::Pay { notice, now, reply }).await
+        self.write(|reply| Job::Pay {
+            notice,
+            shipping,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Applies an after-sale request to an order, with its event.
+    pub async fn after_sale(
+        &self,
+        id: OrderId,
+        user: Option<UserId>,
+        request: crate::after_sale::Request,
+        shipping: ShipPlan,
+        now: Timestamp,
+    ) -> Result<AfterSaleOutcome, StoreError> {
+        self.write(|reply| Job::AfterSale {
+            id,
+            user,
+            request,
+            shipping,
+            now,
+            reply,
+        })
+        .await
     }
 
     /// Expires up to `max` orders unpaid at `now` and returns them.

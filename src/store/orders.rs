@@ -9,26 +9,31 @@ use jiff::fmt::temporal::DateTimePrinter;
 use jiff::Timestamp;
 
 use super::coupon_rows::give_back;
+use super::event_rows;
 use super::sql::{text_list, Column, Insert, Row, Sql, Value};
 use super::{
     pay_step, CancelOutcome, Keyed, PayOutcome, PayStep, Restock, RestockRecord, StatusCounts,
     StoreError, StoredOrder,
 };
+use crate::after_sale::{AfterSale, StatusTimes};
 use crate::domain::{DropId, IdempotencyKey, OrderId, Quantity, RoundId, SkuId, UserId};
+use crate::events;
 use crate::money::{parse_amount, Currency};
 use crate::order::{Order, OrderStatus};
 use crate::order_states::transition;
 use crate::payment::{PaymentMethod, PaymentNotice};
 use crate::pricing::Pricing;
+use crate::shipping::ShipPlan;
 
 /// The columns an order is read from, in this order (`order_from`).
 pub(super) const ORDER_COLUMNS: &str =
     "id, drop_id, round_id, sku, user_id, quantity, status, unit_price, \
      amount_due, deposit_due, created_at, pay_by, list_amount, discounts, address, \
      payment_method, installments, payment_id, balance_from, balance_until, paid_amount, \
-     coupon_id";
+     coupon_id, ended_at, status_times, estimated_ship_date, tracking, refund, return_request, \
+     no_reason_until, complete_at, invoice";
 /// Where the key columns start in a keyed select.
-const KEY_COLUMN: usize = 22;
+const KEY_COLUMN: usize = 31;
 
 /// A new order as inserted: its columns and the idempotency key's.
 const NEW_ORDER: Insert = Insert {
@@ -138,7 +143,95 @@ pub(super) fn order_from(row: &Row) -> Result<Order, StoreError> {
             Some(raw) => Some(parse_amount(&raw).map_err(|_| corrupt("amount", &raw))?),
         },
         coupon_id: row.opt_text(21)?,
+        after: after_sale_from(row, status.as_str())?,
     })
+}
+
+/// The after-sale columns of an order row (`ORDER_COLUMNS` 22 to 30).
+fn after_sale_from(row: &Row, status: &str) -> Result<AfterSale, StoreError> {
+    fn json<T: serde::de::DeserializeOwned>(
+        row: &Row,
+        i: usize,
+        what: &str,
+    ) -> Result<Option<T>, StoreError> {
+        row.opt_text(i)?
+            .map(|raw| {
+                serde_json::from_str(&raw)
+                    .map_err(|_| StoreError::Corrupt(format!("{what} {raw:?}")))
+            })
+            .transpose()
+    }
+    let time = |i: usize| -> Result<Option<Timestamp>, StoreError> {
+        row.opt_text(i)?
+            .map(|raw| {
+                raw.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("time {raw:?}")))
+            })
+            .transpose()
+    };
+    let mut status_times = match row.opt_text(23)? {
+        None => StatusTimes::default(),
+        Some(raw) => StatusTimes::from_json(&raw)
+            .ok_or_else(|| StoreError::Corrupt(format!("status times {raw:?}")))?,
+    };
+    // The sweeper ends orders in bulk: their end is the time they reached
+    // their final status.
+    if let (Some(ended), Some(status)) = (time(22)?, OrderStatus::parse(status)) {
+        status_times.reach(status, ended);
+    }
+    Ok(AfterSale {
+        status_times,
+        estimated_ship_date: row
+            .opt_text(24)?
+            .map(|raw| {
+                raw.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("date {raw:?}")))
+            })
+            .transpose()?,
+        tracking: json(row, 25, "tracking")?.unwrap_or_default(),
+        refund: json(row, 26, "refund")?,
+        return_request: json(row, 27, "return")?,
+        no_reason_return_until: time(28)?,
+        quality_return_until: time(29)?,
+        invoice: json(row, 30, "invoice")?,
+    })
+}
+
+/// The columns that hold an order's after-sale record (but its status
+/// times, which every move writes), as `order` has them.
+pub(super) fn after_sale_columns(order: &Order) -> Vec<(&'static str, Value<'static>)> {
+    fn json<T: serde::Serialize>(value: &Option<T>) -> Value<'static> {
+        value
+            .as_ref()
+            .and_then(|v| serde_json::to_string(v).ok())
+            .into()
+    }
+    let after = &order.after;
+    vec![
+        (
+            "estimated_ship_date",
+            after.estimated_ship_date.map(|d| d.to_string()).into(),
+        ),
+        (
+            "tracking",
+            json(&Some(&after.tracking).filter(|t| !t.is_empty())),
+        ),
+        ("refund", json(&after.refund)),
+        ("return_request", json(&after.return_request)),
+        (
+            "no_reason_until",
+            after.no_reason_return_until.map(db_time).into(),
+        ),
+        (
+            "complete_at",
+            after.quality_return_until.map(db_time).into(),
+        ),
+        ("invoice", json(&after.invoice)),
+        (
+            "paid_amount",
+            order.paid_amount.map(|a| a.to_string()).into(),
+        ),
+    ]
 }
 
 fn keyed_from(row: &Row) -> Result<StoredOrder, StoreError> {
@@ -303,6 +396,9 @@ pub async fn insert_orders<S: Sql>(
         })
         .collect();
     let inserted = db.insert(&NEW_ORDER, rows).await?;
+    for ((order, _), _) in orders.iter().zip(&inserted).filter(|(_, new)| **new) {
+        event_rows::record(db, events::CREATED, order, order.created_at)?;
+    }
     if inserted.iter().all(|row| *row) {
         return Ok(HashSet::new());
     }
@@ -355,7 +451,10 @@ pub async fn move_order<S: Sql>(
     if to.is_final() {
         params.push(db_time(now).into());
     }
-    for (column, value) in also {
+    let mut times = order.after.status_times.clone();
+    times.reach(to, now);
+    let times = [("status_times", Value::from(times.to_json()))];
+    for (column, value) in also.iter().chain(&times) {
         params.push(value.clone());
         set += &format!(", {column} = ${}", params.len());
     }
@@ -367,8 +466,11 @@ pub async fn move_order<S: Sql>(
         .first()
         .map(order_from)
         .transpose()?;
-    if let Some(moved) = moved.iter().find(|o| gives_coupon_back(o)) {
-        give_back(db, &[moved.id.as_str()]).await?;
+    if let Some(moved) = &moved {
+        event_rows::record(db, step.event.event_type(), moved, now)?;
+        if gives_coupon_back(moved) {
+            give_back(db, &[moved.id.as_str()]).await?;
+        }
     }
     Ok(moved)
 }
@@ -484,6 +586,7 @@ pub async fn cancel<S: Sql>(
 pub async fn pay<S: Sql>(
     db: &mut S,
     notice: &PaymentNotice,
+    shipping: &ShipPlan,
     now: Timestamp,
 ) -> Result<PayOutcome, StoreError> {
     // A presale's deposit and balance are two transactions of one order.
@@ -527,6 +630,13 @@ pub async fn pay<S: Sql>(
                 also.push(("payment_id", Value::Null));
                 also.push(("installments", Value::Null));
             }
+            // What the confirmation SMS says; a deposit ships no sooner
+            // than the balance can be paid.
+            let not_before = order
+                .balance_from
+                .filter(|_| to == OrderStatus::DepositPaid);
+            let ships = shipping.estimate(now, not_before).to_string();
+            also.push(("estimated_ship_date", ships.into()));
             (to, also)
         }
     };
@@ -539,12 +649,18 @@ pub async fn pay<S: Sql>(
 
 /// The deadlines the sweeper enforces: a status, the column holding its
 /// deadline, and where an order still there at the deadline goes.
-const DEADLINES: [(OrderStatus, &str, OrderStatus); 2] = [
+const DEADLINES: [(OrderStatus, &str, OrderStatus); 3] = [
     (OrderStatus::PendingPayment, "pay_by", OrderStatus::Expired),
     (
         OrderStatus::DepositPaid,
         "balance_until",
         OrderStatus::Forfeited,
+    ),
+    // Every return window has closed: the order is complete.
+    (
+        OrderStatus::Delivered,
+        "complete_at",
+        OrderStatus::Completed,
     ),
 ];
 
@@ -563,7 +679,10 @@ pub async fn expire_due<S: Sql>(
         if left == 0 {
             break;
         }
-        let returns_units = transition(from, to).is_some_and(|t| t.returns_units);
+        let Some(step) = transition(from, to) else {
+            continue;
+        };
+        let returns_units = step.returns_units;
         let sql = format!(
             "UPDATE orders SET {} WHERE id IN ( \
                  SELECT id FROM orders WHERE status = $3 AND {deadline} <= $1 \
@@ -578,7 +697,9 @@ pub async fn expire_due<S: Sql>(
             from.as_str().into(),
         ];
         for row in db.rows(&sql, &params).await? {
-            ended.push(order_from(&row)?);
+            let order = order_from(&row)?;
+            event_rows::record(db, step.event.event_type(), &order, now)?;
+            ended.push(order);
         }
     }
     let coupons_back: Vec<&str> = ended

@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0005_orders_by_user.sql"),
     include_str!("../../migrations/postgres/0006_promotions.sql"),
     include_str!("../../migrations/postgres/0007_checkout.sql"),
+    include_str!("../../migrations/postgres/0008_after_sale.sql"),
 ];
 /// Connections for reads; the writer and the engine lease hold one each on top.
 const POOL_SIZE: usize = 8;

@@ -133,6 +133,16 @@ impl Dialect {
             }
         }
     }
+
+    /// A subquery of the integers in a JSON array passed as `param`.
+    pub fn ints_of(self, param: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("SELECT value FROM json_each({param})"),
+            Dialect::Postgres => format!(
+                "SELECT CAST(json_array_elements_text(CAST(CAST({param} AS TEXT) AS json)) AS BIGINT)"
+            ),
+        }
+    }
 }
 
 /// A JSON array of texts, the parameter of [`Dialect::texts_of`].
@@ -166,6 +176,16 @@ pub(crate) trait Sql {
     /// (SQLite does on a full disk or an I/O error): the batch must fail.
     fn transaction_lost(&self) -> bool {
         false
+    }
+
+    /// Records an order event, inserted with the transaction's commit.
+    /// Only the writer's transaction ([`super::event_rows::Recorded`])
+    /// records: a change made anywhere else is a mistake, refused.
+    fn record(&mut self, event: crate::events::NewEvent) -> Result<(), StoreError> {
+        Err(StoreError::database(format!(
+            "{} of order {} recorded outside the order writer",
+            event.kind, event.order_id
+        )))
     }
 }
 

@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_orders_by_user.sql"),
     include_str!("../../migrations/sqlite/0006_promotions.sql"),
     include_str!("../../migrations/sqlite/0007_checkout.sql"),
+    include_str!("../../migrations/sqlite/0008_after_sale.sql"),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -256,6 +257,7 @@ mod tests {
     use super::*;
     use crate::order::OrderStatus;
     use crate::order_states::transition;
+    use crate::store::event_rows::Recorded;
     use crate::store::{orders, RestockRecord};
     use tokio::sync::oneshot;
 
@@ -350,6 +352,7 @@ mod tests {
             balance_until: None,
             paid_amount: None,
             coupon_id: None,
+            after: Default::default(),
         }
     }
 
@@ -361,7 +364,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = open(&dir.path().join("orders.db")).unwrap();
         let order = pending_order();
-        let mut db = SqliteDb(&conn);
+        let mut plain = SqliteDb(&conn);
+        let mut db = Recorded::new(&mut plain);
         let keyed = (order.clone(), None);
         finish_now(orders::insert_orders(&mut db, &[&keyed])).unwrap();
         let now = jiff::Timestamp::UNIX_EPOCH;
@@ -376,7 +380,9 @@ mod tests {
                     status: from,
                     ..order.clone()
                 };
+                let events_before = db.mark();
                 let moved = finish_now(orders::move_order(&mut db, &at, to, now, &[])).unwrap();
+                let events = db.mark() - events_before;
                 let (status, ended, owed): (String, Option<String>, i64) = conn
                     .query_row(
                         "SELECT status, ended_at, release_due FROM orders",
@@ -391,11 +397,13 @@ mod tests {
                         assert_eq!(status, to.as_str(), "{pair}");
                         assert_eq!(ended.is_some(), to.is_final(), "{pair}");
                         assert_eq!(owed == 1, arrow.returns_units, "{pair}");
+                        assert_eq!(events, 1, "{pair} records its event");
                     }
                     None => {
                         assert!(moved.is_none(), "{pair} is refused");
                         assert_eq!(status, from.as_str(), "{pair} changes nothing");
                         assert_eq!((ended, owed), (None, 0), "{pair} changes nothing");
+                        assert_eq!(events, 0, "{pair} records no event");
                     }
                 }
             }
@@ -407,7 +415,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = open(&dir.path().join("orders.db")).unwrap();
         let order = pending_order();
-        let mut db = SqliteDb(&conn);
+        let mut plain = SqliteDb(&conn);
+        let mut db = Recorded::new(&mut plain);
         finish_now(orders::insert_orders(&mut db, &[&(order.clone(), None)])).unwrap();
         let now = jiff::Timestamp::UNIX_EPOCH;
         let paid = finish_now(orders::move_order(
@@ -440,7 +449,8 @@ mod tests {
     fn a_shoppers_list_holds_every_status_through_the_two_user_indexes() {
         let dir = tempfile::tempdir().unwrap();
         let conn = open(&dir.path().join("orders.db")).unwrap();
-        let mut db = SqliteDb(&conn);
+        let mut plain = SqliteDb(&conn);
+        let mut db = Recorded::new(&mut plain);
         let now = jiff::Timestamp::UNIX_EPOCH;
         let mut alices = Vec::new();
         for _ in 0..3 {

@@ -14,16 +14,20 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
 use super::address_rows::{self, AddOutcome};
+use super::after_sale_rows::{self, AfterSaleOutcome};
 use super::coupon_rows::{self, ClaimOutcome};
+use super::event_rows::Recorded;
 use super::intent_rows::{self, IntentOutcome, IntentRequest};
 use super::orders::{self, EditOutcome};
 use super::sql::Sql;
 use super::{promotion_rows, CancelOutcome, Keyed, PayOutcome, RestockRecord, StoreError};
 use crate::address::Address;
+use crate::after_sale;
 use crate::coupons::Batch;
 use crate::domain::{OrderId, UserId};
 use crate::order::Order;
 use crate::payment::PaymentNotice;
+use crate::shipping::ShipPlan;
 
 /// Jobs committed together at most; bounds the latency one commit adds.
 pub(crate) const MAX_BATCH: usize = 2048;
@@ -53,8 +57,18 @@ pub(crate) enum Job {
     },
     Pay {
         notice: PaymentNotice,
+        shipping: ShipPlan,
         now: Timestamp,
         reply: Reply<PayOutcome>,
+    },
+    AfterSale {
+        id: OrderId,
+        /// The shopper asking; None for operators, carrier and gateway.
+        user: Option<UserId>,
+        request: after_sale::Request,
+        shipping: ShipPlan,
+        now: Timestamp,
+        reply: Reply<AfterSaleOutcome>,
     },
     Expire {
         now: Timestamp,
@@ -212,6 +226,7 @@ impl Job {
             } => Ran::insert(orders, settle, reply, &HashSet::new()),
             Job::Cancel { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::Pay { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::AfterSale { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::Expire { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::MarkReleased { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::AddRestock { reply, .. } => Ran::of(reply, Err(not_run())),
@@ -232,14 +247,19 @@ impl Job {
     /// Runs the job's statements (an insert's ran with the batch's, which
     /// refused `refused`). A savepoint that cannot be taken or ended fails
     /// the batch: that error comes back beside the job.
-    async fn run<S: Sql>(self, db: &mut S, refused: &HashSet<String>) -> (Ran, Option<StoreError>) {
+    async fn run<S: Sql>(
+        self,
+        db: &mut Recorded<'_, S>,
+        refused: &HashSet<String>,
+    ) -> (Ran, Option<StoreError>) {
         // Runs one change in a savepoint of its own.
         macro_rules! savepointed {
             ($reply:expr, $change:expr) => {{
                 let outcome = match savepoint(db).await {
                     Ok(()) => {
+                        let mark = db.mark();
                         let result = $change.await;
-                        release(db, result).await
+                        release(db, mark, result).await
                     }
                     Err(e) => Err(e),
                 };
@@ -262,9 +282,23 @@ impl Job {
                 now,
                 reply,
             } => savepointed!(reply, orders::cancel(db, &id, &user, now)),
-            Job::Pay { notice, now, reply } => {
-                savepointed!(reply, orders::pay(db, &notice, now))
-            }
+            Job::Pay {
+                notice,
+                shipping,
+                now,
+                reply,
+            } => savepointed!(reply, orders::pay(db, &notice, &shipping, now)),
+            Job::AfterSale {
+                id,
+                user,
+                request,
+                shipping,
+                now,
+                reply,
+            } => savepointed!(
+                reply,
+                after_sale_rows::apply(db, &id, user.as_ref(), &request, &shipping, now)
+            ),
             Job::Expire { now, max, reply } => {
                 savepointed!(reply, orders::expire_due(db, now, max))
             }
@@ -350,13 +384,16 @@ async fn savepoint<S: Sql>(db: &mut S) -> Result<(), StoreError> {
     db.execute("SAVEPOINT job", &[]).await.map(drop)
 }
 
-/// Keeps the job's changes if it succeeded, undoes them if it failed; the
-/// job's result, unless the savepoint could not be ended.
+/// Keeps the job's changes if it succeeded, undoes them (and forgets the
+/// events it recorded since `mark`) if it failed; the job's result, unless
+/// the savepoint could not be ended.
 async fn release<S: Sql, T>(
-    db: &mut S,
+    db: &mut Recorded<'_, S>,
+    mark: usize,
     result: Result<T, StoreError>,
 ) -> Result<Result<T, StoreError>, StoreError> {
     if result.is_err() {
+        db.forget_since(mark);
         db.execute("ROLLBACK TO SAVEPOINT job", &[]).await?;
     }
     db.execute("RELEASE SAVEPOINT job", &[]).await?;
@@ -364,7 +401,8 @@ async fn release<S: Sql, T>(
 }
 
 /// Runs a batch inside the transaction `db` is in: the new orders of every
-/// insert job in one statement, then each other job in a savepoint. Returns
+/// insert job in one statement, then each other job in a savepoint, then
+/// the events of every change that held, in one statement. Returns
 /// every job, ready to report, and whether the transaction may commit: a
 /// statement that fails outside a savepoint, or a transaction the database
 /// gave up, fails the batch as a whole (every job reported failed, none
@@ -373,6 +411,7 @@ pub(crate) async fn run_batch<S: Sql>(
     db: &mut S,
     batch: &mut Vec<Job>,
 ) -> (Vec<Ran>, Result<(), StoreError>) {
+    let db = &mut Recorded::new(db);
     let new_orders: Vec<&Keyed> = batch
         .iter()
         .flat_map(|job| match job {
@@ -399,6 +438,9 @@ pub(crate) async fn run_batch<S: Sql>(
         let (done, failed) = job.run(db, &refused).await;
         ran.push(done);
         failure = failed;
+    }
+    if failure.is_none() {
+        failure = db.insert_events().await.err();
     }
     if failure.is_none() && db.transaction_lost() {
         failure = Some(StoreError::database(

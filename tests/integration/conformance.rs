@@ -124,6 +124,7 @@ pub fn attempt_for(
             balance_until: None,
             paid_amount: None,
             coupon_id: None,
+            after: Default::default(),
         },
         opens_at,
         closes_at,
