@@ -27,6 +27,7 @@ pub fn bench_drop() -> Arc<Drop> {
 jwt_secret = "{SECRET}"
 admin_token = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 payment_secret = "pppppppppppppppppppppppppppppppppppp"
+logistics_secret = "llllllllllllllllllllllllllllllllllll"
 [[drops]]
 id = "bench"
 product = "Phone"

@@ -217,6 +217,7 @@ mod tests {
             jwt_secret = "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
             admin_token = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
             payment_secret = "pppppppppppppppppppppppppppppppppppp"
+            logistics_secret = "llllllllllllllllllllllllllllllllllll"
             [[drops]]
             id = "d"
             product = "P"

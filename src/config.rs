@@ -74,6 +74,8 @@ pub struct Secrets {
     pub jwt_secret: String,
     pub admin_token: String,
     pub payment_secret: String,
+    /// Signs the carrier's notices (`/api/v1/logistics/notify`).
+    pub logistics_secret: String,
 }
 
 // The admission limits live with the admission control that applies them;
@@ -152,6 +154,7 @@ struct AuthSection {
     jwt_secret: Option<String>,
     admin_token: Option<String>,
     payment_secret: Option<String>,
+    logistics_secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +242,7 @@ impl Secrets {
             ("jwt_secret", &self.jwt_secret),
             ("admin_token", &self.admin_token),
             ("payment_secret", &self.payment_secret),
+            ("logistics_secret", &self.logistics_secret),
         ]
         .into_iter()
         .filter(|(field, value)| **value == demo_secret(field))
@@ -355,6 +359,11 @@ fn resolve_secrets(auth: AuthSection, source: SecretSource) -> Result<Secrets, C
             "payment_secret",
             "DROPGATE_PAYMENT_SECRET",
             auth.payment_secret,
+        )?,
+        logistics_secret: pick(
+            "logistics_secret",
+            "DROPGATE_LOGISTICS_SECRET",
+            auth.logistics_secret,
         )?,
     })
 }
@@ -768,6 +777,7 @@ mod tests {
         jwt_secret = "jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj"
         admin_token = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
         payment_secret = "pppppppppppppppppppppppppppppppppppp"
+        logistics_secret = "llllllllllllllllllllllllllllllllllll"
         [limits]
         global_rps = 50000
         [[drops]]
@@ -928,7 +938,7 @@ mod tests {
                 .unwrap()
                 .as_str();
         let mut demo = Config::from_toml(&cut, SecretSource::EnvironmentOrDemo).unwrap();
-        assert_eq!(demo.auth.demo_fields().len(), 3);
+        assert_eq!(demo.auth.demo_fields().len(), 4);
         assert!(demo.check_exposure().is_ok(), "loopback is fine");
         demo.listen = "0.0.0.0:8080".parse().unwrap();
         let msg = demo.check_exposure().unwrap_err().to_string();

@@ -77,6 +77,14 @@ pub enum ApiError {
     Overloaded,
     #[error("a backend is unavailable: {0}")]
     Unavailable(String),
+    #[error("not allowed while the order is {status}")]
+    InvalidTransition { status: &'static str },
+    #[error("the window for this return has closed")]
+    ReturnWindowClosed,
+    #[error("an invoice was requested for this order already")]
+    InvoiceExists,
+    #[error("this refund id already refunded another order")]
+    DuplicateRefund,
 }
 
 fn layer_text(layer: Layer) -> &'static str {
@@ -114,7 +122,11 @@ impl ApiError {
             | CouponBatchExists
             | CouponsGone
             | CouponLimit { .. }
-            | CouponBatchExpired => StatusCode::CONFLICT,
+            | CouponBatchExpired
+            | InvalidTransition { .. }
+            | ReturnWindowClosed
+            | InvoiceExists
+            | DuplicateRefund => StatusCode::CONFLICT,
             StudentOnly => StatusCode::FORBIDDEN,
             Undeliverable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -160,6 +172,10 @@ impl ApiError {
             RateLimited { .. } => "rate_limited",
             Overloaded => "overloaded",
             Unavailable(_) => "unavailable",
+            InvalidTransition { .. } => "invalid_transition",
+            ReturnWindowClosed => "return_window_closed",
+            InvoiceExists => "invoice_exists",
+            DuplicateRefund => "duplicate_refund",
         }
     }
 
@@ -234,6 +250,9 @@ impl ApiError {
             }
             ApiError::AmountMismatch { due } => {
                 body.insert("amount_due".into(), json!(due));
+            }
+            ApiError::InvalidTransition { status } => {
+                body.insert("status".into(), json!(status));
             }
             _ => {}
         }

@@ -3,11 +3,14 @@
 
 mod addresses;
 mod admin;
+mod admin_orders;
+mod after_sale;
 mod checkout;
 mod client_ip;
 mod coupons;
 mod error;
 mod json;
+mod listing;
 mod ops;
 mod payments;
 mod promotions;

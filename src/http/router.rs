@@ -8,10 +8,11 @@ use std::time::Instant;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
+use super::admin_orders::{self, Reviewed};
 use super::client_ip::client_ip;
 use super::error::ApiError;
 use super::json::{error, HttpResponse};
-use super::{addresses, admin, checkout, coupons, ops, payments, promotions, shopper};
+use super::{addresses, admin, after_sale, checkout, coupons, ops, payments, promotions, shopper};
 use crate::app::App;
 use crate::telemetry;
 
@@ -44,6 +45,17 @@ enum Route<'a> {
     CouponBatches,
     ClaimCoupon(&'a str),
     Coupons,
+    RequestRefund(&'a str),
+    RequestReturn(&'a str),
+    RequestInvoice(&'a str),
+    LogisticsNotify,
+    RefundNotify,
+    AdminOrders,
+    AdminOrder(&'a str),
+    AdminCancel(&'a str),
+    AdminRefund(&'a str),
+    AdminReturn(&'a str),
+    Events,
     Unknown,
 }
 
@@ -70,6 +82,29 @@ impl Route<'_> {
             (&Method::GET, ["api", "v1", "addresses"]) => Route::Addresses,
             (&Method::DELETE, ["api", "v1", "addresses", id]) => Route::DeleteAddress(id),
             (&Method::POST, ["api", "v1", "payments", "notify"]) => Route::PaymentNotify,
+            (&Method::POST, ["api", "v1", "payments", "refund-notify"]) => Route::RefundNotify,
+            (&Method::POST, ["api", "v1", "logistics", "notify"]) => Route::LogisticsNotify,
+            (&Method::POST, ["api", "v1", "orders", order, "refund"]) => {
+                Route::RequestRefund(order)
+            }
+            (&Method::POST, ["api", "v1", "orders", order, "return"]) => {
+                Route::RequestReturn(order)
+            }
+            (&Method::POST, ["api", "v1", "orders", order, "invoice"]) => {
+                Route::RequestInvoice(order)
+            }
+            (&Method::GET, ["admin", "v1", "orders"]) => Route::AdminOrders,
+            (&Method::GET, ["admin", "v1", "orders", order]) => Route::AdminOrder(order),
+            (&Method::POST, ["admin", "v1", "orders", order, "cancel"]) => {
+                Route::AdminCancel(order)
+            }
+            (&Method::POST, ["admin", "v1", "orders", order, "refund"]) => {
+                Route::AdminRefund(order)
+            }
+            (&Method::POST, ["admin", "v1", "orders", order, "return"]) => {
+                Route::AdminReturn(order)
+            }
+            (&Method::GET, ["admin", "v1", "events"]) => Route::Events,
             (&Method::GET, ["admin", "v1", "limits"]) => Route::GetLimits,
             (&Method::PUT, ["admin", "v1", "limits"]) => Route::PutLimits,
             (&Method::POST, ["admin", "v1", "drops"]) => Route::CreateDrop,
@@ -113,6 +148,17 @@ impl Route<'_> {
             Route::CouponBatches => "admin_list_coupon_batches",
             Route::ClaimCoupon(_) => "claim_coupon",
             Route::Coupons => "list_coupons",
+            Route::RequestRefund(_) => "request_refund",
+            Route::RequestReturn(_) => "request_return",
+            Route::RequestInvoice(_) => "request_invoice",
+            Route::LogisticsNotify => "logistics_notify",
+            Route::RefundNotify => "refund_notify",
+            Route::AdminOrders => "admin_search_orders",
+            Route::AdminOrder(_) => "admin_get_order",
+            Route::AdminCancel(_) => "admin_cancel_order",
+            Route::AdminRefund(_) => "admin_review_refund",
+            Route::AdminReturn(_) => "admin_review_return",
+            Route::Events => "admin_events",
             Route::Unknown => "unknown",
         }
     }
@@ -137,6 +183,9 @@ impl Route<'_> {
                 | Route::PayOrder(_)
                 | Route::ClaimCoupon(_)
                 | Route::Coupons
+                | Route::RequestRefund(_)
+                | Route::RequestReturn(_)
+                | Route::RequestInvoice(_)
                 | Route::Unknown
         )
     }
@@ -237,6 +286,17 @@ async fn dispatch(
         Route::CouponBatches => coupons::list_batches(app, &req).await,
         Route::ClaimCoupon(batch) => coupons::claim(app, batch, &req).await,
         Route::Coupons => coupons::list(app, &req).await,
+        Route::RequestRefund(order) => after_sale::request_refund(app, order, req).await,
+        Route::RequestReturn(order) => after_sale::request_return(app, order, req).await,
+        Route::RequestInvoice(order) => after_sale::request_invoice(app, order, req).await,
+        Route::LogisticsNotify => after_sale::logistics_notify(app, req).await,
+        Route::RefundNotify => after_sale::refund_notify(app, req).await,
+        Route::AdminOrders => admin_orders::search(app, &req).await,
+        Route::AdminOrder(order) => admin_orders::get(app, order, &req).await,
+        Route::AdminCancel(order) => admin_orders::cancel(app, order, &req).await,
+        Route::AdminRefund(order) => admin_orders::review(app, order, req, Reviewed::Refund).await,
+        Route::AdminReturn(order) => admin_orders::review(app, order, req, Reviewed::Return).await,
+        Route::Events => admin_orders::events(app, &req).await,
         Route::Unknown => Err(ApiError::NotFound(format!("no endpoint {path}"))),
     }
 }

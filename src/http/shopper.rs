@@ -9,6 +9,7 @@ use std::borrow::Cow;
 
 use super::error::ApiError;
 use super::json::{json, parse, read_body, HttpResponse};
+use super::listing;
 use super::views::DropView;
 use crate::app::App;
 use crate::auth::Shopper;
@@ -100,10 +101,19 @@ pub async fn reserve(
     }
 }
 
+/// `GET /api/v1/orders?status=&limit=&after=`: the shopper's orders,
+/// oldest first, a page at a time.
 pub async fn list_orders(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let shopper = authenticate(app, req)?;
-    let orders = app.store.list_for_user(shopper.user).await?;
-    Ok(json(StatusCode::OK, &json!({ "orders": orders })))
+    let params = listing::query(req, &["status", "limit", "after"])?;
+    let mut filter = listing::order_filter(&params)?;
+    filter.user = Some(shopper.user);
+    let limit = filter.limit;
+    let orders = app.store.search(filter).await?;
+    let page = listing::order_page(&orders, limit, |o| {
+        serde_json::to_value(o).unwrap_or(serde_json::Value::Null)
+    });
+    Ok(json(StatusCode::OK, &page))
 }
 
 pub(super) fn no_order() -> ApiError {

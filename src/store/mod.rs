@@ -41,7 +41,7 @@ pub use address_rows::AddOutcome;
 pub use after_sale_rows::AfterSaleOutcome;
 pub use coupon_rows::{ClaimOutcome, CouponRefusal, CouponRow};
 pub use intent_rows::{IntentOutcome, IntentRequest};
-pub use orders::{db_time, EditOutcome};
+pub use orders::{db_time, EditOutcome, OrderFilter};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -514,6 +514,20 @@ impl OrderStore {
 
     pub async fn list_for_user(&self, user: UserId) -> Result<Vec<Order>, StoreError> {
         read!(self, READ_TIMEOUT, |db| orders::list_for_user(db, &user))
+    }
+
+    /// Orders matching `filter`, oldest first (shoppers' and operators' listings).
+    pub async fn search(&self, filter: OrderFilter) -> Result<Vec<Order>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| orders::search(db, &filter))
+    }
+
+    /// Up to `limit` order events after `after`, oldest first.
+    pub async fn events_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::events::StoredEvent>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| event_rows::after(db, after, limit))
     }
 
     /// Every order of one round, with its key: what a round Redis may have

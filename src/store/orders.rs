@@ -291,28 +291,67 @@ pub async fn get<S: Sql>(db: &mut S, id: &OrderId) -> Result<Option<Order>, Stor
         .pop())
 }
 
-/// A shopper's orders, oldest first. Two partial indexes hold them: unpaid
-/// orders (few: at most the stock of the rounds on sale) and the rest (every
-/// order ever). A win lands only in the small one, so a reserve's insert
-/// costs the same with five million orders stored as with none; the big
-/// one is written when the order is paid, cancelled or expires.
-pub async fn list_for_user<S: Sql>(db: &mut S, user: &UserId) -> Result<Vec<Order>, StoreError> {
-    db.rows(&user_orders_sql(ORDER_COLUMNS), &[user.as_str().into()])
+/// Which orders a listing shows: the filters set, after `after` (an
+/// order id: ids sort in time order), at most `limit`.
+#[derive(Debug, Clone, Default)]
+pub struct OrderFilter {
+    pub user: Option<UserId>,
+    pub drop: Option<DropId>,
+    pub status: Option<OrderStatus>,
+    pub after: Option<OrderId>,
+    pub limit: usize,
+}
+
+/// Orders matching `filter`, oldest first. A shopper's orders are held by
+/// two partial indexes: unpaid orders (few: at most the stock of the
+/// rounds on sale) and the rest (every order ever). A win lands only in
+/// the small one, so a reserve's insert costs the same with five million
+/// orders stored as with none; the big one is written when the order is
+/// paid, cancelled or expires.
+pub async fn search<S: Sql>(db: &mut S, filter: &OrderFilter) -> Result<Vec<Order>, StoreError> {
+    let sql = search_sql(ORDER_COLUMNS, filter.user.is_some());
+    let params = [
+        filter.user.as_ref().map(UserId::as_str).into(),
+        filter.drop.as_ref().map(DropId::as_str).into(),
+        filter.status.map(OrderStatus::as_str).into(),
+        filter.after.as_ref().map_or("", OrderId::as_str).into(),
+        Value::Int(i64::try_from(filter.limit).unwrap_or(i64::MAX)),
+    ];
+    db.rows(&sql, &params)
         .await?
         .iter()
         .map(order_from)
         .collect()
 }
 
-/// The statement behind [`list_for_user`], selecting `columns`; each half's
-/// condition is its partial index's, word for word, or the index is not used.
-pub(crate) fn user_orders_sql(columns: &str) -> String {
-    format!(
-        "SELECT {columns} FROM orders WHERE user_id = $1 AND status = 'pending_payment' \
-         UNION ALL \
-         SELECT {columns} FROM orders WHERE user_id = $1 AND status <> 'pending_payment' \
-         ORDER BY id"
-    )
+/// Every order of one shopper, oldest first.
+pub async fn list_for_user<S: Sql>(db: &mut S, user: &UserId) -> Result<Vec<Order>, StoreError> {
+    let filter = OrderFilter {
+        user: Some(user.clone()),
+        limit: usize::MAX,
+        ..OrderFilter::default()
+    };
+    search(db, &filter).await
+}
+
+/// The statement behind [`search`], selecting `columns`; parameters: user,
+/// drop, status, after, limit. With a user, each half's condition is its
+/// partial index's, word for word, or the index is not used.
+pub(crate) fn search_sql(columns: &str, by_user: bool) -> String {
+    let rest = "AND (CAST($2 AS TEXT) IS NULL OR drop_id = $2) \
+                AND (CAST($3 AS TEXT) IS NULL OR status = $3) AND id > $4";
+    if by_user {
+        format!(
+            "SELECT {columns} FROM orders WHERE user_id = $1 AND status = 'pending_payment' {rest} \
+             UNION ALL \
+             SELECT {columns} FROM orders WHERE user_id = $1 AND status <> 'pending_payment' {rest} \
+             ORDER BY id LIMIT $5"
+        )
+    } else {
+        format!(
+            "SELECT {columns} FROM orders WHERE CAST($1 AS TEXT) IS NULL {rest} ORDER BY id LIMIT $5"
+        )
+    }
 }
 
 /// Every order of one round with its key: what a round Redis may have lost

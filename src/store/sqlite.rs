@@ -485,10 +485,13 @@ mod tests {
         let plan: Vec<String> = conn
             .prepare(&format!(
                 "EXPLAIN QUERY PLAN {}",
-                orders::user_orders_sql("id")
+                orders::search_sql("id", true)
             ))
             .unwrap()
-            .query_map(["alice"], |r| r.get(3))
+            .query_map(
+                rusqlite::params!["alice", None::<String>, None::<String>, "", 50],
+                |r| r.get(3),
+            )
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();

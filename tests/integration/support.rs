@@ -29,6 +29,7 @@ use dropgate::{auth, App, Database, EngineChoice};
 pub const JWT_SECRET: &str = "test-jwt-secret-of-at-least-32-bytes";
 pub const ADMIN_TOKEN: &str = "test-admin-token-of-at-least-32-bytes";
 pub const PAYMENT_SECRET: &str = "test-payment-secret-of-at-least-32-bytes";
+pub const LOGISTICS_SECRET: &str = "test-logistics-secret-of-at-least-32-bytes";
 
 /// Logs go to the test output only when TEST_LOG is set.
 pub fn init_logging() {
@@ -59,6 +60,7 @@ listen = "127.0.0.1:0"
 jwt_secret = "{JWT_SECRET}"
 admin_token = "{ADMIN_TOKEN}"
 payment_secret = "{PAYMENT_SECRET}"
+logistics_secret = "{LOGISTICS_SECRET}"
 [limits]
 {limits}
 [server]
