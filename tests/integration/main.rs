@@ -4,6 +4,7 @@
 mod abuse;
 mod admin;
 mod admission;
+mod after_sale;
 mod checkout;
 mod conformance;
 mod contract;

@@ -279,6 +279,30 @@ impl Http {
         .await
     }
 
+    /// Sends a carrier's notice, signed with the logistics secret.
+    pub async fn notify_logistics(&self, notice: &str) -> Reply {
+        let signature = dropgate::payment::sign(LOGISTICS_SECRET.as_bytes(), notice.as_bytes());
+        self.post_with(
+            "/api/v1/logistics/notify",
+            None,
+            &[("x-signature", &signature)],
+            notice,
+        )
+        .await
+    }
+
+    /// Sends the gateway's refund confirmation, signed with the payment secret.
+    pub async fn notify_refund(&self, notice: &str) -> Reply {
+        let signature = dropgate::payment::sign(PAYMENT_SECRET.as_bytes(), notice.as_bytes());
+        self.post_with(
+            "/api/v1/payments/refund-notify",
+            None,
+            &[("x-signature", &signature)],
+            notice,
+        )
+        .await
+    }
+
     /// Calls the admin API with the admin token.
     pub async fn admin(&self, method: Method, path: &str, body: &str) -> Reply {
         let auth = format!("Bearer {ADMIN_TOKEN}");
@@ -691,6 +715,27 @@ impl Audit {
 
     pub async fn status_of(&self, id: &str) -> String {
         self.stored_status(id).await.expect("the order is stored")
+    }
+
+    /// The types of the order's events in the store, oldest first.
+    pub async fn event_types(&self, order: &str) -> Vec<String> {
+        let sql = "SELECT type FROM order_events WHERE order_id = $1 ORDER BY id";
+        match self {
+            Audit::Sqlite(db) => {
+                let mut stmt = db.prepare(sql).unwrap();
+                stmt.query_map([order], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap()
+            }
+            Audit::Postgres(client) => client
+                .query(sql, &[&order])
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect(),
+        }
     }
 
     /// The order's status, or None while the store does not have it.
