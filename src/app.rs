@@ -82,6 +82,8 @@ pub struct App {
     pub promotions: LivePromotions,
     /// The store's payment rules (`[payments]`); drops may override them.
     pub payments: crate::payment_rules::PaymentRules,
+    /// Where order events are pushed (`[[webhooks]]`).
+    pub webhooks: Vec<crate::webhooks::Webhook>,
 }
 
 impl App {
@@ -136,6 +138,7 @@ impl App {
             redis_writer,
             promotions,
             payments: config.payments,
+            webhooks: config.webhooks,
         });
         Ok(app)
     }

@@ -19,6 +19,7 @@ use crate::payment_rules::{DropPayments, PaymentRules};
 use crate::presale::BalanceWindow;
 use crate::schedule::{Timing, WeeklySchedule};
 use crate::shipping::ShipPlan;
+use crate::webhooks::Webhook;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -67,6 +68,8 @@ pub struct Config {
     pub promotions: Vec<(crate::promotions::Definition, crate::pricing::Promotion)>,
     /// `[payments]`: the methods and their rules, unless a drop overrides them.
     pub payments: PaymentRules,
+    /// `[[webhooks]]`: where order events are pushed.
+    pub webhooks: Vec<Webhook>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +108,9 @@ pub struct ServerSettings {
     /// else the header is ignored, or a client could pick its own address
     /// and slip past the per-address bucket.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Order events older than this are deleted (unless a webhook still
+    /// has to retry them); None keeps every event.
+    pub events_retention: Option<SignedDuration>,
 }
 
 impl Default for ServerSettings {
@@ -118,6 +124,7 @@ impl Default for ServerSettings {
             sweep_interval: Duration::from_secs(1),
             claim_idle: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            events_retention: Some(DEFAULT_EVENTS_RETENTION),
         }
     }
 }
@@ -138,6 +145,15 @@ struct ConfigFile {
     promotions: Vec<crate::promotions::Definition>,
     #[serde(default)]
     payments: PaymentsSection,
+    #[serde(default)]
+    webhooks: Vec<WebhookSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSection {
+    url: String,
+    secret: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +185,8 @@ struct ServerSection {
     claim_idle: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    /// A duration ("30d"), or "forever".
+    events_retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,6 +312,7 @@ impl Config {
             promotions.push((definition, promotion));
         }
         Ok(Self {
+            webhooks: parse_webhooks(file.webhooks)?,
             promotions,
             payments: parse_payments(file.payments)?,
             listen,
@@ -382,7 +401,23 @@ fn parse_server(section: ServerSection) -> Result<ServerSettings, ConfigError> {
             .and_then(|d| d.try_into().map_err(|_| "out of range".to_string()))
             .map_err(|m| field_error(format!("server.{field}"), m)),
     };
+    let events_retention = match section.events_retention.as_deref() {
+        None => defaults.events_retention,
+        Some("forever") => None,
+        Some(raw) => {
+            let retention =
+                parse_days(raw).map_err(|m| field_error("server.events_retention", m))?;
+            if retention < MIN_EVENTS_RETENTION {
+                return Err(field_error(
+                    "server.events_retention",
+                    "must be at least 2 days: webhooks are retried for 24 h",
+                ));
+            }
+            Some(retention)
+        }
+    };
     let settings = ServerSettings {
+        events_retention,
         max_connections: section.max_connections.unwrap_or(defaults.max_connections),
         header_read_timeout: duration(
             "header_read_timeout",
@@ -426,6 +461,47 @@ fn parse_server(section: ServerSection) -> Result<ServerSettings, ConfigError> {
         return Err(field_error("server.max_body_bytes", "must be at least 1"));
     }
     Ok(settings)
+}
+
+/// Each webhook: an http:// URL, once, and a secret as long as any other.
+fn parse_webhooks(sections: Vec<WebhookSection>) -> Result<Vec<Webhook>, ConfigError> {
+    let mut hooks: Vec<Webhook> = Vec::with_capacity(sections.len());
+    for (i, section) in sections.into_iter().enumerate() {
+        let field = |name: &str| format!("webhooks[{i}].{name}");
+        let url =
+            crate::webhooks::parse_url(&section.url).map_err(|m| field_error(field("url"), m))?;
+        if hooks.iter().any(|h| h.url == url) {
+            return Err(field_error(field("url"), "two webhooks have this URL"));
+        }
+        if section.secret.len() < MIN_SECRET_BYTES {
+            return Err(field_error(
+                field("secret"),
+                format!("at least {MIN_SECRET_BYTES} bytes are needed"),
+            ));
+        }
+        hooks.push(Webhook {
+            url,
+            secret: section.secret,
+        });
+    }
+    Ok(hooks)
+}
+
+/// Order events are kept this long unless `server.events_retention` says.
+pub const DEFAULT_EVENTS_RETENTION: SignedDuration = SignedDuration::from_hours(24 * 30);
+const MIN_EVENTS_RETENTION: SignedDuration = SignedDuration::from_hours(48);
+
+/// Parses a duration that may count days ("30d", "7d 12h"), a day being 24 h.
+fn parse_days(raw: &str) -> Result<SignedDuration, String> {
+    let wrong = || format!("{raw:?} is not a duration like \"30d\" or \"forever\"");
+    let span: jiff::Span = raw.parse().map_err(|_| wrong())?;
+    let duration = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| wrong())?;
+    if duration <= SignedDuration::ZERO {
+        return Err(wrong());
+    }
+    Ok(duration)
 }
 
 /// Parses durations such as `"15m"`, `"2h"`, `"1h30m"` or `"500ms"`.
@@ -926,6 +1002,38 @@ mod tests {
         );
         let short = GOOD.replace("pppppppppppppppppppppppppppppppppppp", &"p".repeat(31));
         assert!(error_of(&short).contains("auth.payment_secret"));
+    }
+
+    #[test]
+    fn events_are_kept_days_or_forever_but_never_less_than_two_days() {
+        let with = |server: &str, hooks: &str| {
+            let text = GOOD.replace("[limits]", &format!("[server]\n{server}\n[limits]")) + hooks;
+            Config::from_toml(&text, SecretSource::Environment)
+        };
+        let kept = |c: Config| c.server.events_retention.map(|d| d.as_hours());
+        assert_eq!(kept(with("", "").unwrap()), Some(24 * 30));
+        assert_eq!(
+            kept(with("events_retention = \"7d\"", "").unwrap()),
+            Some(24 * 7)
+        );
+        assert_eq!(
+            kept(with("events_retention = \"forever\"", "").unwrap()),
+            None
+        );
+        let short = with("events_retention = \"1d\"", "")
+            .unwrap_err()
+            .to_string();
+        assert!(short.contains("server.events_retention"), "{short}");
+        let hook = "\n[[webhooks]]\nurl = \"http://127.0.0.1:9000/events\"\nsecret = \"wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww\"\n";
+        assert_eq!(with("", hook).unwrap().webhooks.len(), 1);
+        let twice = with("", &format!("{hook}{hook}")).unwrap_err().to_string();
+        assert!(twice.contains("webhooks[1].url"), "{twice}");
+        let weak = with(
+            "",
+            &hook.replace("wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww", "short"),
+        )
+        .unwrap_err();
+        assert!(weak.to_string().contains("webhooks[0].secret"), "{weak}");
     }
 
     #[test]

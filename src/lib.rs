@@ -22,6 +22,9 @@
 //!   notification signatures; the methods an order may be paid with.
 //! - [`presale`]: the balance window of presale drops.
 //! - [`http`]: the hyper server, routing and handlers.
+//! - [`after_sale`], [`shipping`]: refunds, returns, invoices, the carrier's
+//!   notices; ship dates and return windows.
+//! - [`events`], [`webhooks`]: order events and their delivery to webhooks.
 //! - [`telemetry`], [`upkeep`]: metrics; periodic pruning and drop loading.
 //! - [`app`]: the shared state, put together from the configuration.
 
@@ -56,6 +59,7 @@ pub mod store;
 pub mod sweeper;
 pub mod telemetry;
 pub mod upkeep;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -82,11 +86,13 @@ pub async fn run(
     let (stop_background, stop) = watch::channel(false);
     telemetry::recorder();
     let sweeper = tokio::spawn(sweeper::run(app.clone(), stop.clone()));
+    let webhooks = tokio::spawn(webhooks::run(app.clone(), stop.clone()));
     let upkeep = tokio::spawn(upkeep::run(app.clone(), stop));
     http::serve(listener, app.clone(), shutdown).await;
     let _ = stop_background.send(true);
     let _ = sweeper.await;
     let _ = upkeep.await;
+    let _ = webhooks.await;
     if let Some(writer) = &app.redis_writer {
         writer.drain_and_stop().await;
     }

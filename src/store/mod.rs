@@ -15,6 +15,7 @@ mod postgres;
 mod promotion_rows;
 mod sql;
 mod sqlite;
+mod webhook_rows;
 mod writer;
 
 use std::future::Future;
@@ -42,6 +43,7 @@ pub use after_sale_rows::AfterSaleOutcome;
 pub use coupon_rows::{ClaimOutcome, CouponRefusal, CouponRow};
 pub use intent_rows::{IntentOutcome, IntentRequest};
 pub use orders::{db_time, EditOutcome, OrderFilter};
+pub use webhook_rows::{Deliveries, Retry};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -738,6 +740,94 @@ impl OrderStore {
             id,
             user,
             coupon_id,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// The events with these ids that are still kept, oldest first.
+    pub async fn events_by_ids(
+        &self,
+        ids: Vec<i64>,
+    ) -> Result<Vec<crate::events::StoredEvent>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| event_rows::by_ids(db, &ids))
+    }
+
+    /// The highest event id (0 when there is none).
+    pub async fn last_event_id(&self) -> Result<i64, StoreError> {
+        read!(self, READ_TIMEOUT, |db| event_rows::last_id(db))
+    }
+
+    /// Deletes up to `max` events older than `before` that no webhook
+    /// still has to retry; how many went.
+    pub async fn prune_events(&self, before: Timestamp, max: usize) -> Result<u64, StoreError> {
+        self.write(|reply| Job::PruneEvents { before, max, reply })
+            .await
+    }
+
+    /// How far `webhook` has been handed events.
+    pub async fn webhook_cursor(&self, webhook: String) -> Result<i64, StoreError> {
+        read!(self, READ_TIMEOUT, |db| webhook_rows::cursor(db, &webhook))
+    }
+
+    /// Retries due for `webhook`, first in line for their order.
+    pub async fn retries_due(
+        &self,
+        webhook: String,
+        now: Timestamp,
+        max: usize,
+    ) -> Result<Vec<Retry>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| webhook_rows::due(
+            db, &webhook, now, max
+        ))
+    }
+
+    /// Which of `orders` have events waiting for `webhook`.
+    pub async fn waiting_orders(
+        &self,
+        webhook: String,
+        orders: Vec<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        read!(self, READ_TIMEOUT, |db| webhook_rows::waiting_orders(
+            db, &webhook, &orders
+        ))
+    }
+
+    /// Deliveries waiting for `webhook`, and the time of the oldest's event.
+    pub async fn webhook_backlog(
+        &self,
+        webhook: String,
+    ) -> Result<(i64, Option<Timestamp>), StoreError> {
+        read!(self, READ_TIMEOUT, |db| webhook_rows::backlog(db, &webhook))
+    }
+
+    /// Records one dispatch round of `webhook`.
+    pub async fn save_deliveries(
+        &self,
+        webhook: String,
+        deliveries: Deliveries,
+    ) -> Result<(), StoreError> {
+        self.write(|reply| Job::SaveDeliveries {
+            webhook,
+            deliveries,
+            reply,
+        })
+        .await
+    }
+
+    /// Takes or renews lease `name` for `holder` until `until`.
+    pub async fn take_lease(
+        &self,
+        name: &'static str,
+        holder: String,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.write(|reply| Job::TakeLease {
+            name,
+            holder,
+            until,
             now,
             reply,
         })

@@ -16,10 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::address_rows::{self, AddOutcome};
 use super::after_sale_rows::{self, AfterSaleOutcome};
 use super::coupon_rows::{self, ClaimOutcome};
-use super::event_rows::Recorded;
+use super::event_rows::{self, Recorded};
 use super::intent_rows::{self, IntentOutcome, IntentRequest};
 use super::orders::{self, EditOutcome};
 use super::sql::Sql;
+use super::webhook_rows::{self, Deliveries};
 use super::{promotion_rows, CancelOutcome, Keyed, PayOutcome, RestockRecord, StoreError};
 use crate::address::Address;
 use crate::after_sale;
@@ -144,6 +145,23 @@ pub(crate) enum Job {
         now: Timestamp,
         reply: Reply<EditOutcome>,
     },
+    SaveDeliveries {
+        webhook: String,
+        deliveries: Deliveries,
+        reply: Reply<()>,
+    },
+    TakeLease {
+        name: &'static str,
+        holder: String,
+        until: Timestamp,
+        now: Timestamp,
+        reply: Reply<bool>,
+    },
+    PruneEvents {
+        before: Timestamp,
+        max: usize,
+        reply: Reply<u64>,
+    },
     Flush {
         reply: Reply<()>,
     },
@@ -240,6 +258,9 @@ impl Job {
             Job::SaveCouponBatch { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::ClaimCoupon { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::SetOrderCoupon { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::SaveDeliveries { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::TakeLease { reply, .. } => Ran::of(reply, Err(not_run())),
+            Job::PruneEvents { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::Flush { reply } => Ran::of(reply, Ok(())),
         }
     }
@@ -376,6 +397,24 @@ impl Job {
                 reply,
                 coupon_rows::set_order_coupon(db, &id, &user, coupon_id.as_deref(), now)
             ),
+            Job::SaveDeliveries {
+                webhook,
+                deliveries,
+                reply,
+            } => savepointed!(reply, webhook_rows::save(db, &webhook, &deliveries)),
+            Job::TakeLease {
+                name,
+                holder,
+                until,
+                now,
+                reply,
+            } => savepointed!(
+                reply,
+                webhook_rows::take_lease(db, name, &holder, until, now)
+            ),
+            Job::PruneEvents { before, max, reply } => {
+                savepointed!(reply, event_rows::prune(db, before, max))
+            }
         }
     }
 }
