@@ -72,7 +72,7 @@ pub fn parse_url(raw: &str) -> Result<Uri, String> {
 /// How often a dispatch round runs.
 const ROUND_EVERY: Duration = Duration::from_millis(200);
 /// A dispatcher's lease lasts this long unless renewed (every round).
-const LEASE: SignedDuration = SignedDuration::from_secs(10);
+const LEASE: SignedDuration = SignedDuration::from_secs(5);
 /// Events handed over per webhook per round, and retries tried.
 const PER_ROUND: usize = 512;
 /// Orders delivered to at once.

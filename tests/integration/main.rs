@@ -21,3 +21,4 @@ mod retire;
 mod server;
 mod storm;
 mod support;
+mod webhooks;
