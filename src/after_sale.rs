@@ -54,6 +54,8 @@ impl StatusTimes {
     /// Records the first time `status` was reached; a status reached again
     /// (a refund rejected back to `paid`) keeps its first time.
     pub fn reach(&mut self, status: OrderStatus, at: Timestamp) {
+        // Milliseconds, as every other time of an order.
+        let at = Timestamp::from_millisecond(at.as_millisecond()).unwrap_or(at);
         self.0.entry(status).or_insert(at);
     }
 
