@@ -5,9 +5,11 @@
 // limit. After the drop the script reads the operators' stats and shoppers'
 // orders, takes the sampled shoppers' pending orders through checkout
 // (addresses, coupons, payment methods, some never paying: lib/checkout.js)
-// and fails the run if an invariant broke or checkout answered other than
-// the API says. `loadtest/run` then audits the store: units, limits, the
-// money and coupon single use.
+// and on after the payment (shipping, delivery, refunds, returns, invoices,
+// cancels: lib/after_sale.js), and fails the run if an invariant broke or
+// an answer was other than the API says. `loadtest/run` then audits the
+// store: units, limits, the money, coupon single use, and the order events
+// against the orders.
 //
 //   loadtest/run drop-day            (starts dropgate and everything else)
 //   k6 run -e BASE_URL=... -e JWT_SECRET=... -e ADMIN_TOKEN=... -e DROP=... \
@@ -22,11 +24,13 @@ import { check, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import { tokenFor } from './lib/token.js';
 import { checkout, createCoupons } from './lib/checkout.js';
+import { afterSale } from './lib/after_sale.js';
 
 const BASE = __ENV.BASE_URL;
 const SECRET = __ENV.JWT_SECRET;
 const ADMIN_TOKEN = __ENV.ADMIN_TOKEN;
 const PAYMENT_SECRET = __ENV.PAYMENT_SECRET;
+const LOGISTICS_SECRET = __ENV.LOGISTICS_SECRET;
 const DROP = __ENV.DROP;
 const SKU = __ENV.SKU;
 const STOCK = parseInt(__ENV.STOCK || '5000', 10);
@@ -52,6 +56,7 @@ const limitViolations = new Counter('limit_violations');
 const leakedOrders = new Counter('leaked_orders');
 const checkoutErrors = new Counter('checkout_errors');
 const checkouts = new Counter('checkouts');
+const afterSaleErrors = new Counter('after_sale_errors');
 
 const EXPECTED = [200, 201, 409, 429, 503];
 http.setResponseCallback(http.expectedStatuses(...EXPECTED));
@@ -82,6 +87,7 @@ export const options = {
     limit_violations: ['count==0'],
     leaked_orders: ['count==0'],
     checkout_errors: ['count==0'],
+    after_sale_errors: ['count==0'],
     won: [`count<=${STOCK}`],
     'http_req_duration{expected_response:true}': ['p(99)<250'],
   },
@@ -185,7 +191,8 @@ export function teardown(data) {
 
   let audited = 0;
   const outcomes = {};
-  const secrets = { jwt: SECRET, payment: PAYMENT_SECRET };
+  const secrets = { jwt: SECRET, payment: PAYMENT_SECRET, logistics: LOGISTICS_SECRET, admin: ADMIN_TOKEN };
+  const after = {};
   for (let n = 0; n < Math.min(USERS, AUDIT_USERS); n++) {
     const user = `shopper-${Math.floor(Math.random() * USERS)}`;
     const res = http.get(`${BASE}/api/v1/orders`, { headers: shopper(user) });
@@ -202,6 +209,14 @@ export function teardown(data) {
       outcomes[outcome] = (outcomes[outcome] || 0) + 1;
       checkouts.add(1);
     }
+    // Then on after the payment: shipping, delivery, refunds, returns.
+    const now = http.get(`${BASE}/api/v1/orders?limit=500`, { headers: shopper(user) });
+    if (now.status !== 200) continue;
+    for (const order of now.json('orders')) {
+      const left = afterSale(BASE, secrets, user, order, () => afterSaleErrors.add(1));
+      after[left] = (after[left] || 0) + 1;
+    }
   }
-  console.log(`read back the orders of ${audited} shoppers; checkouts: ${JSON.stringify(outcomes)}`);
+  console.log(`read back the orders of ${audited} shoppers; checkouts: ${JSON.stringify(outcomes)}; ` +
+    `after the payment: ${JSON.stringify(after)}`);
 }
