@@ -9,26 +9,8 @@
 // anything else. Returns the status each order was left in.
 
 import http from 'k6/http';
-import { sleep } from 'k6';
 import { tokenFor, signNotice } from './token.js';
-
-function patient(send) {
-  let res = send();
-  for (let tries = 0; res.status === 429 && tries < 5; tries++) {
-    sleep(parseInt(res.headers['Retry-After'] || '1', 10));
-    res = send();
-  }
-  return res;
-}
-
-function expect(res, statuses, what, report) {
-  if (!statuses.includes(res.status)) {
-    report(what);
-    console.error(`after sale: ${what} answered ${res.status}: ${res.body}`);
-    return false;
-  }
-  return true;
-}
+import { patient, expect } from './checkout.js';
 
 function signed(base, path, secret, body) {
   const text = JSON.stringify(body);

@@ -22,7 +22,7 @@ function headers(secret, user, student) {
 
 // A shopper's app honours Retry-After: the per-shopper bucket (5/s by
 // default) meets a shopper who checks out two orders in one go.
-function patient(send) {
+export function patient(send) {
   let res = send();
   for (let tries = 0; res.status === 429 && tries < 5; tries++) {
     sleep(parseInt(res.headers['Retry-After'] || '1', 10));
@@ -31,10 +31,10 @@ function patient(send) {
   return res;
 }
 
-function expect(res, statuses, what, report) {
+export function expect(res, statuses, what, report) {
   if (!statuses.includes(res.status)) {
     report(what);
-    console.error(`checkout: ${what} answered ${res.status}: ${res.body}`);
+    console.error(`${what} answered ${res.status}: ${res.body}`);
     return false;
   }
   return true;

@@ -166,7 +166,7 @@ pub async fn request_invoice(
 }
 
 /// The body of a request signed with `secret` in `X-Signature`.
-async fn signed_body(
+pub(super) async fn signed_body(
     req: Request<Incoming>,
     app: &App,
     secret: &str,

@@ -3,29 +3,16 @@
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
+use super::after_sale::signed_body;
 use super::error::ApiError;
-use super::json::{json, read_body, HttpResponse};
+use super::json::{json, HttpResponse};
 use crate::app::App;
 use crate::lifecycle;
-use crate::payment::{parse_notice, signature_is_valid};
+use crate::payment::parse_notice;
 use crate::store::PayOutcome;
 
 pub async fn notify(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let signature = req
-        .headers()
-        .get("x-signature")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = read_body(req, &app.settings).await?;
-    if !signature_is_valid(
-        app.secrets.payment_secret.as_bytes(),
-        &body,
-        signature.as_deref(),
-    ) {
-        return Err(ApiError::Unauthorized(
-            "X-Signature does not match the body".into(),
-        ));
-    }
+    let body = signed_body(req, app, &app.secrets.payment_secret).await?;
     let notice = parse_notice(&body)?;
     match lifecycle::pay(app, notice).await? {
         PayOutcome::Paid(order) | PayOutcome::AlreadyRecorded(order) => {
