@@ -11,7 +11,7 @@
 use jiff::Timestamp;
 
 use super::orders::db_time;
-use super::sql::{Column, Insert, Row, Sql, Value};
+use super::sql::{Column, Dialect, Insert, Row, Sql, Value};
 use super::StoreError;
 use crate::events::{NewEvent, StoredEvent};
 use crate::order::Order;
@@ -25,6 +25,26 @@ const EVENTS: Insert = Insert {
         ("body", Column::Text),
     ],
 };
+
+/// Events per multi-row insert on SQLite (4 parameters each).
+const SQLITE_CHUNK: usize = 64;
+
+/// `INSERT INTO order_events … VALUES (…), (…), …` for [`SQLITE_CHUNK`] rows.
+fn sqlite_chunk_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let rows: Vec<String> = (0..SQLITE_CHUNK)
+            .map(|r| {
+                let n = r * 4;
+                format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
+            })
+            .collect();
+        format!(
+            "INSERT INTO order_events (order_id, type, at, body) VALUES {}",
+            rows.join(", ")
+        )
+    })
+}
 
 /// The writer's transaction, collecting the events of its changes; they
 /// are inserted together just before the commit ([`Recorded::insert_events`]).
@@ -59,7 +79,7 @@ impl<'a, S: Sql> Recorded<'a, S> {
         if let Some(lock) = self.db.dialect().lock_key() {
             self.db.rows(lock, &["order_events".into()]).await?;
         }
-        let rows = self
+        let rows: Vec<Vec<Value<'_>>> = self
             .events
             .drain(..)
             .map(|e| {
@@ -71,7 +91,23 @@ impl<'a, S: Sql> Recorded<'a, S> {
                 ]
             })
             .collect();
-        self.db.insert(&EVENTS, rows).await.map(drop)
+        if self.db.dialect() == Dialect::Postgres {
+            // One statement already: every row in arrays.
+            return self.db.insert(&EVENTS, rows).await.map(drop);
+        }
+        // SQLite inserts a row per statement; a win's event rides on the
+        // reserve path, so whole chunks go in one multi-row statement.
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<Vec<Value<'_>>> = rows.by_ref().take(SQLITE_CHUNK).collect();
+            if chunk.len() < SQLITE_CHUNK {
+                self.db.insert(&EVENTS, chunk).await?;
+                break;
+            }
+            let params: Vec<Value<'_>> = chunk.into_iter().flatten().collect();
+            self.db.execute(sqlite_chunk_sql(), &params).await?;
+        }
+        Ok(())
     }
 }
 
