@@ -166,11 +166,6 @@ impl App {
         self.engine.retire(&retired).await
     }
 
-    /// True once `round` is over: its units never come back.
-    pub fn is_retired(&self, round: &RoundId) -> bool {
-        self.catalog.is_retired(round, self.clock.now())
-    }
-
     /// True while `round` is the one on sale: units given back now can
     /// still sell. After it closes they do not come back.
     pub fn is_on_sale(&self, round: &RoundId) -> bool {

@@ -77,6 +77,16 @@ pub fn signature_is_valid(secret: &[u8], body: &[u8], signature: Option<&str>) -
     mac.verify_slice(&expected).is_ok()
 }
 
+/// A gateway's own id (a transaction, a refund): 1-128 visible ASCII characters.
+pub fn check_reference(field: &str, raw: &str) -> Result<(), InvalidValue> {
+    if raw.is_empty() || raw.len() > 128 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(InvalidValue(format!(
+            "{field} must be 1-128 visible ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
 pub fn parse_notice(body: &[u8]) -> Result<PaymentNotice, InvalidValue> {
     let raw: NoticeBody =
         serde_json::from_slice(body).map_err(|e| InvalidValue(format!("bad notification: {e}")))?;
@@ -89,12 +99,7 @@ pub fn parse_notice(body: &[u8]) -> Result<PaymentNotice, InvalidValue> {
             ))
         }
     };
-    let tx = &raw.transaction_id;
-    if tx.is_empty() || tx.len() > 128 || !tx.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(InvalidValue(
-            "transaction_id must be 1-128 visible ASCII characters".into(),
-        ));
-    }
+    check_reference("transaction_id", &raw.transaction_id)?;
     Ok(PaymentNotice {
         order_id: OrderId::parse(&raw.order_id)?,
         transaction_id: raw.transaction_id,

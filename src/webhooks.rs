@@ -221,9 +221,9 @@ async fn dispatch_round(app: &App, client: &HttpClient, hook: &Webhook) -> Resul
         deliveries.done.extend(outcome.done);
         deliveries.retries.extend(outcome.retries);
     }
-    let label = hook.label();
+    let cursor = deliveries.cursor.unwrap_or(cursor);
     app.store.save_deliveries(key.clone(), deliveries).await?;
-    report_backlog(app, &key, &label).await
+    report_backlog(app, &key, &hook.label(), cursor).await
 }
 
 /// What one try is of.
@@ -321,8 +321,7 @@ async fn post(client: &HttpClient, hook: &Webhook, event: &StoredEvent) -> Resul
 
 /// `dropgate_webhook_pending` and `dropgate_webhook_lag_seconds`: the
 /// deliveries waiting, and the age of the oldest event not yet delivered.
-async fn report_backlog(app: &App, key: &str, label: &str) -> Result<(), StoreError> {
-    let cursor = app.store.webhook_cursor(key.to_owned()).await?;
+async fn report_backlog(app: &App, key: &str, label: &str, cursor: i64) -> Result<(), StoreError> {
     let (retrying, oldest_retry) = app.store.webhook_backlog(key.to_owned()).await?;
     let last = app.store.last_event_id().await?;
     let next_fresh = app.store.events_after(cursor, 1).await?;

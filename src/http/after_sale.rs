@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::domain::{OrderId, UserId};
 use crate::lifecycle;
 use crate::money::{parse_amount, with_cents};
-use crate::payment::signature_is_valid;
+use crate::payment::{check_reference, signature_is_valid};
 use crate::store::AfterSaleOutcome;
 
 /// Longest free text a shopper or operator may attach (reason, note, title).
@@ -235,14 +235,7 @@ pub async fn refund_notify(app: &App, req: Request<Incoming>) -> Result<HttpResp
     let notice: RefundNotice = parse(&body)?;
     let id = OrderId::parse(&notice.order_id).map_err(|_| no_order())?;
     let refund_id = notice.refund_id.trim();
-    if refund_id.is_empty()
-        || refund_id.len() > 128
-        || !refund_id.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(ApiError::InvalidRequest(
-            "refund_id must be 1-128 visible ASCII characters".into(),
-        ));
-    }
+    check_reference("refund_id", refund_id)?;
     let request = after_sale::Request::ConfirmRefund {
         refund_id: refund_id.to_owned(),
         amount: parse_amount(&notice.amount)?,

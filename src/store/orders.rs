@@ -82,11 +82,7 @@ pub(super) fn order_from(row: &Row) -> Result<Order, StoreError> {
         let raw = row.text(i)?;
         parse_amount(&raw).map_err(|_| corrupt("amount", &raw))
     };
-    let opt_time = |i: usize| -> Result<Option<Timestamp>, StoreError> {
-        row.opt_text(i)?
-            .map(|raw| raw.parse().map_err(|_| corrupt("time", &raw)))
-            .transpose()
-    };
+    let opt_time = |i: usize| opt_time(row, i);
     let status = row.text(6)?;
     let amount_due = money(8)?;
     let deposit_due = money(9)?;
@@ -147,6 +143,16 @@ pub(super) fn order_from(row: &Row) -> Result<Order, StoreError> {
     })
 }
 
+/// An optional time column.
+fn opt_time(row: &Row, i: usize) -> Result<Option<Timestamp>, StoreError> {
+    row.opt_text(i)?
+        .map(|raw| {
+            raw.parse()
+                .map_err(|_| StoreError::Corrupt(format!("time {raw:?}")))
+        })
+        .transpose()
+}
+
 /// The after-sale columns of an order row (`ORDER_COLUMNS` 22 to 30).
 fn after_sale_from(row: &Row, status: &str) -> Result<AfterSale, StoreError> {
     fn json<T: serde::de::DeserializeOwned>(
@@ -161,14 +167,7 @@ fn after_sale_from(row: &Row, status: &str) -> Result<AfterSale, StoreError> {
             })
             .transpose()
     }
-    let time = |i: usize| -> Result<Option<Timestamp>, StoreError> {
-        row.opt_text(i)?
-            .map(|raw| {
-                raw.parse()
-                    .map_err(|_| StoreError::Corrupt(format!("time {raw:?}")))
-            })
-            .transpose()
-    };
+    let time = |i: usize| opt_time(row, i);
     let mut status_times = match row.opt_text(23)? {
         None => StatusTimes::default(),
         Some(raw) => StatusTimes::from_json(&raw)
