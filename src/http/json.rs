@@ -116,7 +116,39 @@ pub async fn read_body(
     Ok(joined.map_or(single, BytesMut::freeze))
 }
 
+/// Every request body of the API is a JSON object. serde would also read a
+/// struct from an array (`["sku", 1]`), which no client means to send.
 pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::InvalidRequest(
+            "invalid JSON body: expected an object".into(),
+        ));
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Body {
+        sku: String,
+        #[serde(default)]
+        quantity: i64,
+    }
+
+    #[test]
+    fn a_body_must_be_an_object() {
+        for bad in [&b"[\"sku\", 1]"[..], b"  [\"\"]", b"\"sku\"", b""] {
+            assert!(
+                matches!(parse::<Body>(bad), Err(ApiError::InvalidRequest(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(parse::<Body>(b" {\"sku\": \"a\"}").unwrap().sku, "a");
+    }
 }
