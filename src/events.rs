@@ -13,6 +13,13 @@ use crate::order::Order;
 /// The event a win writes, with the order's insert.
 pub const CREATED: &str = "order.created";
 
+/// A win's `order.created` event. Rendered where the order is decided, so
+/// that the order writer's one thread, which every win waits on, does not
+/// spend its time serializing.
+pub fn created(order: &Order) -> NewEvent {
+    NewEvent::of(CREATED, order, order.created_at)
+}
+
 /// An event recorded in a transaction, inserted with its commit.
 #[derive(Debug, Clone)]
 pub struct NewEvent {

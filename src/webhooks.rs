@@ -123,10 +123,19 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 continue;
             }
         }
+        let mut behind = false;
         for hook in &app.webhooks {
-            if let Err(e) = dispatch_round(&app, &client, hook).await {
-                tracing::warn!(webhook = %hook.label(), error = %e, "webhook round failed; will retry");
+            match dispatch_round(&app, &client, hook).await {
+                Ok(full) => behind |= full,
+                Err(e) => {
+                    tracing::warn!(webhook = %hook.label(), error = %e, "webhook round failed; will retry")
+                }
             }
+        }
+        if behind {
+            // A backlog (the minute after an opening): the next round
+            // starts now rather than a tick later.
+            tick.reset_immediately();
         }
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(Instant::now());
@@ -159,12 +168,18 @@ async fn prune(app: &App) {
 }
 
 /// One try of each due retry and of each new event, in order per order;
-/// what happened is recorded in one store write.
-async fn dispatch_round(app: &App, client: &HttpClient, hook: &Webhook) -> Result<(), StoreError> {
+/// what happened is recorded in one store write. True when the round took
+/// a full page of new events: more are waiting.
+async fn dispatch_round(
+    app: &App,
+    client: &HttpClient,
+    hook: &Webhook,
+) -> Result<bool, StoreError> {
     let key = hook.key();
     let now = app.clock.now();
     let cursor = app.store.webhook_cursor(key.clone()).await?;
     let fresh = app.store.events_after(cursor, PER_ROUND).await?;
+    let full = fresh.len() == PER_ROUND;
     let due = app.store.retries_due(key.clone(), now, PER_ROUND).await?;
     let fresh_orders: Vec<String> = fresh.iter().map(|e| e.order_id.clone()).collect();
     let waiting: HashSet<String> = app
@@ -223,7 +238,8 @@ async fn dispatch_round(app: &App, client: &HttpClient, hook: &Webhook) -> Resul
     }
     let cursor = deliveries.cursor.unwrap_or(cursor);
     app.store.save_deliveries(key.clone(), deliveries).await?;
-    report_backlog(app, &key, &hook.label(), cursor).await
+    report_backlog(app, &key, &hook.label(), cursor).await?;
+    Ok(full)
 }
 
 /// What one try is of.

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::address::Address;
 use crate::coupons::{Batch, BatchDefinition};
 use crate::domain::{IdempotencyKey, OrderId, RoundId, SkuId, UserId};
+use crate::events;
 use crate::order::{Order, OrderStatus};
 use crate::payment::{PaymentMethod, PaymentNotice};
 use crate::shipping::ShipPlan;
@@ -322,6 +323,7 @@ impl InsertSlot {
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let (reply, result) = oneshot::channel();
         self.0.send(Job::Insert {
+            created: vec![events::created(&order)],
             orders: vec![(order, idempotency)],
             settle: Some(Box::new(settle)),
             reply,
@@ -411,6 +413,10 @@ impl OrderStore {
     /// idempotency key under another id), which were not stored.
     pub async fn insert_many(&self, orders: Vec<Keyed>) -> Result<Vec<OrderId>, StoreError> {
         self.write(|reply| Job::Insert {
+            created: orders
+                .iter()
+                .map(|(order, _)| events::created(order))
+                .collect(),
             orders,
             settle: None,
             reply,

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::after_sale::{AfterSale, StatusTimes};
 use crate::domain::{DropId, IdempotencyKey, OrderId, Quantity, RoundId, SkuId, UserId};
-use crate::events;
+use crate::events::NewEvent;
 use crate::money::{parse_amount, Currency};
 use crate::order::{Order, OrderStatus};
 use crate::order_states::transition;
@@ -396,10 +396,13 @@ pub async fn releases_due<S: Sql>(db: &mut S, max: usize) -> Result<Vec<Order>, 
 /// Inserts new orders; an order already stored (same id) is left as it is,
 /// so the Redis order writer may deliver the same winner twice. Returns the
 /// ids of orders that collide with another stored order (the same
-/// idempotency key under another id): those are not stored.
+/// idempotency key under another id): those are not stored. `created` holds
+/// each order's `order.created` event, in the same order; only those of the
+/// orders stored now are recorded.
 pub async fn insert_orders<S: Sql>(
     db: &mut S,
     orders: &[&Keyed],
+    created: Vec<NewEvent>,
 ) -> Result<HashSet<String>, StoreError> {
     if orders.is_empty() {
         return Ok(HashSet::new());
@@ -434,8 +437,8 @@ pub async fn insert_orders<S: Sql>(
         })
         .collect();
     let inserted = db.insert(&NEW_ORDER, rows).await?;
-    for ((order, _), _) in orders.iter().zip(&inserted).filter(|(_, new)| **new) {
-        event_rows::record(db, events::CREATED, order, order.created_at)?;
+    for (event, _) in created.into_iter().zip(&inserted).filter(|(_, new)| **new) {
+        db.record(event)?;
     }
     if inserted.iter().all(|row| *row) {
         return Ok(HashSet::new());

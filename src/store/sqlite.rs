@@ -255,6 +255,7 @@ fn commit(conn: &mut Connection, jobs: &mut Vec<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::created;
     use crate::order::OrderStatus;
     use crate::order_states::transition;
     use crate::store::event_rows::Recorded;
@@ -367,7 +368,12 @@ mod tests {
         let mut plain = SqliteDb(&conn);
         let mut db = Recorded::new(&mut plain);
         let keyed = (order.clone(), None);
-        finish_now(orders::insert_orders(&mut db, &[&keyed])).unwrap();
+        finish_now(orders::insert_orders(
+            &mut db,
+            &[&keyed],
+            vec![created(&order)],
+        ))
+        .unwrap();
         let now = jiff::Timestamp::UNIX_EPOCH;
         for from in OrderStatus::ALL {
             for to in OrderStatus::ALL {
@@ -417,7 +423,12 @@ mod tests {
         let order = pending_order();
         let mut plain = SqliteDb(&conn);
         let mut db = Recorded::new(&mut plain);
-        finish_now(orders::insert_orders(&mut db, &[&(order.clone(), None)])).unwrap();
+        finish_now(orders::insert_orders(
+            &mut db,
+            &[&(order.clone(), None)],
+            vec![created(&order)],
+        ))
+        .unwrap();
         let now = jiff::Timestamp::UNIX_EPOCH;
         let paid = finish_now(orders::move_order(
             &mut db,
@@ -455,7 +466,12 @@ mod tests {
         let mut alices = Vec::new();
         for _ in 0..3 {
             let order = pending_order();
-            finish_now(orders::insert_orders(&mut db, &[&(order.clone(), None)])).unwrap();
+            finish_now(orders::insert_orders(
+                &mut db,
+                &[&(order.clone(), None)],
+                vec![created(&order)],
+            ))
+            .unwrap();
             alices.push(order);
         }
         let bobs = crate::order::Order {
@@ -463,7 +479,12 @@ mod tests {
             user_id: crate::domain::UserId::parse("bob").unwrap(),
             ..pending_order()
         };
-        finish_now(orders::insert_orders(&mut db, &[&(bobs, None)])).unwrap();
+        finish_now(orders::insert_orders(
+            &mut db,
+            &[&(bobs.clone(), None)],
+            vec![created(&bobs)],
+        ))
+        .unwrap();
         for (order, to) in [
             (&alices[0], OrderStatus::Paid),
             (&alices[2], OrderStatus::Expired),

@@ -26,6 +26,7 @@ use crate::address::Address;
 use crate::after_sale;
 use crate::coupons::Batch;
 use crate::domain::{OrderId, UserId};
+use crate::events::NewEvent;
 use crate::order::Order;
 use crate::payment::PaymentNotice;
 use crate::shipping::ShipPlan;
@@ -44,6 +45,8 @@ pub(crate) type Settle = Box<dyn FnOnce(&Result<(), StoreError>) + Send + Sync>;
 pub(crate) enum Job {
     Insert {
         orders: Vec<Keyed>,
+        /// Each order's `order.created` event, in the same order.
+        created: Vec<NewEvent>,
         /// Set for one reservation of the embedded engine: there, an order
         /// not stored (a collision) is a failure.
         settle: Option<Settle>,
@@ -241,6 +244,7 @@ impl Job {
                 orders,
                 settle,
                 reply,
+                ..
             } => Ran::insert(orders, settle, reply, &HashSet::new()),
             Job::Cancel { reply, .. } => Ran::of(reply, Err(not_run())),
             Job::Pay { reply, .. } => Ran::of(reply, Err(not_run())),
@@ -295,6 +299,7 @@ impl Job {
                 orders,
                 settle,
                 reply,
+                ..
             } => (Ran::insert(orders, settle, reply, refused), None),
             Job::Flush { reply } => (Ran::of(reply, Ok(())), None),
             Job::Cancel {
@@ -451,6 +456,15 @@ pub(crate) async fn run_batch<S: Sql>(
     batch: &mut Vec<Job>,
 ) -> (Vec<Ran>, Result<(), StoreError>) {
     let db = &mut Recorded::new(db);
+    let mut created = Vec::new();
+    for job in batch.iter_mut() {
+        if let Job::Insert {
+            created: events, ..
+        } = job
+        {
+            created.append(events);
+        }
+    }
     let new_orders: Vec<&Keyed> = batch
         .iter()
         .flat_map(|job| match job {
@@ -458,7 +472,7 @@ pub(crate) async fn run_batch<S: Sql>(
             _ => Vec::new(),
         })
         .collect();
-    let inserted = orders::insert_orders(db, &new_orders).await;
+    let inserted = orders::insert_orders(db, &new_orders, created).await;
     let (refused, mut failure) = match inserted {
         Ok(refused) => (refused, None),
         Err(e) => (HashSet::new(), Some(e)),
