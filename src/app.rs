@@ -12,10 +12,16 @@ use crate::catalog::{Catalog, LiveCatalog};
 use crate::clock::Clock;
 use crate::config::{drop_from_json, Config, Secrets, ServerSettings};
 use crate::domain::RoundId;
-use crate::engine::{EmbeddedEngine, EngineError, InventoryEngine, RedisEngine, RedisOrderWriter};
+use crate::engine::{
+    connect_redis, EmbeddedEngine, EngineError, InventoryEngine, RedisEngine, RedisOrderWriter,
+};
 use crate::promotions::LivePromotions;
 use crate::sold_out::SoldOutMarks;
 use crate::store::{OrderStore, StoreError};
+use crate::waiting_room::memory::MemoryQueues;
+use crate::waiting_room::redis::RedisQueues;
+use crate::waiting_room::tickets::Tickets;
+use crate::waiting_room::QueueBackend;
 
 /// Where orders are kept, from `--database`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +90,10 @@ pub struct App {
     pub payments: crate::payment_rules::PaymentRules,
     /// Where order events are pushed (`[[webhooks]]`).
     pub webhooks: Vec<crate::webhooks::Webhook>,
+    /// The waiting rooms of queued drops: in memory with the embedded
+    /// engine, in Redis (shared by every instance) with the Redis one.
+    pub queues: Arc<dyn QueueBackend>,
+    pub queue_tickets: Tickets,
 }
 
 impl App {
@@ -105,31 +115,51 @@ impl App {
         // Operators' drops first: the embedded engine loads their rounds too.
         load_saved_drops(&store, &catalog).await?;
         let max_connections = config.server.max_connections;
-        let (engine, redis_writer): (Arc<dyn InventoryEngine>, _) = match choice {
-            EngineChoice::Embedded => {
-                let rounds = catalog.current_rounds(clock.now());
-                let engine = EmbeddedEngine::open(store.clone(), clock.clone(), rounds).await?;
-                (Arc::new(engine), None)
-            }
-            EngineChoice::Redis { url } => {
-                let engine = RedisEngine::open(url, catalog.clone(), store.clone()).await?;
-                // Stable across restarts, so a restarted instance re-reads its
-                // own pending winners at once. Two instances with one name
-                // (same host and listen address) are still safe: a winner
-                // delivered to both is inserted once.
-                let consumer = format!("{}:{}", hostname(), config.listen);
-                let claim_idle = config.server.claim_idle;
-                let writer =
-                    RedisOrderWriter::start(url, store.clone(), consumer, claim_idle).await?;
-                (Arc::new(engine), Some(writer))
-            }
-        };
+        let (engine, redis_writer, queues): (Arc<dyn InventoryEngine>, _, Arc<dyn QueueBackend>) =
+            match choice {
+                EngineChoice::Embedded => {
+                    let rounds = catalog.current_rounds(clock.now());
+                    let engine: Arc<dyn InventoryEngine> =
+                        Arc::new(EmbeddedEngine::open(store.clone(), clock.clone(), rounds).await?);
+                    let queues = Arc::new(MemoryQueues::new(engine.clone(), None));
+                    (engine, None, queues)
+                }
+                EngineChoice::Redis { url } => {
+                    let engine = RedisEngine::open(url, catalog.clone(), store.clone()).await?;
+                    // Stable across restarts, so a restarted instance re-reads its
+                    // own pending winners at once. Two instances with one name
+                    // (same host and listen address) are still safe: a winner
+                    // delivered to both is inserted once.
+                    let consumer = format!("{}:{}", hostname(), config.listen);
+                    let claim_idle = config.server.claim_idle;
+                    let writer =
+                        RedisOrderWriter::start(url, store.clone(), consumer, claim_idle).await?;
+                    let engine: Arc<dyn InventoryEngine> = Arc::new(engine);
+                    let queues = Arc::new(RedisQueues::new(
+                        connect_redis(url).await?,
+                        engine.clone(),
+                        None,
+                    ));
+                    (engine, Some(writer), queues)
+                }
+            };
         let app = Arc::new(Self {
             catalog,
             engine,
             store,
             clock,
             tokens: TokenVerifier::new(&config.auth.jwt_secret),
+            // Without a queue secret no drop may have a queue (the config
+            // and the admin API refuse one): nothing is signed with this.
+            queue_tickets: Tickets::new(
+                &config
+                    .auth
+                    .queue_secret
+                    .clone()
+                    .unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>())),
+            ),
+            queues,
+
             secrets: config.auth,
             settings: config.server,
             admission: Admission::new(config.limits),

@@ -39,6 +39,8 @@ pub struct Drop {
     pub balance: Option<crate::presale::BalanceWindow>,
     /// When paid orders ship, and where the drop counts days.
     pub shipping: crate::shipping::ShipPlan,
+    /// The waiting room at each round's opening, if the drop has one.
+    pub queue: Option<crate::waiting_room::QueueRules>,
     pub round_cache: RoundCache,
 }
 

@@ -19,6 +19,7 @@ use crate::payment_rules::{DropPayments, PaymentRules};
 use crate::presale::BalanceWindow;
 use crate::schedule::{Timing, WeeklySchedule};
 use crate::shipping::ShipPlan;
+use crate::waiting_room::QueueRules;
 use crate::webhooks::Webhook;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,8 @@ pub struct Secrets {
     pub payment_secret: String,
     /// Signs the carrier's notices (`/api/v1/logistics/notify`).
     pub logistics_secret: String,
+    /// Signs waiting-room tickets; needed once a drop has a queue.
+    pub queue_secret: Option<String>,
 }
 
 // The admission limits live with the admission control that applies them;
@@ -171,6 +174,7 @@ struct AuthSection {
     admin_token: Option<String>,
     payment_secret: Option<String>,
     logistics_secret: Option<String>,
+    queue_secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +215,17 @@ struct DropSection {
     ship_within_days: Option<i64>,
     /// Where a one-window drop counts days (a schedule names its own).
     time_zone: Option<String>,
+    /// A waiting room with a random draw at the opening.
+    queue: Option<QueueSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueSection {
+    opens_before: Option<String>,
+    draw_window: Option<String>,
+    admit_rate: Option<i64>,
+    ticket_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +278,7 @@ impl Secrets {
             ("logistics_secret", &self.logistics_secret),
         ]
         .into_iter()
+        .chain(self.queue_secret.as_ref().map(|v| ("queue_secret", v)))
         .filter(|(field, value)| **value == demo_secret(field))
         .map(|(field, _)| field)
         .collect()
@@ -311,12 +327,25 @@ impl Config {
             }
             promotions.push((definition, promotion));
         }
+        let auth = resolve_secrets(file.auth, secrets)?;
+        if let Some(queued) = drops.iter().find(|d| d.queue.is_some()) {
+            if auth.queue_secret.is_none() {
+                return Err(field_error(
+                    "auth.queue_secret",
+                    format!(
+                        "missing: drop {:?} has a queue, whose tickets it signs \
+                         (set it in the config file or in DROPGATE_QUEUE_SECRET)",
+                        queued.id.as_str()
+                    ),
+                ));
+            }
+        }
         Ok(Self {
             webhooks: parse_webhooks(file.webhooks)?,
             promotions,
             payments: parse_payments(file.payments)?,
             listen,
-            auth: resolve_secrets(file.auth, secrets)?,
+            auth,
             limits: check_limits(file.limits)?,
             server: parse_server(file.server)?,
             catalog: Catalog::new(drops),
@@ -371,7 +400,17 @@ fn resolve_secrets(auth: AuthSection, source: SecretSource) -> Result<Secrets, C
         }
         Ok(value)
     };
+    // Optional: only a drop with a queue needs it (checked with the drops).
+    let queue_secret = match (&auth.queue_secret, std::env::var("DROPGATE_QUEUE_SECRET")) {
+        (None, Err(_)) if matches!(source, SecretSource::Environment) => None,
+        _ => Some(pick(
+            "queue_secret",
+            "DROPGATE_QUEUE_SECRET",
+            auth.queue_secret.clone(),
+        )?),
+    };
     Ok(Secrets {
+        queue_secret,
         jwt_secret: pick("jwt_secret", "DROPGATE_JWT_SECRET", auth.jwt_secret)?,
         admin_token: pick("admin_token", "DROPGATE_ADMIN_TOKEN", auth.admin_token)?,
         payment_secret: pick(
@@ -607,6 +646,11 @@ fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
         return Err(err("pay_within", "must not exceed 30 days".into()));
     }
     let shipping = parse_shipping(&section, &err)?;
+    let queue = section
+        .queue
+        .as_ref()
+        .map(|q| parse_queue(q, &err))
+        .transpose()?;
     let timing = match (section.schedule, section.opens_at, section.closes_at) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
             return Err(err(
@@ -712,6 +756,7 @@ fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
     };
     Ok(Drop {
         id,
+        queue,
         payments,
         balance,
         shipping,
@@ -722,6 +767,50 @@ fn parse_drop(section: DropSection) -> Result<Drop, ConfigError> {
         timing,
         skus,
         round_cache: Default::default(),
+    })
+}
+
+/// A drop's `queue = { … }`; every field has a default.
+fn parse_queue(
+    section: &QueueSection,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<QueueRules, ConfigError> {
+    let defaults = QueueRules::default();
+    let duration = |field: &str, raw: &Option<String>, default, max_hours: i64| {
+        let Some(raw) = raw else { return Ok(default) };
+        let value = parse_positive_duration(raw).map_err(|m| err(&format!("queue.{field}"), m))?;
+        if value > SignedDuration::from_hours(max_hours) {
+            return Err(err(
+                &format!("queue.{field}"),
+                format!("must not exceed {max_hours} hours"),
+            ));
+        }
+        Ok(value)
+    };
+    let admit_rate = match section.admit_rate {
+        None => None,
+        Some(rate) => Some(
+            u32::try_from(rate)
+                .ok()
+                .filter(|r| (1..=MAX_RATE).contains(r))
+                .ok_or_else(|| {
+                    err(
+                        "queue.admit_rate",
+                        format!("must be 1 to {MAX_RATE} shoppers a second, got {rate}"),
+                    )
+                })?,
+        ),
+    };
+    Ok(QueueRules {
+        opens_before: duration(
+            "opens_before",
+            &section.opens_before,
+            defaults.opens_before,
+            24,
+        )?,
+        draw_window: duration("draw_window", &section.draw_window, defaults.draw_window, 1)?,
+        admit_rate,
+        ticket_ttl: duration("ticket_ttl", &section.ticket_ttl, defaults.ticket_ttl, 24)?,
     })
 }
 
@@ -1046,7 +1135,7 @@ mod tests {
                 .unwrap()
                 .as_str();
         let mut demo = Config::from_toml(&cut, SecretSource::EnvironmentOrDemo).unwrap();
-        assert_eq!(demo.auth.demo_fields().len(), 4);
+        assert_eq!(demo.auth.demo_fields().len(), 5);
         assert!(demo.check_exposure().is_ok(), "loopback is fine");
         demo.listen = "0.0.0.0:8080".parse().unwrap();
         let msg = demo.check_exposure().unwrap_err().to_string();

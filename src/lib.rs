@@ -59,6 +59,7 @@ pub mod store;
 pub mod sweeper;
 pub mod telemetry;
 pub mod upkeep;
+pub mod waiting_room;
 pub mod webhooks;
 
 use std::future::Future;
@@ -87,12 +88,14 @@ pub async fn run(
     telemetry::recorder();
     let sweeper = tokio::spawn(sweeper::run(app.clone(), stop.clone()));
     let webhooks = tokio::spawn(webhooks::run(app.clone(), stop.clone()));
+    let queues = tokio::spawn(waiting_room::run(app.clone(), stop.clone()));
     let upkeep = tokio::spawn(upkeep::run(app.clone(), stop));
     http::serve(listener, app.clone(), shutdown).await;
     let _ = stop_background.send(true);
     let _ = sweeper.await;
     let _ = upkeep.await;
     let _ = webhooks.await;
+    let _ = queues.await;
     if let Some(writer) = &app.redis_writer {
         writer.drain_and_stop().await;
     }

@@ -9,7 +9,7 @@ use dashmap::DashMap;
 use super::round_book::{Decision, Durability, RoundBook};
 use super::{EngineError, InventoryEngine, ReserveAttempt, ReserveOutcome, Reserved, Retired};
 use crate::clock::Clock;
-use crate::domain::{RoundId, SkuId};
+use crate::domain::{RoundId, SkuId, UserId};
 use crate::order::Order;
 use crate::store::{EngineLease, OrderStore, RestockRecord, StoreError};
 
@@ -169,6 +169,20 @@ impl InventoryEngine for EmbeddedEngine {
             None => (0, 0),
         };
         Ok((allocated + restocked).saturating_sub(sold))
+    }
+
+    async fn holdings(
+        &self,
+        round_id: &RoundId,
+        users: &[UserId],
+    ) -> Result<Vec<u32>, EngineError> {
+        Ok(match self.rounds.get(round_id).map(|b| b.clone()) {
+            Some(book) => {
+                let book = lock(&book);
+                users.iter().map(|u| book.held_by(u)).collect()
+            }
+            None => vec![0; users.len()],
+        })
     }
 
     async fn restock(

@@ -29,12 +29,18 @@ pub struct RoundKeys {
     /// Winner entries the order writer could not store (unreadable, or
     /// colliding with a stored order): kept here, never deleted.
     pub dead: String,
+    /// The waiting room: entries (user -> draw score or arrival number),
+    /// its figures, admission times, and the tickets still holding units.
+    pub queue_entries: String,
+    pub queue_state: String,
+    pub queue_admits: String,
+    pub queue_pending: String,
 }
 
 impl RoundKeys {
     /// Every key of the round but the dead letters (which are kept until an
     /// operator has dealt with them): what retiring the round removes.
-    pub fn retired(&self) -> [&str; 8] {
+    pub fn retired(&self) -> [&str; 12] {
         [
             &self.stock,
             &self.held,
@@ -44,6 +50,10 @@ impl RoundKeys {
             &self.winners,
             &self.ended,
             &self.restocks,
+            &self.queue_entries,
+            &self.queue_state,
+            &self.queue_admits,
+            &self.queue_pending,
         ]
     }
 
@@ -59,6 +69,10 @@ impl RoundKeys {
             ended: key("ended"),
             restocks: key("restocks"),
             dead: key("dead"),
+            queue_entries: key("queue:entries"),
+            queue_state: key("queue:state"),
+            queue_admits: key("queue:admits"),
+            queue_pending: key("queue:pending"),
         }
     }
 }
@@ -80,6 +94,10 @@ mod tests {
             &keys.ended,
             &keys.restocks,
             &keys.dead,
+            &keys.queue_entries,
+            &keys.queue_state,
+            &keys.queue_admits,
+            &keys.queue_pending,
         ] {
             assert!(key.contains("{mi@20261127T020000Z}"), "{key}");
         }

@@ -119,6 +119,11 @@ impl RoundBook {
         true
     }
 
+    /// Units `user` holds in the round.
+    pub fn held_by(&self, user: &UserId) -> u32 {
+        self.held_by_user.get(user).copied().unwrap_or(0)
+    }
+
     pub fn sold(&self, sku: &SkuId) -> u64 {
         self.sold.get(sku).copied().unwrap_or(0)
     }

@@ -92,6 +92,11 @@ pub async fn create_drop(app: &App, req: Request<Incoming>) -> Result<HttpRespon
     authorize(app, &req)?;
     let body = read_body(req, &app.settings).await?;
     let drop = drop_from_json(&body).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    if drop.queue.is_some() && app.secrets.queue_secret.is_none() {
+        return Err(ApiError::InvalidRequest(
+            "a drop with a queue needs auth.queue_secret (or DROPGATE_QUEUE_SECRET) set on every instance".into(),
+        ));
+    }
     if app.live_catalog().get(drop.id.as_str()).is_some() {
         return Err(ApiError::DropExists);
     }
@@ -112,7 +117,10 @@ pub async fn create_drop(app: &App, req: Request<Incoming>) -> Result<HttpRespon
         Err(_) => find_drop(app, &id)?,
     };
     tracing::info!(drop = %drop.id, "drop created by an operator");
-    Ok(json(StatusCode::CREATED, &DropView::of(app, &drop).await?))
+    Ok(json(
+        StatusCode::CREATED,
+        &DropView::of(app, &drop, app.clock.now()).await?,
+    ))
 }
 
 fn find_drop(app: &App, drop_id: &str) -> Result<std::sync::Arc<Drop>, ApiError> {

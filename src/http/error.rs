@@ -85,6 +85,12 @@ pub enum ApiError {
     InvoiceExists,
     #[error("this refund id already refunded another order")]
     DuplicateRefund,
+    #[error("{0}")]
+    QueueRequired(&'static str),
+    #[error("the waiting room opens at {opens_at}")]
+    QueueNotOpen { opens_at: Timestamp },
+    #[error("not in this drop's waiting room; join it first")]
+    NotInQueue,
 }
 
 fn layer_text(layer: Layer) -> &'static str {
@@ -127,7 +133,9 @@ impl ApiError {
             | ReturnWindowClosed
             | InvoiceExists
             | DuplicateRefund => StatusCode::CONFLICT,
-            StudentOnly => StatusCode::FORBIDDEN,
+            StudentOnly | QueueRequired(_) => StatusCode::FORBIDDEN,
+            QueueNotOpen { .. } => StatusCode::CONFLICT,
+            NotInQueue => StatusCode::NOT_FOUND,
             Undeliverable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -176,6 +184,9 @@ impl ApiError {
             ReturnWindowClosed => "return_window_closed",
             InvoiceExists => "invoice_exists",
             DuplicateRefund => "duplicate_refund",
+            QueueRequired(_) => "queue_required",
+            QueueNotOpen { .. } => "queue_not_open",
+            NotInQueue => "not_in_queue",
         }
     }
 
@@ -186,6 +197,7 @@ impl ApiError {
         use ApiError::*;
         match self {
             Unauthorized(_) | StudentOnly => "unauthorized",
+            QueueRequired(_) => "queue_required",
             NotOpen { .. } => "not_open",
             Closed => "closed",
             SoldOut => "sold_out",
@@ -235,7 +247,7 @@ impl ApiError {
         body.insert("error".into(), json!(self.code()));
         body.insert("message".into(), json!(self.to_string()));
         match self {
-            ApiError::NotOpen { opens_at } => {
+            ApiError::NotOpen { opens_at } | ApiError::QueueNotOpen { opens_at } => {
                 body.insert("opens_at".into(), json!(opens_at.to_string()));
             }
             ApiError::LimitExceeded { limit } => {

@@ -14,6 +14,7 @@ mod listing;
 mod ops;
 mod payments;
 mod promotions;
+mod queue;
 mod router;
 mod self_wake;
 mod shopper;

@@ -12,7 +12,9 @@ use super::admin_orders::{self, Reviewed};
 use super::client_ip::client_ip;
 use super::error::ApiError;
 use super::json::{error, HttpResponse};
-use super::{addresses, admin, after_sale, checkout, coupons, ops, payments, promotions, shopper};
+use super::{
+    addresses, admin, after_sale, checkout, coupons, ops, payments, promotions, queue, shopper,
+};
 use crate::app::App;
 use crate::telemetry;
 
@@ -24,6 +26,9 @@ enum Route<'a> {
     Drops,
     Drop(&'a str),
     Reserve(&'a str),
+    JoinQueue(&'a str),
+    QueueEntry(&'a str),
+    SetAdmitRate(&'a str),
     Orders,
     Order(&'a str),
     Cancel(&'a str),
@@ -69,6 +74,9 @@ impl Route<'_> {
             (&Method::GET, ["api", "v1", "drops"]) => Route::Drops,
             (&Method::GET, ["api", "v1", "drops", drop]) => Route::Drop(drop),
             (&Method::POST, ["api", "v1", "drops", drop, "reserve"]) => Route::Reserve(drop),
+            (&Method::POST, ["api", "v1", "drops", drop, "queue"]) => Route::JoinQueue(drop),
+            (&Method::GET, ["api", "v1", "drops", drop, "queue"]) => Route::QueueEntry(drop),
+            (&Method::PUT, ["admin", "v1", "drops", drop, "queue"]) => Route::SetAdmitRate(drop),
             (&Method::GET, ["api", "v1", "orders"]) => Route::Orders,
             (&Method::GET, ["api", "v1", "orders", order]) => Route::Order(order),
             (&Method::POST, ["api", "v1", "orders", order, "cancel"]) => Route::Cancel(order),
@@ -127,6 +135,9 @@ impl Route<'_> {
             Route::Drops => "list_drops",
             Route::Drop(_) => "get_drop",
             Route::Reserve(_) => "reserve",
+            Route::JoinQueue(_) => "join_queue",
+            Route::QueueEntry(_) => "queue_entry",
+            Route::SetAdmitRate(_) => "admin_set_admit_rate",
             Route::Orders => "list_orders",
             Route::Order(_) => "get_order",
             Route::Cancel(_) => "cancel_order",
@@ -173,6 +184,8 @@ impl Route<'_> {
                 | Route::Drops
                 | Route::Drop(_)
                 | Route::Reserve(_)
+                | Route::JoinQueue(_)
+                | Route::QueueEntry(_)
                 | Route::Orders
                 | Route::Order(_)
                 | Route::Cancel(_)
@@ -265,6 +278,9 @@ async fn dispatch(
         Route::Drops => shopper::list_drops(app).await,
         Route::Drop(drop) => shopper::get_drop(app, drop).await,
         Route::Reserve(drop) => shopper::reserve(app, drop, req).await,
+        Route::JoinQueue(drop) => queue::enter(app, drop, &req, true).await,
+        Route::QueueEntry(drop) => queue::enter(app, drop, &req, false).await,
+        Route::SetAdmitRate(drop) => queue::set_rate(app, drop, req).await,
         Route::Orders => shopper::list_orders(app, &req).await,
         Route::Order(order) => shopper::get_order(app, order, &req).await,
         Route::Cancel(order) => shopper::cancel_order(app, order, &req).await,

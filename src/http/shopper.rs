@@ -35,9 +35,10 @@ pub fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Shopper, ApiEr
 }
 
 pub async fn list_drops(app: &App) -> Result<HttpResponse, ApiError> {
+    let now = app.clock.now();
     let mut drops = Vec::with_capacity(app.catalog().drops().len());
     for drop in app.catalog().drops() {
-        drops.push(DropView::of(app, drop).await?);
+        drops.push(DropView::of(app, drop, now).await?);
     }
     Ok(json(StatusCode::OK, &json!({ "drops": drops })))
 }
@@ -48,7 +49,10 @@ pub async fn get_drop(app: &App, drop_id: &str) -> Result<HttpResponse, ApiError
         .get(drop_id)
         .cloned()
         .ok_or_else(|| no_drop(drop_id))?;
-    Ok(json(StatusCode::OK, &DropView::of(app, &drop).await?))
+    Ok(json(
+        StatusCode::OK,
+        &DropView::of(app, &drop, app.clock.now()).await?,
+    ))
 }
 
 fn no_drop(drop_id: &str) -> ApiError {
@@ -81,6 +85,10 @@ pub async fn reserve(
         .live_catalog()
         .get(drop_id)
         .ok_or_else(|| no_drop(drop_id))?;
+    if drop.queue.is_some() {
+        let round = drop.round_at(app.clock.now());
+        super::queue::check_ticket(app, &drop, &round.id, &shopper.user, &req)?;
+    }
     let key = match req.headers().get(&IDEMPOTENCY_KEY) {
         None => None,
         Some(raw) => Some(IdempotencyKey::parse(raw.to_str().unwrap_or(""))?),

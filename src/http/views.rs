@@ -1,5 +1,6 @@
 //! The JSON shape of a drop as shoppers see it, with its current round.
 
+use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::app::App;
@@ -16,6 +17,16 @@ pub struct DropView {
     presale: bool,
     round: RoundView,
     skus: Vec<SkuView>,
+    /// The waiting room, on a drop that has one.
+    queue: Option<QueueTimes>,
+}
+
+#[derive(Serialize)]
+struct QueueTimes {
+    /// Joining opens.
+    opens_at: Timestamp,
+    /// Joins before this are drawn; later ones line up behind.
+    draw_at: Timestamp,
 }
 
 #[derive(Serialize)]
@@ -37,8 +48,7 @@ struct SkuView {
 }
 
 impl DropView {
-    pub async fn of(app: &App, drop: &Drop) -> Result<Self, EngineError> {
-        let now = app.clock.now();
+    pub async fn of(app: &App, drop: &Drop, now: Timestamp) -> Result<Self, EngineError> {
         let round = drop.round_at(now);
         let mut skus = Vec::with_capacity(drop.skus.len());
         for sku in &drop.skus {
@@ -69,6 +79,10 @@ impl DropView {
                 state,
             },
             skus,
+            queue: drop.queue.as_ref().map(|rules| QueueTimes {
+                opens_at: round.opens_at - rules.opens_before,
+                draw_at: round.opens_at + rules.draw_window,
+            }),
         })
     }
 }

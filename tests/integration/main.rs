@@ -14,6 +14,7 @@ mod metrics;
 mod model;
 mod process;
 mod promotions;
+mod queue;
 mod recovery;
 mod redis_faults;
 mod reserve_script;

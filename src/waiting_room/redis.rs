@@ -1,0 +1,198 @@
+//! The waiting room in Redis: one queue per round shared by every
+//! instance, its keys beside the round's (same hash tag, so the admission
+//! step reads the engine's stock and holdings in the same script). A join
+//! or a look is one script call (`lua/queue_enter.lua`); each instance
+//! runs the admission step (`lua/queue_admit.lua`), which admits no faster
+//! for being run by many. If Redis loses the queue (a restart without
+//! persistence), shoppers find themselves out of it and join again,
+//! behind; tickets already issued stay valid until they expire.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+
+use super::{Entry, QueueBackend, QueueError, QueueStats, RoundQueue, DRAW_SCORES};
+use crate::domain::UserId;
+use crate::engine::{EngineError, InventoryEngine, RoundKeys};
+use std::sync::Arc;
+
+/// What the admission script answers for a round not set up in Redis.
+const NOT_SET_UP: i64 = -6;
+
+pub struct RedisQueues {
+    conn: ConnectionManager,
+    engine: Arc<dyn InventoryEngine>,
+    enter: Script,
+    admit: Script,
+    draw: Mutex<StdRng>,
+}
+
+impl RedisQueues {
+    pub fn new(
+        conn: ConnectionManager,
+        engine: Arc<dyn InventoryEngine>,
+        seed: Option<u64>,
+    ) -> Self {
+        Self {
+            conn,
+            engine,
+            enter: Script::new(include_str!("../../lua/queue_enter.lua")),
+            admit: Script::new(include_str!("../../lua/queue_admit.lua")),
+            draw: Mutex::new(match seed {
+                Some(seed) => StdRng::seed_from_u64(seed),
+                None => StdRng::from_os_rng(),
+            }),
+        }
+    }
+}
+
+fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> EngineError {
+    EngineError::unavailable(e)
+}
+
+/// Reads a script's reply item as text (Redis answers numbers as integers
+/// and the rest as bulk strings).
+fn text(value: &Value) -> String {
+    match value {
+        Value::Int(n) => n.to_string(),
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+fn int(value: &Value) -> i64 {
+    text(value).parse().unwrap_or(0)
+}
+
+fn float(value: &Value) -> Option<f64> {
+    text(value).parse().ok()
+}
+
+fn time(value: &Value) -> Option<Timestamp> {
+    text(value)
+        .parse::<i64>()
+        .ok()
+        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+}
+
+/// Entries, admitted, held, rate, measured, sold out: as both scripts
+/// answer them (the admission script from its first item).
+fn stats(items: &[Value], configured_rate: u32) -> QueueStats {
+    let rate = u32::try_from(int(&items[3]))
+        .ok()
+        .filter(|r| *r > 0)
+        .unwrap_or(configured_rate);
+    QueueStats {
+        joined: int(&items[0]).max(0) as u64,
+        admitted: int(&items[1]).max(0) as u64,
+        held: int(&items[2]).max(0) as u64,
+        admit_rate: rate,
+        measured_rate: float(&items[4]).unwrap_or(f64::from(rate)),
+        sold_out: int(&items[5]) == 1,
+    }
+}
+
+#[async_trait]
+impl QueueBackend for RedisQueues {
+    async fn enter(
+        &self,
+        queue: &RoundQueue,
+        user: &UserId,
+        join: bool,
+        _now: Timestamp,
+    ) -> Result<Option<Entry>, QueueError> {
+        let keys = RoundKeys::new(queue.round_id.as_str());
+        let score = self
+            .draw
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .random_range(0..DRAW_SCORES);
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = self
+            .enter
+            .key(&keys.queue_entries)
+            .key(&keys.queue_state)
+            .key(&keys.queue_admits)
+            .arg(user.as_str())
+            .arg(if join { "1" } else { "0" })
+            .arg(score)
+            .arg(queue.opens_at.as_millisecond())
+            .arg(queue.draw_at.as_millisecond())
+            .arg(queue.ticket_ttl.as_millis() as i64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match reply.first().map(int) {
+            Some(-1) => return Err(QueueError::NotOpen(queue.opens_at)),
+            Some(1) if reply.len() == 10 => {}
+            _ => return Ok(None),
+        }
+        let position = int(&reply[2]);
+        // The script's stats start at its fifth item (entries).
+        let mut figures = reply[4..10].to_vec();
+        // Its order is entries, admitted, held, rate, measured, sold out.
+        if text(&figures[3]).is_empty() {
+            figures[3] = Value::Int(i64::from(queue.admit_rate));
+        }
+        Ok(Some(Entry {
+            joined_now: int(&reply[1]) == 1,
+            position: u64::try_from(position).ok(),
+            admitted_at: time(&reply[3]),
+            stats: stats(&figures, queue.admit_rate),
+        }))
+    }
+
+    async fn admit(&self, queue: &RoundQueue, _now: Timestamp) -> Result<QueueStats, EngineError> {
+        let keys = RoundKeys::new(queue.round_id.as_str());
+        for _ in 0..2 {
+            let mut conn = self.conn.clone();
+            let reply: Vec<Value> = self
+                .admit
+                .key(&keys.queue_entries)
+                .key(&keys.queue_state)
+                .key(&keys.queue_admits)
+                .key(&keys.queue_pending)
+                .key(&keys.stock)
+                .key(&keys.held)
+                .arg(queue.admit_rate)
+                .arg(queue.per_user_limit)
+                .arg(queue.ticket_ttl.as_millis() as i64)
+                .arg(queue.draw_at.as_millisecond())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if reply.first().map(int) == Some(NOT_SET_UP) {
+                // The engine sets a round up when asked what is left of it.
+                if let Some((sku, allocated)) = queue.skus.first() {
+                    self.engine
+                        .remaining(&queue.round_id, sku, *allocated)
+                        .await?;
+                }
+                continue;
+            }
+            if reply.len() != 6 {
+                return Err(unavailable("queue_admit.lua answered an unexpected shape"));
+            }
+            return Ok(stats(&reply, queue.admit_rate));
+        }
+        Err(unavailable("the round could not be set up in Redis"))
+    }
+
+    async fn set_rate(&self, queue: &RoundQueue, rate: u32) -> Result<(), EngineError> {
+        let keys = RoundKeys::new(queue.round_id.as_str());
+        let mut conn = self.conn.clone();
+        redis::cmd("HSET")
+            .arg(&keys.queue_state)
+            .arg("rate")
+            .arg(rate.max(1))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+}
