@@ -4,17 +4,24 @@
 -- Env: TOKENS (file), DROP, SKU. With HEALTHZ=1 it sends GET /healthz
 -- instead, through the same Lua calls, so that a ratio of the two rates
 -- compares the server's work and not wrk's (its Lua response() callback
--- costs wrk time on every answer).
+-- costs wrk time on every answer). With CALL=join it joins the drop's
+-- waiting room (POST /api/v1/drops/DROP/queue) as each shopper; with
+-- CALL=drops it sends GET /api/v1/drops (the page refresh).
 
 local healthz = os.getenv("HEALTHZ") == "1"
+local call = os.getenv("CALL") or "reserve"
 local tokens = {}
-if not healthz then
+if not healthz and call ~= "drops" then
   for line in io.lines(os.getenv("TOKENS")) do
     tokens[#tokens + 1] = line
   end
 end
-local path = healthz and "" or "/api/v1/drops/" .. os.getenv("DROP") .. "/reserve"
-local body = healthz and "" or '{"sku": "' .. os.getenv("SKU") .. '", "quantity": 1}'
+local drop = os.getenv("DROP") or ""
+local path = "/api/v1/drops/" .. drop .. "/reserve"
+local body = '{"sku": "' .. (os.getenv("SKU") or "") .. '", "quantity": 1}'
+if call == "join" then
+  path, body = "/api/v1/drops/" .. drop .. "/queue", ""
+end
 local threads = {}
 local thread_id = 0
 
@@ -30,6 +37,8 @@ function init(args)
   requests = {}
   if healthz then
     requests[1] = wrk.format("GET", "/healthz")
+  elseif call == "drops" then
+    requests[1] = wrk.format("GET", "/api/v1/drops")
   end
   for i, token in ipairs(tokens) do
     requests[i] = wrk.format("POST", path, {

@@ -94,6 +94,8 @@ pub struct App {
     /// engine, in Redis (shared by every instance) with the Redis one.
     pub queues: Arc<dyn QueueBackend>,
     pub queue_tickets: Tickets,
+    /// What `GET /api/v1/drops` serves, rendered again only when it changed.
+    pub drop_views: crate::http::views::RenderedViews,
 }
 
 impl App {
@@ -159,6 +161,7 @@ impl App {
                     .unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>())),
             ),
             queues,
+            drop_views: Default::default(),
 
             secrets: config.auth,
             settings: config.server,

@@ -10,6 +10,7 @@ mod redis_batches;
 mod redis_engine;
 mod redis_keys;
 mod redis_reconcile;
+mod redis_stock_cache;
 mod redis_writer;
 mod round_book;
 

@@ -3,8 +3,9 @@
 //! round's stream in the same script, for the order writer
 //! (`redis_writer.rs`) to put in the order store.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -14,6 +15,7 @@ use redis::{AsyncCommands, Script};
 use super::redis_batches::{ReserveBatches, ScriptAttempt};
 use super::redis_keys::{RoundKeys, ROUNDS};
 use super::redis_reconcile::Reconciler;
+use super::redis_stock_cache::StockCache;
 use super::{
     EngineError, InventoryEngine, Refused, ReserveAttempt, ReserveOutcome, Reserved, Retired,
 };
@@ -56,6 +58,8 @@ pub struct RedisEngine {
     reconciler: Arc<Reconciler>,
     catalog: LiveCatalog,
     store: OrderStore,
+    /// Units left per round and SKU, as last read, for the drop views.
+    stock: StockCache,
 }
 
 pub(super) fn unavailable(
@@ -78,6 +82,23 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, EngineError> {
 }
 
 impl RedisEngine {
+    /// Every SKU's units left in the round, read from Redis and kept for
+    /// the next questions (empty: the round is not set up in Redis).
+    async fn read_stock(&self, round_id: &RoundId) -> Result<HashMap<SkuId, u64>, EngineError> {
+        let keys = RoundKeys::new(round_id.as_str());
+        let mut conn = self.conn.clone();
+        let read_at = Instant::now();
+        let raw: HashMap<String, u64> = conn.hgetall(&keys.stock).await.map_err(unavailable)?;
+        let left: HashMap<SkuId, u64> = raw
+            .into_iter()
+            .filter_map(|(sku, n)| SkuId::parse(&sku).ok().map(|sku| (sku, n)))
+            .collect();
+        if !left.is_empty() {
+            self.stock.put(round_id, left.clone(), read_at);
+        }
+        Ok(left)
+    }
+
     pub async fn open(
         url: &str,
         catalog: LiveCatalog,
@@ -99,6 +120,7 @@ impl RedisEngine {
             reconciler,
             catalog,
             store,
+            stock: StockCache::default(),
         };
         engine.warn_if_wins_could_be_lost().await;
         Ok(engine)
@@ -169,7 +191,11 @@ impl InventoryEngine for RedisEngine {
         for _ in 0..RESERVE_TRIES {
             let (code, detail) = self.reserves.decide(&order.round_id, arguments()?).await?;
             return Ok(match code {
-                1 => Ok(Reserved::Won(attempt.order)),
+                1 => {
+                    let units = i64::from(order.quantity.get());
+                    self.stock.adjust(&order.round_id, &order.sku, -units);
+                    Ok(Reserved::Won(attempt.order))
+                }
                 2 => Ok(Reserved::Replayed(parse_order(&detail)?)),
                 -1 => Err(Refused::NotOpen {
                     opens_at: attempt.opens_at,
@@ -204,6 +230,10 @@ impl InventoryEngine for RedisEngine {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        if released == 1 {
+            let units = i64::from(order.quantity.get());
+            self.stock.adjust(&order.round_id, &order.sku, units);
+        }
         Ok(released == 1)
     }
 
@@ -213,24 +243,15 @@ impl InventoryEngine for RedisEngine {
         sku: &SkuId,
         allocated: u64,
     ) -> Result<u64, EngineError> {
-        let keys = RoundKeys::new(round_id.as_str());
-        let mut conn = self.conn.clone();
-        let left: Option<u64> = conn
-            .hget(&keys.stock, sku.as_str())
-            .await
-            .map_err(unavailable)?;
-        match left {
-            Some(left) => Ok(left),
-            None if self.catalog.get(round_id.drop_part()).is_none() => Ok(allocated),
-            None => {
-                self.reconciler.set_up(round_id).await?;
-                let left: Option<u64> = conn
-                    .hget(&keys.stock, sku.as_str())
-                    .await
-                    .map_err(unavailable)?;
-                Ok(left.unwrap_or(allocated))
-            }
+        if let Some(left) = self.stock.get(round_id, sku) {
+            return Ok(left);
         }
+        let mut left = self.read_stock(round_id).await?;
+        if left.is_empty() && self.catalog.get(round_id.drop_part()).is_some() {
+            self.reconciler.set_up(round_id).await?;
+            left = self.read_stock(round_id).await?;
+        }
+        Ok(left.get(sku).copied().unwrap_or(allocated))
     }
 
     async fn holdings(
@@ -285,6 +306,7 @@ impl InventoryEngine for RedisEngine {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        self.stock.forget(round_id);
         // -7 (this restock id was applied before: a retry) adds nothing.
         if left == NOT_SET_UP {
             // Redis lost the round between the set-up and now; the stored
@@ -347,6 +369,7 @@ impl InventoryEngine for RedisEngine {
                 .await
                 .map_err(unavailable)?;
             self.reconciler.forget(&round);
+            self.stock.forget(&round);
             forgotten += 1;
         }
         Ok(forgotten)

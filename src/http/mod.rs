@@ -18,7 +18,7 @@ mod queue;
 mod router;
 mod self_wake;
 mod shopper;
-mod views;
+pub mod views;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -4,13 +4,11 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, AUTHORIZATION};
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
-use serde_json::json;
 use std::borrow::Cow;
 
 use super::error::ApiError;
-use super::json::{json, parse, read_body, HttpResponse};
+use super::json::{json, parse, read_body, respond, HttpResponse};
 use super::listing;
-use super::views::DropView;
 use crate::app::App;
 use crate::auth::Shopper;
 use crate::domain::{IdempotencyKey, OrderId, Quantity};
@@ -35,12 +33,8 @@ pub fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Shopper, ApiEr
 }
 
 pub async fn list_drops(app: &App) -> Result<HttpResponse, ApiError> {
-    let now = app.clock.now();
-    let mut drops = Vec::with_capacity(app.catalog().drops().len());
-    for drop in app.catalog().drops() {
-        drops.push(DropView::of(app, drop, now).await?);
-    }
-    Ok(json(StatusCode::OK, &json!({ "drops": drops })))
+    let body = app.drop_views.list(app).await?;
+    Ok(respond(StatusCode::OK, "application/json", body))
 }
 
 pub async fn get_drop(app: &App, drop_id: &str) -> Result<HttpResponse, ApiError> {
@@ -49,10 +43,8 @@ pub async fn get_drop(app: &App, drop_id: &str) -> Result<HttpResponse, ApiError
         .get(drop_id)
         .cloned()
         .ok_or_else(|| no_drop(drop_id))?;
-    Ok(json(
-        StatusCode::OK,
-        &DropView::of(app, &drop, app.clock.now()).await?,
-    ))
+    let body = app.drop_views.one(app, &drop).await?;
+    Ok(respond(StatusCode::OK, "application/json", body))
 }
 
 fn no_drop(drop_id: &str) -> ApiError {

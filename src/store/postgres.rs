@@ -272,13 +272,15 @@ impl<C: GenericClient + Sync> Sql for PgDb<'_, C> {
         let params: Vec<&(dyn ToSql + Sync)> =
             arrays.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
         let returned = self.0.query(&sql::postgres_insert(insert), &params).await?;
-        let inserted: HashSet<String> = returned
+        let mut inserted: HashSet<String> = returned
             .iter()
             .map(|row| row.try_get::<_, String>(0))
             .collect::<Result<_, _>>()?;
+        // A key twice in one statement is one row: its first copy was
+        // inserted, the second met it (as SQLite reports, row by row).
         Ok(rows
             .iter()
-            .map(|row| matches!(row.first(), Some(Value::Text(key)) if inserted.contains(key.as_ref())))
+            .map(|row| matches!(row.first(), Some(Value::Text(key)) if inserted.remove(key.as_ref())))
             .collect())
     }
 }

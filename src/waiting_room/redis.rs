@@ -134,17 +134,13 @@ impl QueueBackend for RedisQueues {
             _ => return Ok(None),
         }
         let position = int(&reply[2]);
-        // The script's stats start at its fifth item (entries).
-        let mut figures = reply[4..10].to_vec();
-        // Its order is entries, admitted, held, rate, measured, sold out.
-        if text(&figures[3]).is_empty() {
-            figures[3] = Value::Int(i64::from(queue.admit_rate));
-        }
         Ok(Some(Entry {
             joined_now: int(&reply[1]) == 1,
             position: u64::try_from(position).ok(),
             admitted_at: time(&reply[3]),
-            stats: stats(&figures, queue.admit_rate),
+            // From the fifth item on, as the admission step answers them
+            // (a rate not set live is empty: the configured one).
+            stats: stats(&reply[4..10], queue.admit_rate),
         }))
     }
 

@@ -659,7 +659,8 @@ async fn a_refund_racing_a_shipping_notice_ends_in_exactly_one(backend: Backend)
         assert_eq!(
             events_of(&s, order).await.len(),
             3,
-            "created, paid, and one of the two"
+            "created, paid, and one of the two: {:?}",
+            events_of(&s, order).await
         );
     }
 }
@@ -913,7 +914,30 @@ async fn a_deposit_is_refunded_only_before_the_balance_window(backend: Backend) 
     refused(&too_late, 409, "invalid_transition");
 }
 
+/// One order delivered twice in one commit (the Redis order writer and a
+/// payment that stored the win ahead of it can meet in one batch) is one
+/// row and one `order.created` event (I8).
+async fn an_order_stored_twice_in_one_commit_has_one_created_event(backend: Backend) {
+    let now = Timestamp::now();
+    let s = server_at(&backend, now).await;
+    let won = s.http.reserve(DROP, SKU, 1, "twice").await;
+    let mut copy = won.body.clone();
+    let id = dropgate::domain::OrderId::generate();
+    copy["id"] = json!(id.as_str());
+    copy["user_id"] = json!("twice-again");
+    let order: dropgate::order::Order = serde_json::from_value(copy).unwrap();
+    let refused = s
+        .app
+        .store
+        .insert_many(vec![(order.clone(), None), (order, None)])
+        .await
+        .unwrap();
+    assert!(refused.is_empty());
+    assert_eq!(events_of(&s, id.as_str()).await, ["order.created"]);
+}
+
 conformance!(
+    an_order_stored_twice_in_one_commit_has_one_created_event,
     a_paid_order_ships_is_delivered_invoiced_and_exchanged,
     refunds_are_asked_reviewed_and_confirmed_and_give_the_units_back,
     return_windows_close_at_day_boundaries_in_the_drops_time_zone,
