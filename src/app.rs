@@ -94,6 +94,8 @@ pub struct App {
     /// engine, in Redis (shared by every instance) with the Redis one.
     pub queues: Arc<dyn QueueBackend>,
     pub queue_tickets: Tickets,
+    /// The admit rates of queues that name none.
+    pub queue_rates: crate::waiting_room::auto_rate::AutoRates,
     /// What `GET /api/v1/drops` serves, rendered again only when it changed.
     pub drop_views: crate::http::views::RenderedViews,
 }
@@ -161,6 +163,7 @@ impl App {
                     .unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>())),
             ),
             queues,
+            queue_rates: Default::default(),
             drop_views: Default::default(),
 
             secrets: config.auth,

@@ -14,6 +14,7 @@
 //! Two backends keep the queue: [`memory`] (embedded engine, one instance)
 //! and [`redis`] (shared by every instance, next to the round's keys).
 
+pub mod auto_rate;
 pub mod memory;
 pub mod redis;
 pub mod tickets;
@@ -39,8 +40,8 @@ pub struct QueueRules {
     pub opens_before: SignedDuration,
     /// After the opening, how long joins still enter the draw.
     pub draw_window: SignedDuration,
-    /// Shoppers admitted per second at most; None: the engine's budget
-    /// (`limits.global_rps`).
+    /// Shoppers admitted per second at most; None: what the engine and
+    /// the order writer sustain ([`auto_rate`]), up to `limits.global_rps`.
     pub admit_rate: Option<u32>,
     /// How long an admitted ticket holds its units.
     pub ticket_ttl: SignedDuration,
@@ -99,12 +100,10 @@ impl RoundQueue {
     pub fn current(app: &App, drop: &Drop, now: Timestamp) -> Option<Self> {
         let rules = drop.queue.as_ref()?;
         let round = drop.round_at(now);
-        Some(Self::of(
-            drop,
-            &round,
-            rules,
-            app.admission.limits().global_rps,
-        ))
+        let automatic = app
+            .queue_rates
+            .get(&drop.id, app.admission.limits().global_rps);
+        Some(Self::of(drop, &round, rules, automatic))
     }
 
     /// True while shoppers may join or be admitted.
@@ -268,12 +267,16 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let now = app.clock.now();
+        let ceiling = app.admission.limits().global_rps;
         for drop in app.catalog().drops() {
-            let Some(queue) = RoundQueue::current(&app, drop, now) else {
+            let Some(mut queue) = RoundQueue::current(&app, drop, now) else {
                 continue;
             };
             if !queue.is_active(now) {
                 continue;
+            }
+            if drop.queue.as_ref().is_some_and(|q| q.admit_rate.is_none()) {
+                queue.admit_rate = app.queue_rates.step(&drop.id, strained(&app), ceiling);
             }
             match app.queues.admit(&queue, now).await {
                 Ok(stats) => publish(&queue, &stats),
@@ -283,6 +286,13 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// True when the engine or the order writer is near what it sustains.
+fn strained(app: &App) -> bool {
+    let limits = app.admission.limits();
+    app.admission.in_flight() * 4 >= limits.max_in_flight * 3
+        || app.writer_lag() > auto_rate::STRAINED_LAG
 }
 
 fn publish(queue: &RoundQueue, stats: &QueueStats) {

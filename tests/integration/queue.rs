@@ -331,3 +331,42 @@ async fn two_instances_share_one_queue_through_redis() {
     // Each instance has a store of its own here; a winner goes to one.
     assert_eq!(orders_in_store(&a) + orders_in_store(&b), 4);
 }
+
+/// A queue that names no admit rate follows the server: with nothing
+/// straining, it climbs from a tenth of `global_rps` to all of it.
+#[tokio::test]
+async fn without_an_admit_rate_the_queue_follows_what_the_server_sustains() {
+    let opens = Timestamp::now() + hours(1);
+    let limits =
+        "global_rps = 1000\nglobal_burst = 1000\nper_user_rps = 1000\nper_user_burst = 1000\n\
+        per_ip_rps = 100000\nper_ip_burst = 100000\nmax_in_flight = 1000";
+    let config = config_head_with_limits(limits, "").replace(
+        "[limits]",
+        &format!("queue_secret = \"{QUEUE_SECRET}\"\n[limits]"),
+    ) + &window_drop("q", "q-sku", 10, 1, opens, opens + hours(2)).replace(
+        "[[drops.skus]]",
+        "queue = { draw_window = \"1s\" }\n[[drops.skus]]",
+    );
+    let mut server =
+        TestServer::start_with_clock(&config, opens - SignedDuration::from_mins(1)).await;
+    assert_eq!(join(&server.http, "solo").await.status, 201);
+    server.clock.set(opens + SignedDuration::from_secs(2));
+    let mut rates = Vec::new();
+    for _ in 0..100 {
+        let metrics = server.http.get_text("/metrics").await;
+        let rate = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("dropgate_queue_admit_rate{drop=\"q\"} "))
+            .and_then(|v| v.parse::<f64>().ok());
+        if let Some(rate) = rate {
+            rates.push(rate);
+            if rate >= 1000.0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rates.last(), Some(&1000.0), "{rates:?}");
+    assert!(rates[0] < 500.0, "it started low: {rates:?}");
+    server.stop().await;
+}
