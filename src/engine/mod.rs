@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 
 pub use embedded::EmbeddedEngine;
+pub(crate) use redis_batches::next_batch;
 pub use redis_engine::{connect as connect_redis, RedisEngine};
 pub use redis_keys::RoundKeys;
 pub use redis_writer::RedisOrderWriter;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 use redis::{Cmd, Script};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::redis_engine::unavailable;
 use super::redis_keys::RoundKeys;
@@ -97,24 +97,8 @@ async fn dispatch(
     reconciler: Arc<Reconciler>,
 ) {
     let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
-    let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut turn = 0;
-    while let Some(first) = queue.recv().await {
-        // Attempts arriving while every call is in flight join this batch.
-        let Ok(call) = calls.clone().acquire_owned().await else {
-            return;
-        };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let mut rounds: HashMap<RoundId, Vec<Pending>> = HashMap::new();
-        for (round_id, pending) in batch.drain(..) {
-            rounds.entry(round_id).or_default().push(pending);
-        }
+    while let Some((call, rounds)) = next_batch(&mut queue, &calls, MAX_BATCH).await {
         let call = Arc::new(call);
         for (round_id, attempts) in rounds {
             turn = (turn + 1) % conns.len();
@@ -127,6 +111,30 @@ async fn dispatch(
             });
         }
     }
+}
+
+/// Waits for a request, then for a call free to send it, and takes every
+/// request queued meanwhile (up to `max`), grouped by round: what one
+/// script call per round then serves. None once every sender is gone.
+pub(crate) async fn next_batch<T>(
+    queue: &mut mpsc::Receiver<(RoundId, T)>,
+    calls: &Arc<Semaphore>,
+    max: usize,
+) -> Option<(OwnedSemaphorePermit, HashMap<RoundId, Vec<T>>)> {
+    let first = queue.recv().await?;
+    // Requests arriving while every call is in flight join this batch.
+    let call = calls.clone().acquire_owned().await.ok()?;
+    let mut rounds: HashMap<RoundId, Vec<T>> = HashMap::new();
+    let mut taken = 1;
+    rounds.entry(first.0).or_default().push(first.1);
+    while taken < max {
+        match queue.try_recv() {
+            Ok((round_id, next)) => rounds.entry(round_id).or_default().push(next),
+            Err(_) => break,
+        }
+        taken += 1;
+    }
+    Some((call, rounds))
 }
 
 async fn invoke(

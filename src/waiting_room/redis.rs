@@ -1,12 +1,14 @@
 //! The waiting room in Redis: one queue per round shared by every
 //! instance, its keys beside the round's (same hash tag, so the admission
-//! step reads the engine's stock and holdings in the same script). A join
-//! or a look is one script call (`lua/queue_enter.lua`); each instance
+//! step reads the engine's stock and holdings in the same script). Joins
+//! and looks that arrive together go to Redis in one script call per round
+//! (`lua/queue_enter.lua`), as reserve attempts do; each instance
 //! runs the admission step (`lua/queue_admit.lua`), which admits no faster
 //! for being run by many. If Redis loses the queue (a restart without
 //! persistence), shoppers find themselves out of it and join again,
 //! behind; tickets already issued stay valid until they expire.
 
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -17,19 +19,40 @@ use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use super::{Entry, QueueBackend, QueueError, QueueStats, RoundQueue, DRAW_SCORES};
-use crate::domain::UserId;
-use crate::engine::{EngineError, InventoryEngine, RoundKeys};
-use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::domain::{RoundId, UserId};
+use crate::engine::{next_batch, EngineError, InventoryEngine, RoundKeys};
 
 /// What the admission script answers for a round not set up in Redis.
 const NOT_SET_UP: i64 = -6;
 
+/// Joins and looks answered by one script call at most.
+const MAX_BATCH: usize = 128;
+/// Calls in flight at once.
+const CALLS_IN_FLIGHT: usize = 4;
+/// Joins waiting for a call; beyond that, callers wait.
+const QUEUE_DEPTH: usize = 16 * 1024;
+/// Values `queue_enter.lua` answers per shopper.
+const ANSWER_LEN: usize = 10;
+
 pub struct RedisQueues {
     conn: ConnectionManager,
     engine: Arc<dyn InventoryEngine>,
-    enter: Script,
+    entering: mpsc::Sender<(RoundId, Asked)>,
     admit: Script,
     draw: Mutex<StdRng>,
+}
+
+/// One shopper's join or look, waiting for its call.
+struct Asked {
+    opens_at_ms: i64,
+    draw_at_ms: i64,
+    ttl_ms: i64,
+    user: String,
+    join: bool,
+    score: u64,
+    reply: oneshot::Sender<Result<Vec<Value>, EngineError>>,
 }
 
 impl RedisQueues {
@@ -38,10 +61,13 @@ impl RedisQueues {
         engine: Arc<dyn InventoryEngine>,
         seed: Option<u64>,
     ) -> Self {
+        let (entering, queue) = mpsc::channel(QUEUE_DEPTH);
+        let enter = Script::new(include_str!("../../lua/queue_enter.lua"));
+        tokio::spawn(dispatch(conn.clone(), enter, queue));
         Self {
             conn,
             engine,
-            enter: Script::new(include_str!("../../lua/queue_enter.lua")),
+            entering,
             admit: Script::new(include_str!("../../lua/queue_admit.lua")),
             draw: Mutex::new(match seed {
                 Some(seed) => StdRng::seed_from_u64(seed),
@@ -107,30 +133,30 @@ impl QueueBackend for RedisQueues {
         join: bool,
         _now: Timestamp,
     ) -> Result<Option<Entry>, QueueError> {
-        let keys = RoundKeys::new(queue.round_id.as_str());
         let score = self
             .draw
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .random_range(0..DRAW_SCORES);
-        let mut conn = self.conn.clone();
-        let reply: Vec<Value> = self
-            .enter
-            .key(&keys.queue_entries)
-            .key(&keys.queue_state)
-            .key(&keys.queue_admits)
-            .arg(user.as_str())
-            .arg(if join { "1" } else { "0" })
-            .arg(score)
-            .arg(queue.opens_at.as_millisecond())
-            .arg(queue.draw_at.as_millisecond())
-            .arg(queue.ticket_ttl.as_millis() as i64)
-            .invoke_async(&mut conn)
+        let (reply, answer) = oneshot::channel();
+        let asked = Asked {
+            opens_at_ms: queue.opens_at.as_millisecond(),
+            draw_at_ms: queue.draw_at.as_millisecond(),
+            ttl_ms: queue.ticket_ttl.as_millis() as i64,
+            user: user.as_str().to_owned(),
+            join,
+            score,
+            reply,
+        };
+        let stopped = || unavailable("the queue batcher stopped");
+        self.entering
+            .send((queue.round_id.clone(), asked))
             .await
-            .map_err(unavailable)?;
+            .map_err(|_| stopped())?;
+        let reply = answer.await.map_err(|_| stopped())??;
         match reply.first().map(int) {
             Some(-1) => return Err(QueueError::NotOpen(queue.opens_at)),
-            Some(1) if reply.len() == 10 => {}
+            Some(1) if reply.len() == ANSWER_LEN => {}
             _ => return Ok(None),
         }
         let position = int(&reply[2]);
@@ -191,4 +217,68 @@ impl QueueBackend for RedisQueues {
             .await
             .map_err(unavailable)
     }
+}
+
+/// Sends the joins and looks gathered while earlier calls were in flight,
+/// one call per round; ends with the last sender.
+async fn dispatch(
+    conn: ConnectionManager,
+    script: Script,
+    mut queue: mpsc::Receiver<(RoundId, Asked)>,
+) {
+    let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+    while let Some((call, rounds)) = next_batch(&mut queue, &calls, MAX_BATCH).await {
+        let call = Arc::new(call);
+        for (round_id, asked) in rounds {
+            let (mut conn, script, call) = (conn.clone(), script.clone(), call.clone());
+            tokio::spawn(async move {
+                let answers = invoke(&mut conn, &script, &round_id, &asked).await;
+                match answers {
+                    Ok(values) => {
+                        for (asked, answer) in asked.into_iter().zip(values.chunks(ANSWER_LEN)) {
+                            let _ = asked.reply.send(Ok(answer.to_vec()));
+                        }
+                    }
+                    Err(e) => {
+                        for asked in asked {
+                            let _ = asked.reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+                drop(call);
+            });
+        }
+    }
+}
+
+async fn invoke(
+    conn: &mut ConnectionManager,
+    script: &Script,
+    round_id: &RoundId,
+    asked: &[Asked],
+) -> Result<Vec<Value>, EngineError> {
+    let keys = RoundKeys::new(round_id.as_str());
+    let first = &asked[0];
+    let mut call = script.prepare_invoke();
+    call.key(&keys.queue_entries)
+        .key(&keys.queue_state)
+        .key(&keys.queue_admits)
+        .arg(first.opens_at_ms)
+        .arg(first.draw_at_ms)
+        .arg(first.ttl_ms)
+        .arg(asked.len());
+    for a in asked {
+        call.arg(&a.user)
+            .arg(if a.join { "1" } else { "0" })
+            .arg(a.score);
+    }
+    let values: Vec<Value> = call.invoke_async(conn).await.map_err(unavailable)?;
+    if values.len() != ANSWER_LEN * asked.len() {
+        return Err(unavailable(format!(
+            "queue_enter.lua answered {} values for {} shoppers",
+            values.len(),
+            asked.len()
+        )));
+    }
+    Ok(values)
 }
