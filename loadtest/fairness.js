@@ -21,7 +21,10 @@ import { sleep } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
 import { tokenFor } from './lib/token.js';
 
-const BASE = __ENV.BASE_URL;
+// Every instance serving the drop (BASE_URLS, comma-separated): each
+// virtual user talks to one, in turn, so accounts are spread over them.
+const BASES = (__ENV.BASE_URLS || __ENV.BASE_URL).split(',');
+const base = () => BASES[__VU % BASES.length];
 const SECRET = __ENV.JWT_SECRET;
 const DROP = __ENV.DROP;
 const SKU = __ENV.SKU;
@@ -71,7 +74,7 @@ function clockOffsetMs() {
   let best = null;
   for (let i = 0; i < 5; i++) {
     const sent = Date.now();
-    const time = http.get(`${BASE}/api/v1/time`).json();
+    const time = http.get(`${BASES[0]}/api/v1/time`).json();
     const received = Date.now();
     if (best === null || received - sent < best.rtt) {
       best = { rtt: received - sent, offset: time.unix_ms - (sent + received) / 2 };
@@ -82,7 +85,7 @@ function clockOffsetMs() {
 
 export function setup() {
   const offset = clockOffsetMs();
-  const drop = http.get(`${BASE}/api/v1/drops/${DROP}`).json();
+  const drop = http.get(`${BASES[0]}/api/v1/drops/${DROP}`).json();
   // Server time → this machine's time.
   const local = (iso) => Date.parse(iso) - offset;
   return {
@@ -97,16 +100,16 @@ function sleepUntil(ms) {
 }
 
 function reserve(user, ticket) {
-  return expect(http.post(`${BASE}/api/v1/drops/${DROP}/reserve`,
+  return expect(http.post(`${base()}/api/v1/drops/${DROP}/reserve`,
     JSON.stringify({ sku: SKU, quantity: LIMIT }), { headers: headers(user, ticket) }));
 }
 
 function look(user) {
-  return expect(http.get(`${BASE}/api/v1/drops/${DROP}/queue`, { headers: headers(user) }));
+  return expect(http.get(`${base()}/api/v1/drops/${DROP}/queue`, { headers: headers(user) }));
 }
 
 function join(user) {
-  return expect(http.post(`${BASE}/api/v1/drops/${DROP}/queue`, '', { headers: headers(user) }));
+  return expect(http.post(`${base()}/api/v1/drops/${DROP}/queue`, '', { headers: headers(user) }));
 }
 
 // True when the answer ends the account's trying.
