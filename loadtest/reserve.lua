@@ -6,7 +6,8 @@
 -- compares the server's work and not wrk's (its Lua response() callback
 -- costs wrk time on every answer). With CALL=join it joins the drop's
 -- waiting room (POST /api/v1/drops/DROP/queue) as each shopper; with
--- CALL=drops it sends GET /api/v1/drops (the page refresh).
+-- CALL=drops it sends GET /api/v1/drops (the page refresh). With TICKET
+-- set, reserves carry it as Queue-Ticket (a queued drop's ticket check).
 
 local healthz = os.getenv("HEALTHZ") == "1"
 local call = os.getenv("CALL") or "reserve"
@@ -44,6 +45,7 @@ function init(args)
     requests[i] = wrk.format("POST", path, {
       ["Authorization"] = "Bearer " .. token,
       ["Content-Type"] = "application/json",
+      ["Queue-Ticket"] = os.getenv("TICKET"),
     }, body)
   end
   next_request = id
