@@ -25,6 +25,21 @@ fn queued_config(stock: i64, limit: i64, opens: Timestamp, queue: &str) -> Strin
     head + &drop
 }
 
+/// A server whose drop `q` opens in an hour, with its clock `before` that.
+async fn queued_server(
+    stock: i64,
+    limit: i64,
+    queue: &str,
+    before: SignedDuration,
+) -> (TestServer, Timestamp) {
+    let opens = Timestamp::now() + hours(1);
+    let config = queued_config(stock, limit, opens, queue);
+    (
+        TestServer::start_with_clock(&config, opens - before).await,
+        opens,
+    )
+}
+
 async fn join(http: &Http, user: &str) -> Reply {
     http.post("/api/v1/drops/q/queue", Some(&token(user)), "")
         .await
@@ -73,15 +88,13 @@ fn orders_in_store(server: &TestServer) -> i64 {
 
 #[tokio::test]
 async fn the_draw_decides_who_buys_and_reserve_needs_the_callers_own_ticket() {
-    let opens = Timestamp::now() + hours(1);
-    let config = queued_config(
+    let (mut server, opens) = queued_server(
         3,
         1,
-        opens,
         r#"opens_before = "10m", draw_window = "3s", admit_rate = 1000"#,
-    );
-    let mut server =
-        TestServer::start_with_clock(&config, opens - SignedDuration::from_mins(20)).await;
+        SignedDuration::from_mins(20),
+    )
+    .await;
     let http = &server.http;
 
     let early = join(http, "early").await;
@@ -114,30 +127,18 @@ async fn the_draw_decides_who_buys_and_reserve_needs_the_callers_own_ticket() {
 
     // The draw: three units, a limit of one, so three are admitted.
     server.clock.set(opens + SignedDuration::from_secs(4));
-    let mut admitted = Vec::new();
-    let mut waiting = Vec::new();
-    for user in &users {
-        let entry = wait_for(http, user, |e| e["position"].is_u64()).await;
-        match state(&entry) {
-            "admitted" => {
-                admitted.push((user.clone(), entry["ticket"].as_str().unwrap().to_owned()))
-            }
-            "waiting" => waiting.push(entry["position"].as_u64().unwrap()),
-            other => panic!("{user}: {other}"),
-        }
-    }
-    // Admission runs in steps: wait until all three holds are taken.
+    // Admission runs in steps: look until all three holds are taken.
+    let (mut admitted, mut waiting) = (Vec::new(), Vec::new());
     while admitted.len() < 3 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         admitted.clear();
         waiting.clear();
         for user in &users {
             let entry = look(http, user).await.body;
-            match state(&entry) {
-                "admitted" => {
-                    admitted.push((user.clone(), entry["ticket"].as_str().unwrap().to_owned()))
-                }
-                _ => waiting.push(entry["position"].as_u64().unwrap()),
+            match (state(&entry), entry["ticket"].as_str()) {
+                ("admitted", Some(ticket)) => admitted.push((user.clone(), ticket.to_owned())),
+                ("waiting", None) => waiting.push(entry["position"].as_u64().unwrap()),
+                other => panic!("{user}: {other:?}"),
             }
         }
     }
@@ -176,15 +177,13 @@ async fn the_draw_decides_who_buys_and_reserve_needs_the_callers_own_ticket() {
 
 #[tokio::test]
 async fn an_unused_ticket_expires_and_its_units_go_to_the_next_in_line() {
-    let opens = Timestamp::now() + hours(1);
-    let config = queued_config(
+    let (mut server, opens) = queued_server(
         1,
         1,
-        opens,
         r#"draw_window = "1s", ticket_ttl = "1m", admit_rate = 100"#,
-    );
-    let mut server =
-        TestServer::start_with_clock(&config, opens - SignedDuration::from_mins(1)).await;
+        SignedDuration::from_mins(1),
+    )
+    .await;
     let http = &server.http;
     for user in ["ann", "ben"] {
         assert_eq!(join(http, user).await.status, 201);
@@ -229,10 +228,13 @@ async fn an_unused_ticket_expires_and_its_units_go_to_the_next_in_line() {
 
 #[tokio::test]
 async fn an_operator_raises_the_admit_rate_live() {
-    let opens = Timestamp::now() + hours(1);
-    let config = queued_config(100, 1, opens, r#"draw_window = "1s", admit_rate = 1"#);
-    let mut server =
-        TestServer::start_with_clock(&config, opens - SignedDuration::from_mins(1)).await;
+    let (mut server, opens) = queued_server(
+        100,
+        1,
+        r#"draw_window = "1s", admit_rate = 1"#,
+        SignedDuration::from_mins(1),
+    )
+    .await;
     let http = server.http.clone();
     for i in 0..30 {
         assert_eq!(join(&http, &format!("fan-{i}")).await.status, 201);
