@@ -91,7 +91,7 @@ impl Bench {
                     .unwrap(),
             ),
             Some(url) => Arc::new(
-                rt.block_on(RedisEngine::open(url, catalog(), store))
+                rt.block_on(RedisEngine::open(url, catalog(), store, Default::default()))
                     .unwrap(),
             ),
         };

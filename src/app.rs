@@ -129,7 +129,9 @@ impl App {
                     (engine, None, queues)
                 }
                 EngineChoice::Redis { url } => {
-                    let engine = RedisEngine::open(url, catalog.clone(), store.clone()).await?;
+                    let engine =
+                        RedisEngine::open(url, catalog.clone(), store.clone(), config.redis)
+                            .await?;
                     // Stable across restarts, so a restarted instance re-reads its
                     // own pending winners at once. Two instances with one name
                     // (same host and listen address) are still safe: a winner

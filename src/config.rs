@@ -71,6 +71,52 @@ pub struct Config {
     pub payments: PaymentRules,
     /// `[[webhooks]]`: where order events are pushed.
     pub webhooks: Vec<Webhook>,
+    /// `[redis]`: how the Redis engine confirms its wins.
+    pub redis: RedisSettings,
+}
+
+/// `[redis]`: a win is answered only once `WAIT` has it on this many
+/// replicas (0: as soon as the master has it), waiting at most the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub replica_acks: u32,
+    pub replica_ack_timeout: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            replica_acks: 0,
+            replica_ack_timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisSection {
+    replica_acks: Option<i64>,
+    replica_ack_timeout: Option<String>,
+}
+
+fn parse_redis(section: RedisSection) -> Result<RedisSettings, ConfigError> {
+    let defaults = RedisSettings::default();
+    let replica_acks = match section.replica_acks {
+        None => defaults.replica_acks,
+        Some(n) => u32::try_from(n).ok().filter(|n| *n <= 16).ok_or_else(|| {
+            field_error("redis.replica_acks", format!("must be 0 to 16, got {n}"))
+        })?,
+    };
+    let replica_ack_timeout = match section.replica_ack_timeout {
+        None => defaults.replica_ack_timeout,
+        Some(raw) => parse_positive_duration(&raw)
+            .and_then(|d| d.try_into().map_err(|_| "out of range".to_string()))
+            .map_err(|m| field_error("redis.replica_ack_timeout", m))?,
+    };
+    Ok(RedisSettings {
+        replica_acks,
+        replica_ack_timeout,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +196,8 @@ struct ConfigFile {
     payments: PaymentsSection,
     #[serde(default)]
     webhooks: Vec<WebhookSection>,
+    #[serde(default)]
+    redis: RedisSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,6 +389,7 @@ impl Config {
             }
         }
         Ok(Self {
+            redis: parse_redis(file.redis)?,
             webhooks: parse_webhooks(file.webhooks)?,
             promotions,
             payments: parse_payments(file.payments)?,

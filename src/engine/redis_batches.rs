@@ -22,6 +22,7 @@ use super::redis_engine::unavailable;
 use super::redis_keys::RoundKeys;
 use super::redis_reconcile::Reconciler;
 use super::EngineError;
+use crate::config::RedisSettings;
 use crate::domain::RoundId;
 
 /// Attempts decided by one call at most.
@@ -68,11 +69,15 @@ pub struct ReserveBatches {
 impl ReserveBatches {
     /// Starts the task that sends the batches over `conns` in turn; it ends
     /// with the last handle.
-    pub fn start(conns: Vec<ConnectionManager>, reconciler: Arc<Reconciler>) -> Self {
+    pub fn start(
+        conns: Vec<ConnectionManager>,
+        reconciler: Arc<Reconciler>,
+        settings: RedisSettings,
+    ) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE_DEPTH);
         // The SHA-1 that `EVALSHA` names the script by.
         let hash: Arc<str> = Script::new(RESERVE_LUA).get_hash().into();
-        tokio::spawn(dispatch(conns, hash, pending, reconciler));
+        tokio::spawn(dispatch(conns, hash, pending, reconciler, settings));
         Self { queue }
     }
 
@@ -95,6 +100,7 @@ async fn dispatch(
     hash: Arc<str>,
     mut queue: mpsc::Receiver<Queued>,
     reconciler: Arc<Reconciler>,
+    settings: RedisSettings,
 ) {
     let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     let mut turn = 0;
@@ -105,7 +111,12 @@ async fn dispatch(
             let (mut conn, hash, call) = (conns[turn].clone(), hash.clone(), call.clone());
             let reconciler = reconciler.clone();
             tokio::spawn(async move {
-                let answers = invoke(&mut conn, &hash, &round_id, &attempts, &reconciler).await;
+                let mut answers = invoke(&mut conn, &hash, &round_id, &attempts, &reconciler).await;
+                if let Ok(decided) = &answers {
+                    if let Err(e) = confirm_wins(&mut conn, decided, settings).await {
+                        answers = Err(e);
+                    }
+                }
                 settle(attempts, answers);
                 drop(call);
             });
@@ -186,6 +197,37 @@ async fn invoke(
         answers.push((code, detail));
     }
     Ok(answers)
+}
+
+/// With `replica_acks`, a batch that won anything is answered only once
+/// `WAIT` has the connection's writes on that many replicas; short of it
+/// within the timeout, the whole batch is answered unavailable (503). The
+/// wins stand in the master and reach the store: a retry with the same
+/// Idempotency-Key replays its order. What this protects against and what
+/// it does not (a replica's AOF is not fsynced by `WAIT`): BENCHMARKS.md.
+async fn confirm_wins(
+    conn: &mut ConnectionManager,
+    answers: &[Answer],
+    settings: RedisSettings,
+) -> Result<(), EngineError> {
+    if settings.replica_acks == 0 || !answers.iter().any(|(code, _)| *code == 1) {
+        return Ok(());
+    }
+    let timeout_ms = settings.replica_ack_timeout.as_millis().max(1) as u64;
+    let acked: u32 = redis::cmd("WAIT")
+        .arg(settings.replica_acks)
+        .arg(timeout_ms)
+        .query_async(conn)
+        .await
+        .map_err(unavailable)?;
+    if acked < settings.replica_acks {
+        metrics::counter!("dropgate_redis_replica_ack_timeouts_total").increment(1);
+        return Err(unavailable(format!(
+            "{acked} of {} replicas confirmed the win within {timeout_ms} ms",
+            settings.replica_acks
+        )));
+    }
+    Ok(())
 }
 
 /// Sends the call, and sends it once more if the connection dropped (the

@@ -20,6 +20,7 @@ use super::{
     EngineError, InventoryEngine, Refused, ReserveAttempt, ReserveOutcome, Reserved, Retired,
 };
 use crate::catalog::LiveCatalog;
+use crate::config::RedisSettings;
 use crate::domain::{OrderId, RoundId, SkuId, UserId};
 use crate::order::Order;
 use crate::store::{OrderStore, RestockRecord};
@@ -103,6 +104,7 @@ impl RedisEngine {
         url: &str,
         catalog: LiveCatalog,
         store: OrderStore,
+        settings: RedisSettings,
     ) -> Result<Self, EngineError> {
         let conn = connect(url).await?;
         let mut reserve_conns = vec![conn.clone()];
@@ -111,7 +113,7 @@ impl RedisEngine {
         }
         let reconciler = Reconciler::start(conn.clone(), catalog.clone(), store.clone()).await?;
         let engine = Self {
-            reserves: ReserveBatches::start(reserve_conns, reconciler.clone()),
+            reserves: ReserveBatches::start(reserve_conns, reconciler.clone(), settings),
             conn,
             scripts: Arc::new(Scripts {
                 release: Script::new(include_str!("../../lua/release.lua")),

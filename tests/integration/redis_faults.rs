@@ -379,3 +379,74 @@ async fn selling_goes_on_while_the_database_is_stalled() {
     }
     assert_eq!(audit.live_units("flt@%").await, 21);
 }
+
+/// `replica_acks = 1`: a win is answered only once a replica has it. With
+/// the replica stalled (SIGSTOP) the win is answered 503 within the
+/// timeout; once the replica is back, the retry with the same key gets the
+/// same order, and the store holds it once.
+#[tokio::test]
+async fn with_replica_acks_a_win_waits_for_a_replica_and_a_retry_replays_it() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_in(
+        tempfile::tempdir().unwrap(),
+        &["--replicaof", "127.0.0.1", &master.port.to_string()],
+    );
+    let mut conn = redis_conn(&replica).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never linked: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = Timestamp::now();
+    let config = config_head("")
+        + "[redis]\nreplica_acks = 1\nreplica_ack_timeout = \"300ms\"\n"
+        + &window_drop(DROP, SKU, 5, 2, now - hours(1), now + hours(1));
+    let mut server = TestServer::start_with_engine(&config, now, &master.engine()).await;
+    let body = format!(r#"{{"sku": "{SKU}"}}"#);
+    let first = server.http.reserve_keyed(DROP, "ann", "a1", &body).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+
+    replica.signal("-STOP");
+    let started = Instant::now();
+    let stalled = server.http.reserve_keyed(DROP, "bob", "b1", &body).await;
+    let waited = started.elapsed();
+    replica.signal("-CONT");
+    assert_eq!(
+        (stalled.status, stalled.error()),
+        (503, "unavailable"),
+        "{:?}",
+        stalled.body
+    );
+    assert!(
+        waited >= Duration::from_millis(250),
+        "answered after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+
+    let retried = server.http.reserve_keyed(DROP, "bob", "b1", &body).await;
+    assert_eq!(retried.status, 200, "a replay: {:?}", retried.body);
+    let metrics = server.http.get_text("/metrics").await;
+    assert!(
+        metrics.contains("dropgate_redis_replica_ack_timeouts_total 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+    let audit = server.audit().await;
+    assert_eq!(
+        audit.count_where("user_id = 'bob'").await,
+        1,
+        "bob's win stored once"
+    );
+    assert_eq!(audit.count_where("1 = 1").await, 2);
+}
