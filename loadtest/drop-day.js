@@ -23,6 +23,7 @@ import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import { tokenFor } from './lib/token.js';
+import { clockOffsetMs } from './lib/clock.js';
 import { checkout, createCoupons } from './lib/checkout.js';
 import { afterSale } from './lib/after_sale.js';
 
@@ -101,24 +102,9 @@ function admin() {
   return { Authorization: `Bearer ${ADMIN_TOKEN}`, 'Content-Type': 'application/json' };
 }
 
-// The server's clock minus ours, from the sample with the shortest round trip.
-function clockOffsetMs() {
-  let best = null;
-  for (let i = 0; i < 5; i++) {
-    const sent = Date.now();
-    const time = http.get(`${BASE}/api/v1/time`).json();
-    const received = Date.now();
-    const rtt = received - sent;
-    if (best === null || rtt < best.rtt) {
-      best = { rtt, offset: time.unix_ms - (sent + received) / 2 };
-    }
-  }
-  return best.offset;
-}
-
 export function setup() {
   createCoupons(BASE, admin(), () => checkoutErrors.add(1));
-  const offset = clockOffsetMs();
+  const offset = clockOffsetMs(BASE);
   const drop = http.get(`${BASE}/api/v1/drops/${DROP}`).json();
   const waitMs = Date.parse(drop.round.opens_at) - (Date.now() + offset);
   console.log(`round ${drop.round.id} opens in ${(waitMs / 1000).toFixed(1)} s (clock offset ${offset.toFixed(0)} ms)`);

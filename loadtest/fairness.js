@@ -20,6 +20,7 @@ import http from 'k6/http';
 import { sleep } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
 import { tokenFor } from './lib/token.js';
+import { clockOffsetMs } from './lib/clock.js';
 
 // Every instance serving the drop (BASE_URLS, comma-separated): each
 // virtual user talks to one, in turn, so accounts are spread over them.
@@ -69,22 +70,8 @@ function expect(res) {
   return res;
 }
 
-// The server's clock minus ours, from the sample with the shortest round trip.
-function clockOffsetMs() {
-  let best = null;
-  for (let i = 0; i < 5; i++) {
-    const sent = Date.now();
-    const time = http.get(`${BASES[0]}/api/v1/time`).json();
-    const received = Date.now();
-    if (best === null || received - sent < best.rtt) {
-      best = { rtt: received - sent, offset: time.unix_ms - (sent + received) / 2 };
-    }
-  }
-  return best.offset;
-}
-
 export function setup() {
-  const offset = clockOffsetMs();
+  const offset = clockOffsetMs(BASES[0]);
   const drop = http.get(`${BASES[0]}/api/v1/drops/${DROP}`).json();
   // Server time → this machine's time.
   const local = (iso) => Date.parse(iso) - offset;
