@@ -123,7 +123,7 @@ impl App {
             match choice {
                 EngineChoice::Embedded => {
                     let rounds = catalog.current_rounds(clock.now());
-                    let engine: Arc<dyn InventoryEngine> =
+                    let engine =
                         Arc::new(EmbeddedEngine::open(store.clone(), clock.clone(), rounds).await?);
                     let queues = Arc::new(MemoryQueues::new(engine.clone(), None));
                     (engine, None, queues)
@@ -167,7 +167,6 @@ impl App {
             queues,
             queue_rates: Default::default(),
             drop_views: Default::default(),
-
             secrets: config.auth,
             settings: config.server,
             admission: Admission::new(config.limits),

@@ -62,6 +62,18 @@ impl EmbeddedEngine {
         Ok(engine)
     }
 
+    /// Units each of `users` holds in `round_id`: what a waiting room's
+    /// tickets have used of their holds.
+    pub fn holdings(&self, round_id: &RoundId, users: &[UserId]) -> Vec<u32> {
+        match self.rounds.get(round_id).map(|b| b.clone()) {
+            Some(book) => {
+                let book = lock(&book);
+                users.iter().map(|u| book.held_by(u)).collect()
+            }
+            None => vec![0; users.len()],
+        }
+    }
+
     fn book(&self, round_id: &RoundId) -> Arc<Mutex<RoundBook>> {
         if let Some(book) = self.rounds.get(round_id) {
             return book.clone();
@@ -169,20 +181,6 @@ impl InventoryEngine for EmbeddedEngine {
             None => (0, 0),
         };
         Ok((allocated + restocked).saturating_sub(sold))
-    }
-
-    async fn holdings(
-        &self,
-        round_id: &RoundId,
-        users: &[UserId],
-    ) -> Result<Vec<u32>, EngineError> {
-        Ok(match self.rounds.get(round_id).map(|b| b.clone()) {
-            Some(book) => {
-                let book = lock(&book);
-                users.iter().map(|u| book.held_by(u)).collect()
-            }
-            None => vec![0; users.len()],
-        })
     }
 
     async fn restock(

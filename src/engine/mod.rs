@@ -23,7 +23,7 @@ pub use redis_engine::{connect as connect_redis, RedisEngine};
 pub use redis_keys::RoundKeys;
 pub use redis_writer::RedisOrderWriter;
 
-use crate::domain::{IdempotencyKey, OrderId, RoundId, SkuId, UserId};
+use crate::domain::{IdempotencyKey, OrderId, RoundId, SkuId};
 use crate::order::Order;
 use crate::schedule::{phase, Phase};
 
@@ -122,11 +122,6 @@ pub trait InventoryEngine: Send + Sync + 'static {
         sku: &SkuId,
         allocated: u64,
     ) -> Result<u64, EngineError>;
-
-    /// Units each of `users` holds in `round_id` (what a waiting room's
-    /// tickets have used of their holds).
-    async fn holdings(&self, round_id: &RoundId, users: &[UserId])
-        -> Result<Vec<u32>, EngineError>;
 
     /// Adds `units` of `sku` to a round for sale at once, recorded in the
     /// order store first so that a rebuilt round has them too. A restock

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::catalog::LiveCatalog;
 use crate::config::RedisSettings;
-use crate::domain::{OrderId, RoundId, SkuId, UserId};
+use crate::domain::{OrderId, RoundId, SkuId};
 use crate::order::Order;
 use crate::store::{OrderStore, RestockRecord};
 
@@ -254,27 +254,6 @@ impl InventoryEngine for RedisEngine {
             left = self.read_stock(round_id).await?;
         }
         Ok(left.get(sku).copied().unwrap_or(allocated))
-    }
-
-    async fn holdings(
-        &self,
-        round_id: &RoundId,
-        users: &[UserId],
-    ) -> Result<Vec<u32>, EngineError> {
-        let keys = RoundKeys::new(round_id.as_str());
-        let mut conn = self.conn.clone();
-        let mut held = Vec::with_capacity(users.len());
-        for chunk in users.chunks(1000) {
-            let fields: Vec<&str> = chunk.iter().map(UserId::as_str).collect();
-            let values: Vec<Option<u32>> = redis::cmd("HMGET")
-                .arg(&keys.held)
-                .arg(&fields)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            held.extend(values.into_iter().map(Option::unwrap_or_default));
-        }
-        Ok(held)
     }
 
     async fn restock(

@@ -19,17 +19,17 @@ use crate::waiting_room::{QueueError, QueueView, RoundQueue};
 
 static QUEUE_TICKET: HeaderName = HeaderName::from_static("queue-ticket");
 
-fn queued_drop(app: &App, drop_id: &str) -> Result<std::sync::Arc<Drop>, ApiError> {
+/// The queue of the drop's current round; 404 for a drop that has none.
+fn current_queue(app: &App, drop_id: &str) -> Result<RoundQueue, ApiError> {
     let drop = app
         .live_catalog()
         .get(drop_id)
         .ok_or_else(|| ApiError::NotFound(format!("no drop {drop_id:?}")))?;
-    if drop.queue.is_none() {
-        return Err(ApiError::NotFound(format!(
+    RoundQueue::current(app, &drop, app.clock.now()).ok_or_else(|| {
+        ApiError::NotFound(format!(
             "drop {drop_id:?} has no waiting room: reserve directly"
-        )));
-    }
-    Ok(drop)
+        ))
+    })
 }
 
 /// `POST /api/v1/drops/{id}/queue` (join: 201, or 200 with the entry the
@@ -41,13 +41,8 @@ pub async fn enter(
     join: bool,
 ) -> Result<HttpResponse, ApiError> {
     let shopper = authenticate(app, req)?;
-    let drop = queued_drop(app, drop_id)?;
+    let queue = current_queue(app, drop_id)?;
     let now = app.clock.now();
-    let Some(queue) = RoundQueue::current(app, &drop, now) else {
-        return Err(ApiError::NotFound(format!(
-            "drop {drop_id:?} has no waiting room"
-        )));
-    };
     if now >= queue.closes_at {
         return Err(ApiError::Closed);
     }
@@ -112,7 +107,7 @@ pub async fn set_rate(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(app, &req)?;
-    let drop = queued_drop(app, drop_id)?;
+    let queue = current_queue(app, drop_id)?;
     let bytes = read_body(req, &app.settings).await?;
     let body: RateBody = parse(&bytes)?;
     let rate = u32::try_from(body.admit_rate)
@@ -124,13 +119,7 @@ pub async fn set_rate(
                 crate::admission::MAX_RATE
             ))
         })?;
-    let now = app.clock.now();
-    let Some(queue) = RoundQueue::current(app, &drop, now) else {
-        return Err(ApiError::NotFound(format!(
-            "drop {drop_id:?} has no waiting room"
-        )));
-    };
     app.queues.set_rate(&queue, rate).await?;
-    let stats = app.queues.admit(&queue, now).await?;
+    let stats = app.queues.admit(&queue, app.clock.now()).await?;
     Ok(json(StatusCode::OK, &stats))
 }

@@ -19,10 +19,10 @@ use rand::{Rng, SeedableRng};
 
 use super::{smoothed, Entry, QueueBackend, QueueError, QueueStats, RoundQueue, DRAW_SCORES};
 use crate::domain::{RoundId, UserId};
-use crate::engine::{EngineError, InventoryEngine};
+use crate::engine::{EmbeddedEngine, EngineError, InventoryEngine};
 
 pub struct MemoryQueues {
-    engine: Arc<dyn InventoryEngine>,
+    engine: Arc<EmbeddedEngine>,
     draw: Mutex<StdRng>,
     books: DashMap<RoundId, Arc<Mutex<Book>>>,
 }
@@ -146,7 +146,7 @@ impl Book {
 
 impl MemoryQueues {
     /// `seed`: a fixed draw (tests); None draws from the OS's entropy.
-    pub fn new(engine: Arc<dyn InventoryEngine>, seed: Option<u64>) -> Self {
+    pub fn new(engine: Arc<EmbeddedEngine>, seed: Option<u64>) -> Self {
         let draw = match seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -167,7 +167,7 @@ impl MemoryQueues {
 
     /// Forgets the queues of rounds that have closed.
     fn forget_closed(&self, queue: &RoundQueue) {
-        let drop = queue.drop_id.as_str();
+        let drop = queue.drop.id.as_str();
         self.books
             .retain(|round, _| round.drop_part() != drop || *round == queue.round_id);
     }
@@ -220,17 +220,17 @@ impl QueueBackend for MemoryQueues {
             }
             book.pending.iter().map(|(u, _)| u.clone()).collect()
         };
-        let holdings = self.engine.holdings(&queue.round_id, &pending).await?;
+        let holdings = self.engine.holdings(&queue.round_id, &pending);
         let mut remaining = 0;
-        for (sku, allocated) in &queue.skus {
+        for sku in &queue.drop.skus {
             remaining += self
                 .engine
-                .remaining(&queue.round_id, sku, *allocated)
+                .remaining(&queue.round_id, &sku.id, sku.stock)
                 .await?;
         }
 
         let mut book = lock(&book);
-        let limit = queue.per_user_limit;
+        let limit = queue.drop.per_user_limit;
         let used_up: std::collections::HashSet<&UserId> = pending
             .iter()
             .zip(&holdings)
@@ -294,20 +294,23 @@ impl QueueBackend for MemoryQueues {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{DropId, SkuId};
     use jiff::SignedDuration;
 
     fn queue(round: usize, at: Timestamp) -> RoundQueue {
+        let drop = crate::config::drop_from_json(
+            br#"{"id": "phone", "product": "Phone", "per_user_limit": 1, "pay_within": "15m",
+                 "opens_at": "2027-01-01T00:00:00Z", "closes_at": "2027-01-02T00:00:00Z",
+                 "skus": [{"id": "sku", "name": "8GB", "price": "1.00", "stock": 10}]}"#,
+        )
+        .unwrap();
         RoundQueue {
-            drop_id: DropId::parse("phone").unwrap(),
+            drop: Arc::new(drop),
             round_id: RoundId::parse(&format!("phone@r{round}")).unwrap(),
             opens_at: at - SignedDuration::from_mins(10),
             draw_at: at + SignedDuration::from_secs(3),
             closes_at: at + SignedDuration::from_hours(1),
             ticket_ttl: SignedDuration::from_mins(2),
-            per_user_limit: 1,
             admit_rate: 100,
-            skus: vec![(SkuId::parse("sku").unwrap(), 10)],
         }
     }
 

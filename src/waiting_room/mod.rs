@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::catalog::Drop;
-use crate::domain::{DropId, RoundId, SkuId, UserId};
+use crate::domain::{RoundId, UserId};
 use crate::engine::EngineError;
 use crate::schedule::Round;
 
@@ -66,7 +66,8 @@ pub const DRAW_SCORES: u64 = 1 << 52;
 /// One round's queue, as the backends need it.
 #[derive(Debug, Clone)]
 pub struct RoundQueue {
-    pub drop_id: DropId,
+    /// Its drop: the per-user limit, and the SKUs admission counts units of.
+    pub drop: Arc<Drop>,
     pub round_id: RoundId,
     /// When joining opens.
     pub opens_at: Timestamp,
@@ -74,30 +75,25 @@ pub struct RoundQueue {
     pub draw_at: Timestamp,
     pub closes_at: Timestamp,
     pub ticket_ttl: SignedDuration,
-    pub per_user_limit: u32,
     /// The configured admit rate (an operator may set another live).
     pub admit_rate: u32,
-    /// Each SKU with its allocation: what admission counts units against.
-    pub skus: Vec<(SkuId, u64)>,
 }
 
 impl RoundQueue {
-    pub fn of(drop: &Drop, round: &Round, rules: &QueueRules, default_rate: u32) -> Self {
+    pub fn of(drop: &Arc<Drop>, round: &Round, rules: &QueueRules, default_rate: u32) -> Self {
         Self {
-            drop_id: drop.id.clone(),
+            drop: drop.clone(),
             round_id: round.id.clone(),
             opens_at: round.opens_at - rules.opens_before,
             draw_at: round.opens_at + rules.draw_window,
             closes_at: round.closes_at,
             ticket_ttl: rules.ticket_ttl,
-            per_user_limit: drop.per_user_limit,
             admit_rate: rules.admit_rate.unwrap_or(default_rate).max(1),
-            skus: drop.skus.iter().map(|s| (s.id.clone(), s.stock)).collect(),
         }
     }
 
     /// The queue of the drop's current round, if it has one.
-    pub fn current(app: &App, drop: &Drop, now: Timestamp) -> Option<Self> {
+    pub fn current(app: &App, drop: &Arc<Drop>, now: Timestamp) -> Option<Self> {
         let rules = drop.queue.as_ref()?;
         let round = drop.round_at(now);
         let automatic = app
@@ -204,7 +200,7 @@ impl QueueView {
             }
             return QueueView {
                 ticket: Some(app.queue_tickets.issue(
-                    &queue.drop_id,
+                    &queue.drop.id,
                     &queue.round_id,
                     user,
                     expires,
@@ -248,7 +244,6 @@ pub fn estimated_wait(queue: &RoundQueue, entry: &Entry, now: Timestamp) -> Opti
     if rate <= 0.0 {
         return None;
     }
-    // Admission steps come every ADMIT_EVERY: the first one counts too.
     let seconds = until_draw + ahead / rate;
     Some(SignedDuration::from_secs_f64(seconds))
 }
@@ -281,7 +276,7 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             match app.queues.admit(&queue, now).await {
                 Ok(stats) => publish(&queue, &stats),
                 Err(e) => {
-                    tracing::warn!(drop = %queue.drop_id, error = %e, "queue admission step failed; will retry")
+                    tracing::warn!(drop = %queue.drop.id, error = %e, "queue admission step failed; will retry")
                 }
             }
         }
@@ -296,7 +291,7 @@ fn strained(app: &App) -> bool {
 }
 
 fn publish(queue: &RoundQueue, stats: &QueueStats) {
-    let drop = queue.drop_id.to_string();
+    let drop = queue.drop.id.to_string();
     metrics::gauge!("dropgate_queue_joined", "drop" => drop.clone()).set(stats.joined as f64);
     metrics::gauge!("dropgate_queue_admitted", "drop" => drop.clone()).set(stats.admitted as f64);
     metrics::gauge!("dropgate_queue_held_units", "drop" => drop.clone()).set(stats.held as f64);

@@ -183,7 +183,7 @@ impl QueueBackend for RedisQueues {
                 .key(&keys.stock)
                 .key(&keys.held)
                 .arg(queue.admit_rate)
-                .arg(queue.per_user_limit)
+                .arg(queue.drop.per_user_limit)
                 .arg(queue.ticket_ttl.as_millis() as i64)
                 .arg(queue.draw_at.as_millisecond())
                 .invoke_async(&mut conn)
@@ -191,9 +191,9 @@ impl QueueBackend for RedisQueues {
                 .map_err(unavailable)?;
             if reply.first().map(int) == Some(NOT_SET_UP) {
                 // The engine sets a round up when asked what is left of it.
-                if let Some((sku, allocated)) = queue.skus.first() {
+                if let Some(sku) = queue.drop.skus.first() {
                     self.engine
-                        .remaining(&queue.round_id, sku, *allocated)
+                        .remaining(&queue.round_id, &sku.id, sku.stock)
                         .await?;
                 }
                 continue;
