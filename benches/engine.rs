@@ -15,7 +15,7 @@ use dropgate::catalog::{Catalog, LiveCatalog};
 use dropgate::clock::{Clock, SystemClock};
 use dropgate::domain::{DropId, OrderId, Quantity, SkuId, UserId};
 use dropgate::engine::{
-    EmbeddedEngine, InventoryEngine, RedisEngine, Refused, ReserveAttempt, Reserved,
+    EmbeddedEngine, InventoryEngine, Redis, RedisEngine, Refused, ReserveAttempt, Reserved,
 };
 use dropgate::money::Currency;
 use dropgate::order::{Order, OrderStatus};
@@ -91,8 +91,11 @@ impl Bench {
                     .unwrap(),
             ),
             Some(url) => Arc::new(
-                rt.block_on(RedisEngine::open(url, catalog(), store, Default::default()))
-                    .unwrap(),
+                rt.block_on(async {
+                    let redis = Redis::open(url).await?;
+                    RedisEngine::open(&redis, catalog(), store, Default::default()).await
+                })
+                .unwrap(),
             ),
         };
         Self {

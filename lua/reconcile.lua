@@ -18,11 +18,25 @@
 --                                                    dg:{<round>}:live
 -- KEYS[4] ended  SET of order ids whose units came back
 --                                                    dg:{<round>}:ended
+-- KEYS[5] reconciled_under  STRING run_id of the server this ran on
+--                                                    dg:{<round>}:reconciled_under
+-- KEYS[6] orders HASH order id -> order JSON         dg:{<round>}:orders
+-- KEYS[7] voided SET of order ids voided here        dg:{<round>}:voided
 -- ARGV[1] n_skus, then n_skus pairs (sku, units allocated: stock + restocks),
 --   then n_live, then n_live pairs (order id, holding) live in the store,
 --   then the ids of the orders the store has ended (to the end of ARGV).
 --
--- Returns the units live in the round after the merge.
+-- Two servers can have sold the same unit: a master that decided a win no
+-- replica had, then lost its place (a failover), comes back as master with
+-- it (Sentinel can fail back to it) while the other sold that unit again.
+-- Such wins are known only to Redis (the store holds at most the stock),
+-- and where a SKU's live units exceed its allocation, enough of them are
+-- voided: out of the live set, their JSON removed (a retry of their key
+-- decides anew), and listed in `voided` for the order writer, which keeps
+-- them as dead letters instead of storing them. With `replica_acks` such
+-- a win was answered 503, never 201.
+--
+-- Returns {units live in the round after the merge, orders voided}.
 
 local function parse(holding)
   local first = string.find(holding, '\n', 1, true)
@@ -48,8 +62,38 @@ for i = at + 1 + 2 * n_live, #ARGV do
   redis.call('SADD', KEYS[4], ARGV[i])
 end
 
-local sold, held, total = {}, {}, 0
+local allocated, stored = {}, {}
+for i = 0, n_skus - 1 do
+  allocated[ARGV[2 + 2 * i]] = tonumber(ARGV[3 + 2 * i])
+end
+for i = at + 1, at + 2 * n_live, 2 do
+  stored[ARGV[i]] = true
+end
+local over = {}
 local live = redis.call('HGETALL', KEYS[3])
+for i = 2, #live, 2 do
+  local sku, units = parse(live[i])
+  over[sku] = (over[sku] or 0) + units
+end
+for sku, units in pairs(over) do
+  over[sku] = units - (allocated[sku] or units)
+end
+local voided = 0
+for i = 1, #live, 2 do
+  local id = live[i]
+  local sku, units = parse(live[i + 1])
+  if over[sku] > 0 and not stored[id] then
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[6], id)
+    redis.call('SADD', KEYS[4], id)
+    redis.call('SADD', KEYS[7], id)
+    over[sku] = over[sku] - units
+    voided = voided + 1
+  end
+end
+
+local sold, held, total = {}, {}, 0
+live = redis.call('HGETALL', KEYS[3])
 for i = 2, #live, 2 do
   local sku, units, user = parse(live[i])
   sold[sku] = (sold[sku] or 0) + units
@@ -66,4 +110,7 @@ end
 for user, units in pairs(held) do
   redis.call('HSET', KEYS[2], user, units)
 end
-return total
+-- In the same step: this server now knows at least what the store knows.
+local info = redis.call('INFO', 'server')
+redis.call('SET', KEYS[5], string.match(info, 'run_id:(%x+)'))
+return {total, voided}

@@ -48,7 +48,14 @@ local function decide(opens_at, closes_at, sku, units_arg, limit, user, key, fin
     if earlier then
       local cut = string.find(earlier, '\n', 1, true)
       if string.sub(earlier, 1, cut - 1) ~= fingerprint then return -5, '' end
-      return 2, redis.call('HGET', KEYS[4], string.sub(earlier, cut + 1)) or ''
+      local order = redis.call('HGET', KEYS[4], string.sub(earlier, cut + 1))
+      if order then
+        -- Written again (unchanged), so that the caller's WAIT for replicas
+        -- (replica_acks) covers the win it replays, not only its own writes.
+        redis.call('HSET', KEYS[3], key_field, earlier)
+        return 2, order
+      end
+      -- Its order was voided (reconcile.lua): the key decides anew.
     end
   end
 

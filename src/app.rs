@@ -13,7 +13,7 @@ use crate::clock::Clock;
 use crate::config::{drop_from_json, Config, Secrets, ServerSettings};
 use crate::domain::RoundId;
 use crate::engine::{
-    connect_redis, EmbeddedEngine, EngineError, InventoryEngine, RedisEngine, RedisOrderWriter,
+    EmbeddedEngine, EngineError, InventoryEngine, Redis, RedisEngine, RedisOrderWriter,
 };
 use crate::promotions::LivePromotions;
 use crate::sold_out::SoldOutMarks;
@@ -129,8 +129,9 @@ impl App {
                     (engine, None, queues)
                 }
                 EngineChoice::Redis { url } => {
+                    let redis = Redis::open(url).await?;
                     let engine =
-                        RedisEngine::open(url, catalog.clone(), store.clone(), config.redis)
+                        RedisEngine::open(&redis, catalog.clone(), store.clone(), config.redis)
                             .await?;
                     // Stable across restarts, so a restarted instance re-reads its
                     // own pending winners at once. Two instances with one name
@@ -138,11 +139,13 @@ impl App {
                     // delivered to both is inserted once.
                     let consumer = format!("{}:{}", hostname(), config.listen);
                     let claim_idle = config.server.claim_idle;
+                    let fence = engine.master_fence();
                     let writer =
-                        RedisOrderWriter::start(url, store.clone(), consumer, claim_idle).await?;
+                        RedisOrderWriter::start(&redis, store.clone(), consumer, claim_idle, fence)
+                            .await?;
                     let engine: Arc<dyn InventoryEngine> = Arc::new(engine);
                     let queues = Arc::new(RedisQueues::new(
-                        connect_redis(url).await?,
+                        redis.connect().await?,
                         engine.clone(),
                         None,
                     ));

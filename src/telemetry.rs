@@ -98,6 +98,30 @@ pub fn engine_call(call: &'static str, took: Duration) {
 }
 
 /// Renders every metric, reading the gauges from `app` first.
+/// One gauge pair per Redis server ever seen: up (1/0) and master (1/0).
+/// A server no longer seen (a dead master dropped from the cluster's view,
+/// a replica gone from its master's) is reported down, not left as it was.
+fn redis_nodes(topology: &crate::engine::Topology) {
+    static SEEN: OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    for address in seen.iter() {
+        if !topology.nodes.iter().any(|n| &n.address == address) {
+            gauge!("dropgate_redis_node_up", "address" => address.clone()).set(0.0);
+        }
+    }
+    for node in &topology.nodes {
+        let up = if node.state == "up" { 1.0 } else { 0.0 };
+        let master = if node.role == "master" { 1.0 } else { 0.0 };
+        gauge!("dropgate_redis_node_up", "address" => node.address.clone()).set(up);
+        gauge!("dropgate_redis_node_master", "address" => node.address.clone()).set(master);
+        seen.insert(node.address.clone());
+    }
+    gauge!("dropgate_redis_topology", "kind" => topology.kind).set(1.0);
+}
+
 pub async fn render(app: &App) -> String {
     let now = app.clock.now();
     for drop in app.catalog().drops() {
@@ -116,6 +140,9 @@ pub async fn render(app: &App) -> String {
     gauge!("dropgate_order_writer_dead_letters").set(app.dead_letters() as f64);
     if let Ok(rounds) = app.engine.rounds_held().await {
         gauge!("dropgate_engine_rounds").set(rounds as f64);
+    }
+    if let Some(topology) = app.engine.topology().await {
+        redis_nodes(&topology);
     }
     let (ips, users) = app.admission.tracked_keys();
     gauge!("dropgate_limiter_keys", "layer" => "ip").set(ips as f64);

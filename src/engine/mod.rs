@@ -10,7 +10,9 @@ mod redis_batches;
 mod redis_engine;
 mod redis_keys;
 mod redis_reconcile;
+mod redis_sentinel;
 mod redis_stock_cache;
+mod redis_topology;
 mod redis_writer;
 mod round_book;
 
@@ -19,8 +21,9 @@ use jiff::Timestamp;
 
 pub use embedded::EmbeddedEngine;
 pub(crate) use redis_batches::next_batch;
-pub use redis_engine::{connect as connect_redis, RedisEngine};
+pub use redis_engine::RedisEngine;
 pub use redis_keys::RoundKeys;
+pub use redis_topology::{NodeState, Redis, RedisConn};
 pub use redis_writer::RedisOrderWriter;
 
 use crate::domain::{IdempotencyKey, OrderId, RoundId, SkuId};
@@ -106,6 +109,15 @@ impl EngineError {
     }
 }
 
+/// How the engine's Redis is deployed, as `/readyz` and `/metrics` show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Topology {
+    /// `single`, `cluster` or `sentinel`.
+    pub kind: &'static str,
+    /// Every server seen; empty when none answered.
+    pub nodes: Vec<NodeState>,
+}
+
 #[async_trait]
 pub trait InventoryEngine: Send + Sync + 'static {
     /// Decides an attempt in one atomic step; a win is durable on return.
@@ -142,6 +154,12 @@ pub trait InventoryEngine: Send + Sync + 'static {
 
     /// True while the engine's backends answer.
     async fn ready(&self) -> bool;
+
+    /// The Redis servers behind the engine and their state; none for the
+    /// embedded engine.
+    async fn topology(&self) -> Option<Topology> {
+        None
+    }
 
     /// Forgets every round `retired` says is over (`LiveCatalog::is_retired`):
     /// its books, its Redis keys, its place in the order writer's polling.

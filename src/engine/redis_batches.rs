@@ -14,13 +14,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
 use redis::{Cmd, Script};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::redis_engine::unavailable;
 use super::redis_keys::RoundKeys;
 use super::redis_reconcile::Reconciler;
+use super::redis_topology::RedisConn;
 use super::EngineError;
 use crate::config::RedisSettings;
 use crate::domain::RoundId;
@@ -70,7 +70,7 @@ impl ReserveBatches {
     /// Starts the task that sends the batches over `conns` in turn; it ends
     /// with the last handle.
     pub fn start(
-        conns: Vec<ConnectionManager>,
+        conns: Vec<RedisConn>,
         reconciler: Arc<Reconciler>,
         settings: RedisSettings,
     ) -> Self {
@@ -96,7 +96,7 @@ impl ReserveBatches {
 }
 
 async fn dispatch(
-    conns: Vec<ConnectionManager>,
+    conns: Vec<RedisConn>,
     hash: Arc<str>,
     mut queue: mpsc::Receiver<Queued>,
     reconciler: Arc<Reconciler>,
@@ -113,7 +113,7 @@ async fn dispatch(
             tokio::spawn(async move {
                 let mut answers = invoke(&mut conn, &hash, &round_id, &attempts, &reconciler).await;
                 if let Ok(decided) = &answers {
-                    if let Err(e) = confirm_wins(&mut conn, decided, settings).await {
+                    if let Err(e) = confirm_wins(&mut conn, &round_id, decided, settings).await {
                         answers = Err(e);
                     }
                 }
@@ -149,17 +149,40 @@ pub(crate) async fn next_batch<T>(
 }
 
 async fn invoke(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     hash: &str,
     round_id: &RoundId,
     attempts: &[Pending],
     reconciler: &Arc<Reconciler>,
 ) -> Result<Vec<Answer>, EngineError> {
-    // Built as one command, so each argument is copied once into it.
     let keys = RoundKeys::new(round_id.as_str());
+    let call = script_call(("EVALSHA", hash), &keys, attempts);
+    let with_script = || script_call(("EVAL", RESERVE_LUA), &keys, attempts);
+    // {code1, detail1, code2, detail2, ...}
+    let flat = send(conn, &call, with_script, reconciler).await?;
+    if flat.len() != 2 * attempts.len() {
+        return Err(unavailable(format!(
+            "reserve script answered {} values for {} attempts",
+            flat.len(),
+            attempts.len()
+        )));
+    }
+    let mut values = flat.into_iter();
+    let mut answers = Vec::with_capacity(attempts.len());
+    while let (Some(code), Some(detail)) = (values.next(), values.next()) {
+        let code = redis::from_redis_value(code).map_err(unavailable)?;
+        let detail = redis::from_redis_value(detail).map_err(unavailable)?;
+        answers.push((code, detail));
+    }
+    Ok(answers)
+}
+
+/// The script call, by its hash (`EVALSHA`) or with its text (`EVAL`), built
+/// as one command so each argument is copied once into it.
+fn script_call(script: (&str, &str), keys: &RoundKeys, attempts: &[Pending]) -> Cmd {
     let mut call = Cmd::new();
-    call.arg("EVALSHA")
-        .arg(hash)
+    call.arg(script.0)
+        .arg(script.1)
         .arg(6)
         .arg(&keys.stock)
         .arg(&keys.held)
@@ -180,46 +203,38 @@ async fn invoke(
             .arg(&a.order_id)
             .arg(&a.order_json);
     }
-    // {code1, detail1, code2, detail2, ...}
-    let flat = send(conn, &call, reconciler).await?;
-    if flat.len() != 2 * attempts.len() {
-        return Err(unavailable(format!(
-            "reserve script answered {} values for {} attempts",
-            flat.len(),
-            attempts.len()
-        )));
-    }
-    let mut values = flat.into_iter();
-    let mut answers = Vec::with_capacity(attempts.len());
-    while let (Some(code), Some(detail)) = (values.next(), values.next()) {
-        let code = redis::from_redis_value(code).map_err(unavailable)?;
-        let detail = redis::from_redis_value(detail).map_err(unavailable)?;
-        answers.push((code, detail));
-    }
-    Ok(answers)
+    call
 }
 
-/// With `replica_acks`, a batch that won anything is answered only once
+/// With `replica_acks`, a batch that won or replayed anything is answered only once
 /// `WAIT` has the connection's writes on that many replicas; short of it
 /// within the timeout, the whole batch is answered unavailable (503). The
 /// wins stand in the master and reach the store: a retry with the same
 /// Idempotency-Key replays its order. What this protects against and what
 /// it does not (a replica's AOF is not fsynced by `WAIT`): BENCHMARKS.md.
 async fn confirm_wins(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
+    round_id: &RoundId,
     answers: &[Answer],
     settings: RedisSettings,
 ) -> Result<(), EngineError> {
-    if settings.replica_acks == 0 || !answers.iter().any(|(code, _)| *code == 1) {
+    // A replay too: its win may be one a failover cut off from the replicas
+    // (the script writes on a replay, so WAIT covers it).
+    let decided = |code: &i64| *code == 1 || *code == 2;
+    if settings.replica_acks == 0 || !answers.iter().any(|(code, _)| decided(code)) {
         return Ok(());
     }
     let timeout_ms = settings.replica_ack_timeout.as_millis().max(1) as u64;
-    let acked: u32 = redis::cmd("WAIT")
-        .arg(settings.replica_acks)
-        .arg(timeout_ms)
-        .query_async(conn)
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(settings.replica_acks).arg(timeout_ms);
+    // Asked of the master that decided the round, on the socket the
+    // script went by: WAIT counts that socket's writes.
+    let stock = RoundKeys::new(round_id.as_str()).stock;
+    let acked = conn
+        .on_master_of(&stock, &wait)
         .await
         .map_err(unavailable)?;
+    let acked: u32 = redis::from_redis_value(acked).map_err(unavailable)?;
     if acked < settings.replica_acks {
         metrics::counter!("dropgate_redis_replica_ack_timeouts_total").increment(1);
         return Err(unavailable(format!(
@@ -235,13 +250,14 @@ async fn confirm_wins(
 /// decided by its order id, so a resent call decides nothing twice. A
 /// stalled Redis (a timeout) is not waited on twice.
 async fn send(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     call: &Cmd,
+    with_script: impl Fn() -> Cmd,
     reconciler: &Arc<Reconciler>,
 ) -> Result<Vec<redis::Value>, EngineError> {
-    match send_loading(conn, call, reconciler).await {
+    match send_loading(conn, call, &with_script, reconciler).await {
         Err(SendError::Redis(e)) if e.is_unrecoverable_error() && !e.is_timeout() => {
-            send_loading(conn, call, reconciler).await
+            send_loading(conn, call, &with_script, reconciler).await
         }
         reply => reply,
     }
@@ -262,10 +278,12 @@ enum SendError {
 /// in snapshots, AOF or replication, so no reserve is ever decided by a
 /// restarted Redis before this point: here the engine makes sure Redis is
 /// the server it was (or reconciles every live round, I7), and only then
-/// loads the script and sends the call again.
+/// sends the call again with the script's text (`EVAL`, which also caches
+/// the script on that server, whichever master of a cluster it is).
 async fn send_loading(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     call: &Cmd,
+    with_script: &impl Fn() -> Cmd,
     reconciler: &Arc<Reconciler>,
 ) -> Result<Vec<redis::Value>, SendError> {
     match call.query_async(conn).await {
@@ -274,13 +292,10 @@ async fn send_loading(
                 .check_identity()
                 .await
                 .map_err(SendError::Engine)?;
-            let _: String = redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(RESERVE_LUA)
+            with_script()
                 .query_async(conn)
                 .await
-                .map_err(SendError::Redis)?;
-            call.query_async(conn).await.map_err(SendError::Redis)
+                .map_err(SendError::Redis)
         }
         reply => reply.map_err(SendError::Redis),
     }

@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::redis_batches::{ReserveBatches, ScriptAttempt};
 use super::redis_keys::{RoundKeys, ROUNDS};
-use super::redis_reconcile::Reconciler;
+use super::redis_reconcile::{MasterFence, Reconciler};
 use super::redis_stock_cache::StockCache;
+use super::redis_topology::{Redis, RedisConn};
 use super::{
     EngineError, InventoryEngine, Refused, ReserveAttempt, ReserveOutcome, Reserved, Retired,
+    Topology,
 };
 use crate::catalog::LiveCatalog;
 use crate::config::RedisSettings;
@@ -25,9 +26,6 @@ use crate::domain::{OrderId, RoundId, SkuId};
 use crate::order::Order;
 use crate::store::{OrderStore, RestockRecord};
 
-/// Bounds on every Redis call, so a dead or stalled Redis becomes a fast 503.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Bound on the order-store write of a restock.
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Tries of one reserve: a round set up in between (twice, should a
@@ -48,9 +46,10 @@ const RESERVE_CONNECTIONS: usize = 4;
 const NOT_SET_UP: i64 = -6;
 
 pub struct RedisEngine {
-    /// A multiplexed connection: clones share one socket and pipeline the
+    redis: Redis,
+    /// A multiplexed connection: clones share its sockets and pipeline the
     /// commands of many requests; it reconnects after Redis restarts.
-    conn: ConnectionManager,
+    conn: RedisConn,
     scripts: Arc<Scripts>,
     /// Reserve attempts, gathered into one `reserve.lua` call per round.
     reserves: ReserveBatches,
@@ -67,19 +66,6 @@ pub(super) fn unavailable(
     cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
 ) -> EngineError {
     EngineError::unavailable(cause)
-}
-
-/// Connects with the timeouts above; the connection reconnects by itself later.
-pub async fn connect(url: &str) -> Result<ConnectionManager, EngineError> {
-    let client = redis::Client::open(url).map_err(unavailable)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(200));
-    ConnectionManager::new_with_config(client, config)
-        .await
-        .map_err(unavailable)
 }
 
 impl RedisEngine {
@@ -101,15 +87,15 @@ impl RedisEngine {
     }
 
     pub async fn open(
-        url: &str,
+        redis: &Redis,
         catalog: LiveCatalog,
         store: OrderStore,
         settings: RedisSettings,
     ) -> Result<Self, EngineError> {
-        let conn = connect(url).await?;
+        let conn = redis.connect().await?;
         let mut reserve_conns = vec![conn.clone()];
         for _ in 1..RESERVE_CONNECTIONS {
-            reserve_conns.push(connect(url).await?);
+            reserve_conns.push(redis.connect().await?);
         }
         let reconciler = Reconciler::start(conn.clone(), catalog.clone(), store.clone()).await?;
         let engine = Self {
@@ -123,9 +109,15 @@ impl RedisEngine {
             catalog,
             store,
             stock: StockCache::default(),
+            redis: redis.clone(),
         };
         engine.warn_if_wins_could_be_lost().await;
         Ok(engine)
+    }
+
+    /// What keeps the order writer in step with master changes.
+    pub fn master_fence(&self) -> Arc<MasterFence> {
+        self.reconciler.fence()
     }
 
     /// A 201 in Redis mode is as durable as Redis's persistence; say so
@@ -338,10 +330,9 @@ impl InventoryEngine for RedisEngine {
             if waiting > 0 || dead > 0 {
                 continue;
             }
+            // The round's keys first, then the listing (another slot on a
+            // cluster): a retire cut off in between is finished next time.
             let _: () = redis::pipe()
-                .atomic()
-                .srem(ROUNDS, &name)
-                .ignore()
                 .unlink(&keys.retired()[..])
                 .ignore()
                 .unlink(&keys.dead)
@@ -349,6 +340,7 @@ impl InventoryEngine for RedisEngine {
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
+            let _: () = conn.srem(ROUNDS, &name).await.map_err(unavailable)?;
             self.reconciler.forget(&round);
             self.stock.forget(&round);
             forgotten += 1;
@@ -359,6 +351,15 @@ impl InventoryEngine for RedisEngine {
     async fn rounds_held(&self) -> Result<usize, EngineError> {
         let mut conn = self.conn.clone();
         conn.scard(ROUNDS).await.map_err(unavailable)
+    }
+
+    async fn topology(&self) -> Option<Topology> {
+        let mut conn = self.conn.clone();
+        let nodes = self.redis.nodes(&mut conn).await.unwrap_or_default();
+        Some(Topology {
+            kind: self.redis.topology(),
+            nodes,
+        })
     }
 
     async fn ready(&self) -> bool {

@@ -6,11 +6,6 @@
 /// what the order writer reads streams from.
 pub const ROUNDS: &str = "dg:rounds";
 
-/// The `run_id` of the Redis server process under which every live round
-/// was last reconciled with the order store (not per round): a Redis whose
-/// `run_id` differs may know less than the store.
-pub const RECONCILED_UNDER: &str = "dg:reconciled_under";
-
 /// The consumer group of the order writers on every round's stream.
 pub const WRITERS_GROUP: &str = "order-writers";
 
@@ -29,18 +24,26 @@ pub struct RoundKeys {
     /// Winner entries the order writer could not store (unreadable, or
     /// colliding with a stored order): kept here, never deleted.
     pub dead: String,
+    /// Wins voided by a reconciliation because another server sold their
+    /// units meanwhile (`reconcile.lua`): the writer keeps them as dead
+    /// letters instead of storing them.
+    pub voided: String,
     /// The waiting room: entries (user -> draw score or arrival number),
     /// its figures, admission times, and the tickets still holding units.
     pub queue_entries: String,
     pub queue_state: String,
     pub queue_admits: String,
     pub queue_pending: String,
+    /// The `run_id` of the Redis server under which the round was last
+    /// reconciled with the order store: a server holding the round whose
+    /// `run_id` differs may know less than the store.
+    pub reconciled_under: String,
 }
 
 impl RoundKeys {
     /// Every key of the round but the dead letters (which are kept until an
     /// operator has dealt with them): what retiring the round removes.
-    pub fn retired(&self) -> [&str; 12] {
+    pub fn retired(&self) -> [&str; 14] {
         [
             &self.stock,
             &self.held,
@@ -54,6 +57,8 @@ impl RoundKeys {
             &self.queue_state,
             &self.queue_admits,
             &self.queue_pending,
+            &self.reconciled_under,
+            &self.voided,
         ]
     }
 
@@ -69,10 +74,12 @@ impl RoundKeys {
             ended: key("ended"),
             restocks: key("restocks"),
             dead: key("dead"),
+            voided: key("voided"),
             queue_entries: key("queue:entries"),
             queue_state: key("queue:state"),
             queue_admits: key("queue:admits"),
             queue_pending: key("queue:pending"),
+            reconciled_under: key("reconciled_under"),
         }
     }
 }
@@ -98,6 +105,8 @@ mod tests {
             &keys.queue_state,
             &keys.queue_admits,
             &keys.queue_pending,
+            &keys.reconciled_under,
+            &keys.voided,
         ] {
             assert!(key.contains("{mi@20261127T020000Z}"), "{key}");
         }

@@ -5,35 +5,40 @@
 //! store before it sells again: its live orders, their holdings, the
 //! idempotency keys and order ids, the restocks.
 //!
-//! How a rollback is noticed: Redis's `run_id` changes with every restart
-//! and differs on every server. After reconciling, an instance writes the
-//! `run_id` it reconciled under to [`RECONCILED_UNDER`]; a Redis whose
-//! `run_id` differs from that key (a restart, a snapshot, a replica, or a
-//! flush that took the key too) may know less than the store. The key is
-//! shared, so after a restart one instance reconciles and the others see
-//! the work done, and an instance that restarts while Redis stays up
-//! reconciles nothing. The check runs at start, every [`WATCH_EVERY`], and before
-//! `reserve.lua` is loaded into a Redis that answered `NOSCRIPT`: scripts
-//! are kept in no snapshot, AOF or replica, so a restarted or promoted
-//! Redis always answers the first reserve that way, and decides nothing
-//! before this check has run (`redis_batches.rs`).
+//! How a rollback is noticed: a Redis server's `run_id` changes with every
+//! restart and differs on every server. `reconcile.lua` writes, in the same
+//! step that settles a round, the `run_id` of the server it ran on to the
+//! round's own `reconciled_under` key; a server holding the round whose
+//! `run_id` differs from that key (a restart, a snapshot, a replica promoted
+//! by Sentinel or by the cluster, or a flush that took the key too) may know
+//! less than the store. Kept per round, the mark lives on the master that
+//! holds the round, so on a cluster each master is judged by itself. The
+//! mark is shared, so after a restart one instance reconciles and the
+//! others see the work done, and an instance that restarts while Redis
+//! stays up reconciles nothing. The check (`lua/identity.lua`) runs at
+//! start, every [`WATCH_EVERY`], and before `reserve.lua` is loaded into a
+//! Redis that answered `NOSCRIPT`: scripts are kept in no snapshot, AOF or
+//! replica, so a restarted or promoted Redis always answers the first
+//! reserve that way, and decides nothing before this check has run
+//! (`redis_batches.rs`).
 //!
 //! How selling stops meanwhile, on every instance: the round's stock hash is
 //! deleted first (the fence). `reserve.lua` answers "not set up" for a round
 //! without stock, so every instance's reserves wait for a reconciliation
 //! (`reconcile.lua` creates the stock again) instead of selling stale units.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use jiff::Timestamp;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::sync::Mutex;
 
 use super::redis_engine::unavailable;
-use super::redis_keys::{RoundKeys, RECONCILED_UNDER, ROUNDS};
+use super::redis_keys::{RoundKeys, ROUNDS};
+use super::redis_topology::RedisConn;
 use super::EngineError;
 use crate::catalog::LiveCatalog;
 use crate::domain::RoundId;
@@ -49,16 +54,18 @@ const REQUEST_WAIT: Duration = Duration::from_secs(2);
 /// Orders whose JSON and keys are put back per Redis call.
 const RESTORE_CHUNK: usize = 500;
 
-/// Which Redis server process answers, and as what.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The server holding a round, and the server the round was last
+/// reconciled under (empty: never, or the mark is lost).
 struct Identity {
     run_id: String,
     role: String,
+    reconciled_under: String,
 }
 
 pub struct Reconciler {
-    conn: ConnectionManager,
+    conn: RedisConn,
     reconcile: Script,
+    identity: Script,
     catalog: LiveCatalog,
     store: OrderStore,
     /// One reconciliation of a round at a time in this instance; requests
@@ -66,24 +73,44 @@ pub struct Reconciler {
     rounds: DashMap<RoundId, Arc<Mutex<()>>>,
     /// One identity check at a time in this instance; held while every
     /// round is reconciled, so a second check waits and then finds it done.
-    checking: Mutex<()>,
+    /// Holds the Sentinel master changes the last full check saw.
+    checking: Mutex<u64>,
+    /// Keeps this instance's order writer in step with master changes.
+    fence: Arc<MasterFence>,
+}
+
+/// Between this instance's reconciler and its order writer, on a Sentinel
+/// master change. The writer reads a new master's streams only once the
+/// rounds are reconciled there (it may hold wins the reconciliation voids),
+/// and the reconciliation waits for a writer pass in flight: entries read
+/// from the old master are stored before the store is read, so the new
+/// master learns of them and does not sell their units or keys again.
+#[derive(Default)]
+pub struct MasterFence {
+    /// The master changes whose reconciliation is done.
+    pub settled: AtomicU64,
+    /// Held (shared) by a writer pass, (exclusive) by a reconciliation
+    /// after a master change.
+    pub passes: tokio::sync::RwLock<()>,
 }
 
 impl Reconciler {
     /// Reads the identity and reconciles every live round, then watches the
     /// identity for as long as the engine lives.
     pub async fn start(
-        conn: ConnectionManager,
+        conn: RedisConn,
         catalog: LiveCatalog,
         store: OrderStore,
     ) -> Result<Arc<Self>, EngineError> {
         let reconciler = Arc::new(Self {
             conn,
             reconcile: Script::new(include_str!("../../lua/reconcile.lua")),
+            identity: Script::new(include_str!("../../lua/identity.lua")),
             catalog,
             store,
             rounds: DashMap::new(),
-            checking: Mutex::new(()),
+            checking: Mutex::new(0),
+            fence: Arc::default(),
         });
         // Whatever happened to Redis while this instance was down is found
         // out before it sells.
@@ -94,6 +121,10 @@ impl Reconciler {
 
     /// Sets up a round Redis does not know (its stock hash is absent): once,
     /// however many requests ask at the same moment.
+    pub fn fence(&self) -> Arc<MasterFence> {
+        self.fence.clone()
+    }
+
     /// Forgets a retired round's gate.
     pub fn forget(&self, round_id: &RoundId) {
         self.rounds.remove(round_id);
@@ -123,72 +154,79 @@ impl Reconciler {
         self.merge(round_id).await
     }
 
+    /// Every live round whose server is not the one it was reconciled
+    /// under is fenced and reconciled; every live round is listed for the
+    /// order writer (the listing may sit on another master, which may have
+    /// lost it).
     async fn check_identity_now(&self) -> Result<(), EngineError> {
-        let _one_at_a_time = self.checking.lock().await;
-        let now = self.identity().await?;
-        let mut conn = self.conn.clone();
-        let reconciled_under: Option<String> =
-            conn.get(RECONCILED_UNDER).await.map_err(unavailable)?;
-        if reconciled_under.as_deref() == Some(now.run_id.as_str()) {
-            return Ok(());
-        }
-        tracing::warn!(
-            reconciled_under = ?reconciled_under,
-            now = ?now,
-            "Redis may know less than the order store (a restart, a rollback, a failover, or a first start): \
-             reconciling every live round"
-        );
-        if now.role != "master" {
-            tracing::error!(role = %now.role, "the Redis server is not a master: writes will fail");
-        }
-        self.reconcile_live_rounds().await?;
-        let _: () = conn
-            .set(RECONCILED_UNDER, &now.run_id)
-            .await
-            .map_err(unavailable)?;
-        metrics::counter!("dropgate_redis_reconciliations_total").increment(1);
-        Ok(())
-    }
-
-    async fn identity(&self) -> Result<Identity, EngineError> {
-        let mut conn = self.conn.clone();
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .arg("replication")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_default()
+        let mut changes_seen = self.checking.lock().await;
+        // A new master under Sentinel: every live round is taken again.
+        let changes = self.conn.master_changes();
+        let new_master = changes != *changes_seen;
+        let _no_pass_in_flight = match new_master {
+            true => Some(self.fence.passes.write().await),
+            false => None,
         };
-        Ok(Identity {
-            run_id: field("run_id"),
-            role: field("role"),
-        })
-    }
-
-    /// Fences and reconciles the current round of every drop that is not closed.
-    async fn reconcile_live_rounds(&self) -> Result<(), EngineError> {
         let now = Timestamp::now();
+        let mut live = Vec::new();
         for drop in self.catalog.snapshot().drops() {
             let round = drop.round_at(now);
             if round.phase_at(now) == Phase::Closed {
                 continue;
             }
-            let gate = self.gate(&round.id);
-            let _one_at_a_time = gate.lock().await;
-            let mut conn = self.conn.clone();
-            // The fence: no instance sells this round until it is merged.
-            let _: i64 = conn
-                .del(RoundKeys::new(round.id.as_str()).stock)
-                .await
-                .map_err(unavailable)?;
-            self.merge(&round.id).await?;
+            let identity = self.identity(&round.id).await?;
+            if new_master || identity.reconciled_under != identity.run_id {
+                if identity.role != "master" {
+                    tracing::error!(round = %round.id, role = %identity.role, "the Redis server holding this round is not a master: writes will fail");
+                }
+                tracing::warn!(
+                    round = %round.id,
+                    reconciled_under = %identity.reconciled_under,
+                    now = %identity.run_id,
+                    "the Redis server holding this round may know less than the order store \
+                     (a restart, a rollback, a failover, or a first start): reconciling it"
+                );
+                metrics::counter!("dropgate_redis_reconciliations_total").increment(1);
+                self.fence_and_merge(&round.id).await?;
+            }
+            live.push(round.id.as_str().to_owned());
         }
+        if !live.is_empty() {
+            let mut conn = self.conn.clone();
+            let _: i64 = conn.sadd(ROUNDS, &live).await.map_err(unavailable)?;
+        }
+        *changes_seen = changes;
+        self.fence.settled.store(changes, Ordering::Release);
         Ok(())
+    }
+
+    async fn identity(&self, round_id: &RoundId) -> Result<Identity, EngineError> {
+        let mut conn = self.conn.clone();
+        let keys = RoundKeys::new(round_id.as_str());
+        let (run_id, role, reconciled_under): (String, String, String) = self
+            .identity
+            .key(&keys.reconciled_under)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(Identity {
+            run_id,
+            role,
+            reconciled_under,
+        })
+    }
+
+    /// Fences the round (no instance sells it until it is merged), then
+    /// merges it.
+    async fn fence_and_merge(&self, round_id: &RoundId) -> Result<(), EngineError> {
+        let gate = self.gate(round_id);
+        let _one_at_a_time = gate.lock().await;
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .del(RoundKeys::new(round_id.as_str()).stock)
+            .await
+            .map_err(unavailable)?;
+        self.merge(round_id).await
     }
 
     fn gate(&self, round_id: &RoundId) -> Arc<Mutex<()>> {
@@ -215,11 +253,13 @@ impl Reconciler {
         let keys = RoundKeys::new(round_id.as_str());
         let mut conn = self.conn.clone();
         // Registered first: a round whose stock exists but that the order
-        // writer does not know would keep its winners out of the store.
-        let _: i64 = conn
-            .sadd(ROUNDS, round_id.as_str())
-            .await
-            .map_err(unavailable)?;
+        // writer does not know would keep its winners waiting. On a cluster
+        // the listing may sit on a master that is failing over: the round
+        // sells on, and the identity check lists it again every 250 ms.
+        let listed: redis::RedisResult<i64> = conn.sadd(ROUNDS, round_id.as_str()).await;
+        if let Err(e) = listed {
+            tracing::warn!(round = %round_id, error = %e, "could not list the round for the order writer yet");
+        }
         self.restore(&keys, &orders, &restock_ids).await?;
 
         let mut settle = self.reconcile.key(&keys.stock);
@@ -227,6 +267,9 @@ impl Reconciler {
             .key(&keys.held)
             .key(&keys.live)
             .key(&keys.ended)
+            .key(&keys.reconciled_under)
+            .key(&keys.orders)
+            .key(&keys.voided)
             .arg(drop.skus.len());
         for sku in &drop.skus {
             settle
@@ -244,13 +287,23 @@ impl Reconciler {
         for stored in &ended {
             settle.arg(stored.order.id.as_str());
         }
-        let live_units: i64 = settle.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let (live_units, voided): (i64, i64) =
+            settle.invoke_async(&mut conn).await.map_err(unavailable)?;
         tracing::info!(
             round = %round_id,
             stored = orders.len(),
             live_units,
             "round reconciled with the order store"
         );
+        if voided > 0 {
+            metrics::counter!("dropgate_redis_voided_wins_total").increment(voided as u64);
+            tracing::error!(
+                round = %round_id,
+                voided,
+                "wins only this Redis server knew, whose units another server sold meanwhile (a failover and a \
+                 fail-back), were voided: kept as dead letters for an operator, never stored"
+            );
+        }
         Ok(())
     }
 

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
 };
@@ -23,8 +22,9 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::redis_engine::connect;
 use super::redis_keys::{RoundKeys, ROUNDS, WRITERS_GROUP};
+use super::redis_reconcile::MasterFence;
+use super::redis_topology::{Redis, RedisConn};
 use super::EngineError;
 use crate::domain::IdempotencyKey;
 use crate::order::Order;
@@ -49,12 +49,13 @@ impl RedisOrderWriter {
     /// Starts the writer as consumer `consumer` (stable across restarts of
     /// one instance, so its own pending entries are found again).
     pub async fn start(
-        url: &str,
+        redis: &Redis,
         store: OrderStore,
         consumer: String,
         claim_idle: Duration,
+        fence: Arc<MasterFence>,
     ) -> Result<Self, EngineError> {
-        let conn = connect(url).await?;
+        let conn = redis.connect().await?;
         let (stop, stopped) = watch::channel(false);
         let lag = Arc::new(AtomicU64::new(0));
         let dead_letters = Arc::new(AtomicU64::new(0));
@@ -69,6 +70,8 @@ impl RedisOrderWriter {
             caught_up: HashSet::new(),
             claim_idle,
             last_claim: Instant::now(),
+            fence,
+            release: redis::Script::new(include_str!("../../lua/release.lua")),
         };
         let task = tokio::spawn(run(consumer, stopped));
         Ok(Self {
@@ -103,7 +106,7 @@ impl RedisOrderWriter {
 }
 
 struct Consumer {
-    conn: ConnectionManager,
+    conn: RedisConn,
     store: OrderStore,
     name: String,
     /// Rounds whose stream has our consumer group.
@@ -116,6 +119,9 @@ struct Consumer {
     lag: Arc<AtomicU64>,
     dead_letters: Arc<AtomicU64>,
     last_lag: Instant,
+    /// In step with the reconciler on master changes (see `pass`).
+    fence: Arc<MasterFence>,
+    release: redis::Script,
 }
 
 async fn run(mut consumer: Consumer, mut stopped: watch::Receiver<bool>) {
@@ -162,6 +168,14 @@ impl Consumer {
     /// Moves one batch from every round's stream into the store. A round
     /// that fails is logged and retried next pass; the others go on.
     async fn pass(&mut self) -> Result<usize, PassError> {
+        // A new master is read only once its rounds are reconciled (it may
+        // hold wins the reconciliation voids), and a reconciliation after a
+        // master change waits for this pass to store what it read.
+        let fence = self.fence.clone();
+        let _pass = fence.passes.read().await;
+        if self.conn.master_changes() != fence.settled.load(Ordering::Acquire) {
+            return Ok(0);
+        }
         let rounds: Vec<String> = self.conn.smembers(ROUNDS).await?;
         // Retired rounds leave the set: forget them here too.
         self.grouped.retain(|round| rounds.contains(round));
@@ -210,16 +224,17 @@ impl Consumer {
             self.dead_letters.store(0, Ordering::Relaxed);
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        // One round per call: on a cluster, rounds live on different masters.
+        let (mut lag, mut dead) = (0, 0);
         for round in rounds {
             let keys = RoundKeys::new(round);
-            pipe.xlen(keys.winners).xlen(keys.dead);
-        }
-        let lengths: Vec<u64> = pipe.query_async(&mut self.conn).await?;
-        let (mut lag, mut dead) = (0, 0);
-        for pair in lengths.chunks(2) {
-            lag += pair[0];
-            dead += pair.get(1).copied().unwrap_or(0);
+            let (waiting, kept): (u64, u64) = redis::pipe()
+                .xlen(keys.winners)
+                .xlen(keys.dead)
+                .query_async(&mut self.conn)
+                .await?;
+            lag += waiting;
+            dead += kept;
         }
         self.lag.store(lag, Ordering::Relaxed);
         self.dead_letters.store(dead, Ordering::Relaxed);
@@ -301,20 +316,50 @@ impl Consumer {
                 None => unreadable.push(entry),
             }
         }
-        let refused = self
-            .store
-            .insert_many(orders.iter().map(|(_, keyed)| keyed.clone()).collect())
-            .await?;
         let mut dead: Vec<(&StreamId, &str)> = unreadable
             .into_iter()
             .map(|entry| (entry, "unreadable"))
             .collect();
+        if !orders.is_empty() {
+            let ids: Vec<&str> = orders.iter().map(|(_, (o, _))| o.id.as_str()).collect();
+            let voided: Vec<bool> = self.conn.smismember(&keys.voided, &ids).await?;
+            let mut kept = voided.into_iter();
+            let (stored, void): (Vec<_>, Vec<_>) = orders
+                .into_iter()
+                .partition(|_| !kept.next().unwrap_or(false));
+            orders = stored;
+            dead.extend(void.into_iter().map(|(entry, _)| {
+                (
+                    entry,
+                    "voided: its unit was sold by another Redis server during a failover",
+                )
+            }));
+        }
+        let refused = self
+            .store
+            .insert_many(orders.iter().map(|(_, keyed)| keyed.clone()).collect())
+            .await?;
         dead.extend(
             orders
                 .iter()
                 .filter(|(_, (order, _))| refused.contains(&order.id))
                 .map(|(entry, _)| (*entry, "collides with a stored order")),
         );
+        // A refused order is not in the store (another order holds its
+        // idempotency key: the same shopper's retry, decided anew by a
+        // server that never had the first win, a failover apart). It will
+        // never be stored, so the units it holds in Redis go back.
+        for (_, (order, _)) in orders.iter().filter(|(_, (o, _))| refused.contains(&o.id)) {
+            let _: i64 = self
+                .release
+                .key(&keys.stock)
+                .key(&keys.held)
+                .key(&keys.live)
+                .key(&keys.ended)
+                .arg(order.id.as_str())
+                .invoke_async(&mut self.conn)
+                .await?;
+        }
         for (entry, reason) in &dead {
             self.keep_aside(&keys.dead, entry, reason).await?;
             tracing::error!(

@@ -15,9 +15,13 @@ pub fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(app: &App) -> Result<HttpResponse, ApiError> {
-    let (engine, database) = tokio::join!(app.engine.ready(), app.store.ping());
+    let (engine, database, topology) =
+        tokio::join!(app.engine.ready(), app.store.ping(), app.engine.topology());
     let state = |up: bool| if up { "up" } else { "down" };
     let mut body = json!({"engine": state(engine), "database": state(database)});
+    if let Some(topology) = topology {
+        body["redis"] = json!(topology);
+    }
     body["order_writer_lag"] = json!(app.writer_lag());
     // A 201 the writer could not store waits for an operator: say so here.
     body["dead_letters"] = json!(app.dead_letters());

@@ -15,14 +15,13 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 use super::{Entry, QueueBackend, QueueError, QueueStats, RoundQueue, DRAW_SCORES};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::domain::{RoundId, UserId};
-use crate::engine::{next_batch, EngineError, InventoryEngine, RoundKeys};
+use crate::engine::{next_batch, EngineError, InventoryEngine, RedisConn, RoundKeys};
 
 /// What the admission script answers for a round not set up in Redis.
 const NOT_SET_UP: i64 = -6;
@@ -37,7 +36,7 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 const ANSWER_LEN: usize = 10;
 
 pub struct RedisQueues {
-    conn: ConnectionManager,
+    conn: RedisConn,
     engine: Arc<dyn InventoryEngine>,
     entering: mpsc::Sender<(RoundId, Asked)>,
     admit: Script,
@@ -56,11 +55,7 @@ struct Asked {
 }
 
 impl RedisQueues {
-    pub fn new(
-        conn: ConnectionManager,
-        engine: Arc<dyn InventoryEngine>,
-        seed: Option<u64>,
-    ) -> Self {
+    pub fn new(conn: RedisConn, engine: Arc<dyn InventoryEngine>, seed: Option<u64>) -> Self {
         let (entering, queue) = mpsc::channel(QUEUE_DEPTH);
         let enter = Script::new(include_str!("../../lua/queue_enter.lua"));
         tokio::spawn(dispatch(conn.clone(), enter, queue));
@@ -221,11 +216,7 @@ impl QueueBackend for RedisQueues {
 
 /// Sends the joins and looks gathered while earlier calls were in flight,
 /// one call per round; ends with the last sender.
-async fn dispatch(
-    conn: ConnectionManager,
-    script: Script,
-    mut queue: mpsc::Receiver<(RoundId, Asked)>,
-) {
+async fn dispatch(conn: RedisConn, script: Script, mut queue: mpsc::Receiver<(RoundId, Asked)>) {
     let calls = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     while let Some((call, rounds)) = next_batch(&mut queue, &calls, MAX_BATCH).await {
         let call = Arc::new(call);
@@ -252,7 +243,7 @@ async fn dispatch(
 }
 
 async fn invoke(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     script: &Script,
     round_id: &RoundId,
     asked: &[Asked],

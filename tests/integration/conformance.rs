@@ -21,6 +21,7 @@ use crate::support::*;
 /// servers it needs alive while it runs.
 pub struct Backend {
     redis: Option<RedisServer>,
+    cluster: Option<RedisCluster>,
     postgres: Option<PostgresServer>,
 }
 
@@ -28,6 +29,7 @@ impl Backend {
     pub fn embedded() -> Self {
         Self {
             redis: None,
+            cluster: None,
             postgres: None,
         }
     }
@@ -35,7 +37,15 @@ impl Backend {
     pub fn redis() -> Self {
         Self {
             redis: Some(RedisServer::start()),
-            postgres: None,
+            ..Self::embedded()
+        }
+    }
+
+    /// A three-master Redis Cluster (no replicas: the failover tests have them).
+    pub fn redis_cluster() -> Self {
+        Self {
+            cluster: Some(RedisCluster::start(3, 0)),
+            ..Self::embedded()
         }
     }
 
@@ -43,17 +53,21 @@ impl Backend {
         Self {
             redis: Some(RedisServer::start()),
             postgres: Some(PostgresServer::start()),
+            ..Self::embedded()
         }
     }
 
     pub fn embedded_postgres() -> Self {
         Self {
-            redis: None,
             postgres: Some(PostgresServer::start()),
+            ..Self::embedded()
         }
     }
 
     fn choice(&self) -> EngineChoice {
+        if let Some(cluster) = &self.cluster {
+            return cluster.engine();
+        }
         self.redis
             .as_ref()
             .map_or(EngineChoice::Embedded, RedisServer::engine)
@@ -499,7 +513,15 @@ macro_rules! conformance {
 
 pub(crate) use conformance;
 
-conformance!(
+// The same suite on a three-master Redis Cluster, the third Redis topology.
+macro_rules! on_a_cluster {
+    ($($test:ident),* $(,)?) => {
+        conformance!(@backend redis_cluster_sqlite, redis_cluster, $($test),*);
+        conformance!($($test),*);
+    };
+}
+
+on_a_cluster!(
     the_engine_holds_the_window_by_its_own_clock,
     a_shopper_gets_no_more_than_the_limit,
     stock_runs_out_exactly,

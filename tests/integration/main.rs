@@ -17,6 +17,7 @@ mod promotions;
 mod queue;
 mod recovery;
 mod redis_faults;
+mod redis_topologies;
 mod reserve_script;
 mod retire;
 mod server;

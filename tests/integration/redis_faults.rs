@@ -39,32 +39,8 @@ async fn wait_until_drained(conn: &mut redis::aio::MultiplexedConnection, stream
     }
 }
 
-/// 100 shopper loops, each a new user per request, until sold out; 503s
-/// (Redis down) are retried after a pause. Returns every 201's order id.
 async fn storm_until_sold_out(servers: Vec<Http>, won: Arc<Mutex<Vec<String>>>) {
-    let mut workers = Vec::new();
-    for worker in 0..100 {
-        let http = servers[worker % servers.len()].clone();
-        let won = won.clone();
-        workers.push(tokio::spawn(async move {
-            for n in 0..10_000 {
-                let reply = http.reserve(DROP, SKU, 1, &format!("w{worker}-{n}")).await;
-                match (reply.status, reply.error()) {
-                    (201, _) => won
-                        .lock()
-                        .unwrap()
-                        .push(reply.body["id"].as_str().unwrap().to_owned()),
-                    (409, "sold_out") => return,
-                    (503, "unavailable") => tokio::time::sleep(Duration::from_millis(20)).await,
-                    (status, error) => panic!("unexpected {status} {error}"),
-                }
-            }
-            panic!("never sold out");
-        }));
-    }
-    for worker in workers {
-        worker.await.unwrap();
-    }
+    storm_drop_until_sold_out(DROP, SKU, servers, won).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -491,6 +491,8 @@ pub struct RedisServer {
     child: std::process::Child,
     pub port: u16,
     pub dir: TempDir,
+    /// What it was started with, to start it again the same way.
+    settings: Vec<String>,
 }
 
 impl RedisServer {
@@ -529,7 +531,13 @@ impl RedisServer {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("Redis-mode tests need redis-server on PATH (apt-get install redis-server): {e}"));
-        let mut server = Self { child, port, dir };
+        let settings = settings.iter().map(|s| s.to_string()).collect();
+        let mut server = Self {
+            child,
+            port,
+            dir,
+            settings,
+        };
         if server.wait_until_ready() {
             return Ok(server);
         }
@@ -545,6 +553,261 @@ impl RedisServer {
     pub fn engine(&self) -> EngineChoice {
         EngineChoice::Redis { url: self.url() }
     }
+}
+
+/// A real Redis Cluster on loopback: `masters` masters with `replicas`
+/// replicas each, joined by `redis-cli --cluster create`; every node keeps
+/// AOF with `appendfsync always`, and fails over after a second's silence.
+pub struct RedisCluster {
+    pub masters: Vec<RedisServer>,
+    pub replicas: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize, replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
+            .map(|_| {
+                let bus_port = free_port().to_string();
+                RedisServer::start_in(
+                    tempfile::tempdir().unwrap(),
+                    &[
+                        "--appendonly",
+                        "yes",
+                        "--appendfsync",
+                        "always",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        &bus_port,
+                        "--cluster-node-timeout",
+                        "1000",
+                    ],
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cluster tests need redis-cli on PATH (apt-get install redis-tools): {e}")
+            });
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let mut cluster = Self {
+            masters: Vec::new(),
+            replicas: Vec::new(),
+        };
+        for node in nodes {
+            match node.info_field("replication", "role").as_str() {
+                "master" => cluster.masters.push(node),
+                _ => cluster.replicas.push(node),
+            }
+        }
+        assert_eq!(cluster.masters.len(), masters, "masters after create");
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Until every node says the cluster is ok and every replica is in sync.
+    pub fn wait_until_ok(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let masters_ok = self
+                .masters
+                .iter()
+                .all(|n| n.info_field_of("CLUSTER", "INFO", "cluster_state") == "ok");
+            let replicas_ok = self.replicas.iter().all(|n| {
+                n.info_field_of("CLUSTER", "INFO", "cluster_state") == "ok"
+                    && n.info_field("replication", "master_link_status") == "up"
+            });
+            if masters_ok && replicas_ok {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the Redis Cluster did not come up within 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .masters
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    pub fn engine(&self) -> EngineChoice {
+        EngineChoice::Redis { url: self.url() }
+    }
+}
+
+/// 100 shopper loops, each a new user per purchase, until sold out. A 503
+/// (Redis down, a failover) is retried after a pause with the same
+/// Idempotency-Key, as a shopper's page does: a win that stood is replayed.
+/// Collects every 201's (and replay's) order id.
+pub async fn storm_drop_until_sold_out(
+    drop: &'static str,
+    sku: &'static str,
+    servers: Vec<Http>,
+    won: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let mut workers = Vec::new();
+    for worker in 0..100 {
+        let http = servers[worker % servers.len()].clone();
+        let won = won.clone();
+        workers.push(tokio::spawn(async move {
+            let body = format!(r#"{{"sku": "{sku}", "quantity": 1}}"#);
+            for n in 0..10_000 {
+                let (user, key) = (format!("w{worker}-{n}"), format!("k{worker}-{n}"));
+                let reply = loop {
+                    let reply = http.reserve_keyed(drop, &user, &key, &body).await;
+                    if (reply.status, reply.error()) != (503, "unavailable") {
+                        break reply;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                };
+                match (reply.status, reply.error()) {
+                    (201 | 200, _) => won
+                        .lock()
+                        .unwrap()
+                        .push(reply.body["id"].as_str().unwrap().to_owned()),
+                    (409, "sold_out") => return,
+                    (status, error) => panic!("unexpected {status} {error}"),
+                }
+            }
+            panic!("never sold out");
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+}
+
+/// A real `redis-sentinel` on loopback watching one master as `dg`
+/// (quorum 1), judging it down after half a second of silence.
+pub struct RedisSentinel {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl RedisSentinel {
+    /// Starts and waits until it knows the master and `replicas` replicas of it.
+    pub fn start(master: &RedisServer, replicas: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor dg 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds dg 500\n\
+                 sentinel failover-timeout dg 3000\n",
+                dir.path().display(),
+                master.port
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("redis-sentinel")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("Sentinel tests need redis-sentinel on PATH (apt-get install redis-sentinel): {e}"));
+        let sentinel = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while sentinel.known_replicas() < replicas {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Sentinel never saw {replicas} replicas"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        sentinel
+    }
+
+    fn known_replicas(&self) -> usize {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "SENTINEL", "replicas", "dg"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        // One `flags` field per replica; a healthy one is just `slave`.
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .windows(2)
+            .filter(|w| w[0] == "flags" && w[1] == "slave")
+            .count()
+    }
+
+    /// The port of the server Sentinel names as master now.
+    pub fn master_port(&self) -> u16 {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "SENTINEL",
+                "get-master-addr-by-name",
+                "dg",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}/dg", self.port)
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A replica of `master` on loopback (AOF always, like its master), once in sync.
+pub fn start_replica(master: &RedisServer) -> RedisServer {
+    let replica = RedisServer::start_in(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--replicaof",
+            "127.0.0.1",
+            &master.port.to_string(),
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while replica.info_field("replication", "master_link_status") != "up" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never linked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    replica
 }
 
 /// A connection of the test's own to a test Redis.
@@ -572,6 +835,26 @@ pub async fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
 }
 
 impl RedisServer {
+    /// One field of `INFO <section>`, read with redis-cli ("" if absent).
+    pub fn info_field(&self, section: &str, field: &str) -> String {
+        self.info_field_of("INFO", section, field)
+    }
+
+    /// One `field:value` line of a command's text answer, e.g. `CLUSTER INFO`.
+    pub fn info_field_of(&self, command: &str, section: &str, field: &str) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), command, section])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("tests need redis-cli on PATH (apt-get install redis-tools): {e}")
+            });
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    }
+
     /// True once the server answers PING; false if it exited first.
     fn wait_until_ready(&mut self) -> bool {
         use std::io::{Read, Write};
@@ -605,6 +888,16 @@ impl RedisServer {
             .status()
             .unwrap();
         assert!(sent.success(), "kill {signal} {pid}");
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on its port, with
+    /// its files and settings, once `meanwhile` has run.
+    pub fn kill_then_restart(self, meanwhile: impl FnOnce()) -> Self {
+        let (port, settings) = (self.port, self.settings.clone());
+        let dir = self.kill();
+        meanwhile();
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        Self::start_on(port, dir, &settings)
     }
 
     /// Stops the server at once, as a crash would (SIGKILL), keeping its files.
