@@ -28,6 +28,11 @@ import { checkout, createCoupons } from './lib/checkout.js';
 import { afterSale } from './lib/after_sale.js';
 
 const BASE = __ENV.BASE_URL;
+// Every instance serving the drop (BASE_URLS, comma-separated; default
+// BASE_URL alone): each virtual user talks to one, in turn, as shoppers
+// behind a load balancer would.
+const BASES = (__ENV.BASE_URLS || BASE).split(',');
+const mine = () => BASES[__VU % BASES.length];
 const SECRET = __ENV.JWT_SECRET;
 const ADMIN_TOKEN = __ENV.ADMIN_TOKEN;
 const PAYMENT_SECRET = __ENV.PAYMENT_SECRET;
@@ -133,7 +138,7 @@ function count(res) {
 function reserve(user, quantity, key) {
   const headers = shopper(user);
   if (key) headers['Idempotency-Key'] = key;
-  return http.post(`${BASE}/api/v1/drops/${DROP}/reserve`, JSON.stringify({ sku: SKU, quantity }), { headers });
+  return http.post(`${mine()}/api/v1/drops/${DROP}/reserve`, JSON.stringify({ sku: SKU, quantity }), { headers });
 }
 
 export default function () {
@@ -181,7 +186,8 @@ export function teardown(data) {
   const after = {};
   for (let n = 0; n < Math.min(USERS, AUDIT_USERS); n++) {
     const user = `shopper-${Math.floor(Math.random() * USERS)}`;
-    const res = http.get(`${BASE}/api/v1/orders`, { headers: shopper(user) });
+    const base = BASES[n % BASES.length];
+    const res = http.get(`${base}/api/v1/orders`, { headers: shopper(user) });
     if (res.status !== 200) continue;
     audited += 1;
     const orders = res.json('orders');
@@ -191,15 +197,15 @@ export function teardown(data) {
     if (held > LIMIT) limitViolations.add(1);
     if (orders.some((o) => o.user_id !== user)) leakedOrders.add(1);
     for (const order of orders.filter((o) => o.status === 'pending_payment')) {
-      const outcome = checkout(BASE, secrets, user, order, () => checkoutErrors.add(1));
+      const outcome = checkout(base, secrets, user, order, () => checkoutErrors.add(1));
       outcomes[outcome] = (outcomes[outcome] || 0) + 1;
       checkouts.add(1);
     }
     // Then on after the payment: shipping, delivery, refunds, returns.
-    const now = http.get(`${BASE}/api/v1/orders?limit=500`, { headers: shopper(user) });
+    const now = http.get(`${base}/api/v1/orders?limit=500`, { headers: shopper(user) });
     if (now.status !== 200) continue;
     for (const order of now.json('orders')) {
-      const left = afterSale(BASE, secrets, user, order, () => afterSaleErrors.add(1));
+      const left = afterSale(base, secrets, user, order, () => afterSaleErrors.add(1));
       after[left] = (after[left] || 0) + 1;
     }
   }

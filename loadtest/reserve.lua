@@ -8,6 +8,8 @@
 -- waiting room (POST /api/v1/drops/DROP/queue) as each shopper; with
 -- CALL=drops it sends GET /api/v1/drops (the page refresh). With TICKET
 -- set, reserves carry it as Queue-Ticket (a queued drop's ticket check).
+-- With DROPS (comma-separated drop ids), reserves go to those drops in
+-- turn (many drops on sale at once).
 
 local healthz = os.getenv("HEALTHZ") == "1"
 local call = os.getenv("CALL") or "reserve"
@@ -41,7 +43,14 @@ function init(args)
   elseif call == "drops" then
     requests[1] = wrk.format("GET", "/api/v1/drops")
   end
+  local drops = {}
+  for id in string.gmatch(os.getenv("DROPS") or "", "[^,]+") do
+    drops[#drops + 1] = id
+  end
   for i, token in ipairs(tokens) do
+    if #drops > 0 then
+      path = "/api/v1/drops/" .. drops[(i - 1) % #drops + 1] .. "/reserve"
+    end
     requests[i] = wrk.format("POST", path, {
       ["Authorization"] = "Bearer " .. token,
       ["Content-Type"] = "application/json",
