@@ -155,6 +155,24 @@ impl RedisEngine {
     }
 }
 
+/// Runs `release.lua` for an order: true if this call gave its units back.
+pub(super) async fn release_units(
+    conn: &mut RedisConn,
+    release: &Script,
+    order: &Order,
+) -> redis::RedisResult<bool> {
+    let keys = RoundKeys::new(order.round_id.as_str());
+    let released: i64 = release
+        .key(&keys.stock)
+        .key(&keys.held)
+        .key(&keys.live)
+        .key(&keys.ended)
+        .arg(order.id.as_str())
+        .invoke_async(conn)
+        .await?;
+    Ok(released == 1)
+}
+
 fn parse_order(json: &str) -> Result<Order, EngineError> {
     serde_json::from_str(json).map_err(|e| unavailable(format!("unreadable order in Redis: {e}")))
 }
@@ -211,24 +229,15 @@ impl InventoryEngine for RedisEngine {
     }
 
     async fn release(&self, order: &Order) -> Result<bool, EngineError> {
-        let keys = RoundKeys::new(order.round_id.as_str());
         let mut conn = self.conn.clone();
-        let released: i64 = self
-            .scripts
-            .release
-            .key(&keys.stock)
-            .key(&keys.held)
-            .key(&keys.live)
-            .key(&keys.ended)
-            .arg(order.id.as_str())
-            .invoke_async(&mut conn)
+        let released = release_units(&mut conn, &self.scripts.release, order)
             .await
             .map_err(unavailable)?;
-        if released == 1 {
+        if released {
             let units = i64::from(order.quantity.get());
             self.stock.adjust(&order.round_id, &order.sku, units);
         }
-        Ok(released == 1)
+        Ok(released)
     }
 
     async fn remaining(

@@ -22,6 +22,7 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::redis_engine::release_units;
 use super::redis_keys::{RoundKeys, ROUNDS, WRITERS_GROUP};
 use super::redis_reconcile::MasterFence;
 use super::redis_topology::{Redis, RedisConn};
@@ -350,15 +351,7 @@ impl Consumer {
         // server that never had the first win, a failover apart). It will
         // never be stored, so the units it holds in Redis go back.
         for (_, (order, _)) in orders.iter().filter(|(_, (o, _))| refused.contains(&o.id)) {
-            let _: i64 = self
-                .release
-                .key(&keys.stock)
-                .key(&keys.held)
-                .key(&keys.live)
-                .key(&keys.ended)
-                .arg(order.id.as_str())
-                .invoke_async(&mut self.conn)
-                .await?;
+            release_units(&mut self.conn, &self.release, order).await?;
         }
         for (entry, reason) in &dead {
             self.keep_aside(&keys.dead, entry, reason).await?;

@@ -68,6 +68,19 @@ async fn assert_sold_after_the_failover(
     assert!(reconciled >= Some(1), "reconciled {reconciled:?} times");
 }
 
+/// Starts a storm on the drop and returns once it has won 60 units.
+async fn storm_then_wait(s: &TestServer) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<String>>>) {
+    let won = Arc::new(Mutex::new(Vec::new()));
+    let storm = tokio::spawn(storm_drop_until_sold_out(
+        DROP,
+        SKU,
+        vec![s.http.clone()],
+        won.clone(),
+    ));
+    wait_for_wins(&won, 60).await;
+    (storm, won)
+}
+
 async fn wait_for_wins(won: &Arc<Mutex<Vec<String>>>, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while won.lock().unwrap().len() < n {
@@ -170,15 +183,7 @@ async fn cluster_master_killed_mid_sale((config, now): (String, Timestamp)) -> S
     // Found before the storm (the round is set up at start), so the kill
     // comes while it sells.
     let holder = cluster.masters.remove(holder_of(&cluster.masters, DROP));
-    let won = Arc::new(Mutex::new(Vec::new()));
-    let storm = tokio::spawn(storm_drop_until_sold_out(
-        DROP,
-        SKU,
-        vec![s.http.clone()],
-        won.clone(),
-    ));
-    wait_for_wins(&won, 60).await;
-
+    let (storm, won) = storm_then_wait(&s).await;
     let at_kill = won.lock().unwrap().len();
     let port = holder.port.to_string();
     let replica = cluster
@@ -214,15 +219,7 @@ async fn a_sentinel_failover_mid_sale_loses_no_acknowledged_win() {
         url: sentinel.url(),
     };
     let mut s = TestServer::start_with_engine(&config, now, &engine).await;
-    let won = Arc::new(Mutex::new(Vec::new()));
-    let storm = tokio::spawn(storm_drop_until_sold_out(
-        DROP,
-        SKU,
-        vec![s.http.clone()],
-        won.clone(),
-    ));
-    wait_for_wins(&won, 60).await;
-
+    let (storm, won) = storm_then_wait(&s).await;
     let at_kill = won.lock().unwrap().len();
     let back = master.kill_then_restart(|| {
         wait_until(
