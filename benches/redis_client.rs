@@ -83,6 +83,7 @@ async fn reserve(script: &Script, conn: &mut impl ConnectionLike, n: u64) {
     let (code, _): (i64, String) = call
         .arg(1)
         .arg(0)
+        .arg(0)
         .arg(i64::MAX)
         .arg("sku")
         .arg(1)

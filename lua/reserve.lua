@@ -11,9 +11,12 @@
 --                                                             dg:{<round>}:keys
 -- KEYS[4] orders   HASH  order id -> order JSON               dg:{<round>}:orders
 -- KEYS[5] live     HASH  order id -> sku "\n" units "\n" user dg:{<round>}:live
--- KEYS[6] winners  STREAM of won orders for the order writer  dg:{<round>}:winners
+-- KEYS[6] winners  STREAM of won order ids (with the key and fingerprint)
+--                  for the order writer, which reads their JSON from
+--                  KEYS[4]: the order text is kept once  dg:{<round>}:winners
 --
--- ARGV[1] n, the number of attempts; then 10 arguments per attempt:
+-- ARGV[1] n, the number of attempts; ARGV[2] "1" if this call may have run
+-- before (sent again), else "0"; then 10 arguments per attempt:
 --   opens_at, closes_at (unix ms; checked against Redis TIME), sku, units,
 --   per-user limit, user, idempotency key ("" for none), request
 --   fingerprint, order id, order JSON
@@ -35,9 +38,13 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+local resent = ARGV[2] == '1'
+
 local function decide(opens_at, closes_at, sku, units_arg, limit, user, key, fingerprint, order_id, order)
-  local sent_before = redis.call('HGET', KEYS[4], order_id)
-  if sent_before then return 1, sent_before end
+  if resent then
+    local sent_before = redis.call('HGET', KEYS[4], order_id)
+    if sent_before then return 1, sent_before end
+  end
   if now < tonumber(opens_at) then return -1, opens_at end
   if now >= tonumber(closes_at) then return -2, '' end
 
@@ -73,13 +80,13 @@ local function decide(opens_at, closes_at, sku, units_arg, limit, user, key, fin
   if key_field then
     redis.call('HSET', KEYS[3], key_field, fingerprint .. '\n' .. order_id)
   end
-  redis.call('XADD', KEYS[6], '*', 'order', order, 'key', key, 'fingerprint', fingerprint)
+  redis.call('XADD', KEYS[6], '*', 'id', order_id, 'key', key, 'fingerprint', fingerprint)
   return 1, order
 end
 
 local answers = {}
 for i = 0, tonumber(ARGV[1]) - 1 do
-  local a = 1 + i * 10
+  local a = 2 + i * 10
   local code, detail = decide(unpack(ARGV, a + 1, a + 10))
   answers[#answers + 1] = code
   answers[#answers + 1] = detail

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redis::{Cmd, Script};
+use redis::Cmd;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::redis_engine::unavailable;
@@ -76,7 +76,7 @@ impl ReserveBatches {
     ) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE_DEPTH);
         // The SHA-1 that `EVALSHA` names the script by.
-        let hash: Arc<str> = Script::new(RESERVE_LUA).get_hash().into();
+        let hash: Arc<str> = redis::Script::new(RESERVE_LUA).get_hash().into();
         tokio::spawn(dispatch(conns, hash, pending, reconciler, settings));
         Self { queue }
     }
@@ -156,10 +156,12 @@ async fn invoke(
     reconciler: &Arc<Reconciler>,
 ) -> Result<Vec<Answer>, EngineError> {
     let keys = RoundKeys::new(round_id.as_str());
-    let call = script_call(("EVALSHA", hash), &keys, attempts);
-    let with_script = || script_call(("EVAL", RESERVE_LUA), &keys, attempts);
+    let build = |script: Script, sent: Sent| match script {
+        Script::ByHash => script_call(("EVALSHA", hash), sent, &keys, attempts),
+        Script::WithText => script_call(("EVAL", RESERVE_LUA), sent, &keys, attempts),
+    };
     // {code1, detail1, code2, detail2, ...}
-    let flat = send(conn, &call, with_script, reconciler).await?;
+    let flat = send(conn, build, reconciler).await?;
     if flat.len() != 2 * attempts.len() {
         return Err(unavailable(format!(
             "reserve script answered {} values for {} attempts",
@@ -177,9 +179,25 @@ async fn invoke(
     Ok(answers)
 }
 
-/// The script call, by its hash (`EVALSHA`) or with its text (`EVAL`), built
-/// as one command so each argument is copied once into it.
-fn script_call(script: (&str, &str), keys: &RoundKeys, attempts: &[Pending]) -> Cmd {
+/// How a call names the script: by its hash (`EVALSHA`), or with its text
+/// (`EVAL`, after `NOSCRIPT`).
+#[derive(Clone, Copy)]
+enum Script {
+    ByHash,
+    WithText,
+}
+
+/// Whether a call may have run before: only a call sent again after its
+/// connection dropped makes the script look its attempts up by order id
+/// (a first sending cannot have been decided, so it spares that read).
+#[derive(Clone, Copy)]
+enum Sent {
+    First,
+    Again,
+}
+
+/// The script call, built as one command so each argument is copied once into it.
+fn script_call(script: (&str, &str), sent: Sent, keys: &RoundKeys, attempts: &[Pending]) -> Cmd {
     let mut call = Cmd::new();
     call.arg(script.0)
         .arg(script.1)
@@ -190,7 +208,11 @@ fn script_call(script: (&str, &str), keys: &RoundKeys, attempts: &[Pending]) -> 
         .arg(&keys.orders)
         .arg(&keys.live)
         .arg(&keys.winners)
-        .arg(attempts.len());
+        .arg(attempts.len())
+        .arg(match sent {
+            Sent::First => 0,
+            Sent::Again => 1,
+        });
     for Pending { attempt: a, .. } in attempts {
         call.arg(a.opens_at_ms)
             .arg(a.closes_at_ms)
@@ -246,18 +268,18 @@ async fn confirm_wins(
 }
 
 /// Sends the call, and sends it once more if the connection dropped (the
-/// manager reconnects meanwhile): the script knows an attempt it has already
-/// decided by its order id, so a resent call decides nothing twice. A
-/// stalled Redis (a timeout) is not waited on twice.
+/// manager reconnects meanwhile), marked as sent again: the script then
+/// knows an attempt it has already decided by its order id, so a resent
+/// call decides nothing twice. A stalled Redis (a timeout) is not waited
+/// on twice.
 async fn send(
     conn: &mut RedisConn,
-    call: &Cmd,
-    with_script: impl Fn() -> Cmd,
+    build: impl Fn(Script, Sent) -> Cmd,
     reconciler: &Arc<Reconciler>,
 ) -> Result<Vec<redis::Value>, EngineError> {
-    match send_loading(conn, call, &with_script, reconciler).await {
+    match send_loading(conn, &build, Sent::First, reconciler).await {
         Err(SendError::Redis(e)) if e.is_unrecoverable_error() && !e.is_timeout() => {
-            send_loading(conn, call, &with_script, reconciler).await
+            send_loading(conn, &build, Sent::Again, reconciler).await
         }
         reply => reply,
     }
@@ -282,17 +304,17 @@ enum SendError {
 /// the script on that server, whichever master of a cluster it is).
 async fn send_loading(
     conn: &mut RedisConn,
-    call: &Cmd,
-    with_script: &impl Fn() -> Cmd,
+    build: &impl Fn(Script, Sent) -> Cmd,
+    sent: Sent,
     reconciler: &Arc<Reconciler>,
 ) -> Result<Vec<redis::Value>, SendError> {
-    match call.query_async(conn).await {
+    match build(Script::ByHash, sent).query_async(conn).await {
         Err(e) if e.code() == Some("NOSCRIPT") => {
             reconciler
                 .check_identity()
                 .await
                 .map_err(SendError::Engine)?;
-            with_script()
+            build(Script::WithText, sent)
                 .query_async(conn)
                 .await
                 .map_err(SendError::Redis)

@@ -309,32 +309,44 @@ impl Consumer {
         if entries.is_empty() {
             return Ok(0);
         }
+        let texts = self.order_texts(keys, &entries).await?;
         let mut orders = Vec::with_capacity(entries.len());
-        let mut unreadable = Vec::new();
-        for entry in &entries {
-            match decode(entry) {
-                Some(keyed) => orders.push((entry, keyed)),
-                None => unreadable.push(entry),
+        // Entries whose order text is gone from the orders hash (voided,
+        // or lost), by order id; and entries that cannot be read at all.
+        let mut textless = Vec::new();
+        let mut dead: Vec<(&StreamId, &str)> = Vec::new();
+        for (entry, text) in entries.iter().zip(&texts) {
+            match (text, entry.get::<String>("id")) {
+                (Some(text), _) => match decode(entry, text) {
+                    Some(keyed) => orders.push((entry, keyed)),
+                    None => dead.push((entry, "unreadable")),
+                },
+                (None, Some(id)) => textless.push((entry, id)),
+                (None, None) => dead.push((entry, "unreadable")),
             }
         }
-        let mut dead: Vec<(&StreamId, &str)> = unreadable
-            .into_iter()
-            .map(|entry| (entry, "unreadable"))
-            .collect();
-        if !orders.is_empty() {
-            let ids: Vec<&str> = orders.iter().map(|(_, (o, _))| o.id.as_str()).collect();
+        let mut ids: Vec<&str> = orders.iter().map(|(_, (o, _))| o.id.as_str()).collect();
+        ids.extend(textless.iter().map(|(_, id)| id.as_str()));
+        if !ids.is_empty() {
             let voided: Vec<bool> = self.conn.smismember(&keys.voided, &ids).await?;
-            let mut kept = voided.into_iter();
+            let (decoded, gone) = voided.split_at(orders.len());
+            let mut kept = decoded.iter();
             let (stored, void): (Vec<_>, Vec<_>) = orders
                 .into_iter()
-                .partition(|_| !kept.next().unwrap_or(false));
+                .partition(|_| !kept.next().copied().unwrap_or(false));
             orders = stored;
-            dead.extend(void.into_iter().map(|(entry, _)| {
-                (
-                    entry,
-                    "voided: its unit was sold by another Redis server during a failover",
-                )
-            }));
+            const VOIDED: &str =
+                "voided: its unit was sold by another Redis server during a failover";
+            dead.extend(void.into_iter().map(|(entry, _)| (entry, VOIDED)));
+            dead.extend(
+                textless
+                    .iter()
+                    .zip(gone)
+                    .map(|((entry, _), voided)| match voided {
+                        true => (*entry, VOIDED),
+                        false => (*entry, "unreadable: its order text is gone"),
+                    }),
+            );
         }
         let refused = self
             .store
@@ -354,7 +366,11 @@ impl Consumer {
             release_units(&mut self.conn, &self.release, order).await?;
         }
         for (entry, reason) in &dead {
-            self.keep_aside(&keys.dead, entry, reason).await?;
+            let text = entries
+                .iter()
+                .position(|e| e.id == entry.id)
+                .and_then(|at| texts[at].as_deref());
+            self.keep_aside(&keys.dead, entry, text, reason).await?;
             tracing::error!(
                 entry = %entry.id,
                 stream = %keys.winners,
@@ -368,11 +384,42 @@ impl Consumer {
         Ok(ids.len())
     }
 
-    /// Copies an entry, field by field, to the dead-letter stream.
+    /// The order text of each entry: its own `order` field (entries written
+    /// before the text moved to the orders hash), or the orders hash's, by
+    /// the entry's order `id` (one call for the batch).
+    async fn order_texts(
+        &mut self,
+        keys: &RoundKeys,
+        entries: &[StreamId],
+    ) -> Result<Vec<Option<String>>, PassError> {
+        let ids: Vec<String> = entries.iter().filter_map(|e| e.get("id")).collect();
+        let mut found = match ids.is_empty() {
+            true => Vec::new(),
+            false => {
+                redis::cmd("HMGET")
+                    .arg(&keys.orders)
+                    .arg(&ids)
+                    .query_async::<Vec<Option<String>>>(&mut self.conn)
+                    .await?
+            }
+        }
+        .into_iter();
+        Ok(entries
+            .iter()
+            .map(|e| match e.get::<String>("id") {
+                Some(_) => found.next().flatten(),
+                None => e.get("order"),
+            })
+            .collect())
+    }
+
+    /// Copies an entry, field by field, to the dead-letter stream, with its
+    /// order text when the entry names it by id.
     async fn keep_aside(
         &mut self,
         dead: &str,
         entry: &StreamId,
+        text: Option<&str>,
         reason: &str,
     ) -> Result<(), PassError> {
         let mut fields: Vec<(String, Vec<u8>)> = entry
@@ -380,6 +427,9 @@ impl Consumer {
             .keys()
             .filter_map(|field| Some((field.clone(), entry.get::<Vec<u8>>(field)?)))
             .collect();
+        if let (Some(text), false) = (text, entry.map.contains_key("order")) {
+            fields.push(("order".into(), text.as_bytes().to_vec()));
+        }
         fields.push(("reason".into(), reason.as_bytes().to_vec()));
         fields.push(("entry".into(), entry.id.as_bytes().to_vec()));
         let _: String = self.conn.xadd(dead, "*", &fields).await?;
@@ -387,8 +437,8 @@ impl Consumer {
     }
 }
 
-fn decode(entry: &StreamId) -> Option<(Order, Option<(IdempotencyKey, String)>)> {
-    let order: Order = serde_json::from_str(&entry.get::<String>("order")?).ok()?;
+fn decode(entry: &StreamId, text: &str) -> Option<(Order, Option<(IdempotencyKey, String)>)> {
+    let order: Order = serde_json::from_str(text).ok()?;
     let key: String = entry.get("key").unwrap_or_default();
     let fingerprint: String = entry.get("fingerprint").unwrap_or_default();
     let idempotency = match key.is_empty() {

@@ -30,16 +30,20 @@ fn attempt(user: &str, units: u32, idempotency: (&str, &str), order_id: &str) ->
     ]
 }
 
-async fn call(
+/// One script call; `again` marks it as sent before (after a dropped connection).
+async fn call_sent(
     conn: &mut redis::aio::MultiplexedConnection,
     attempts: &[Vec<String>],
+    again: bool,
 ) -> Vec<(i64, String)> {
     let script = redis::Script::new(SCRIPT);
     let mut invocation = script.key(key("stock"));
     for name in ["held", "keys", "orders", "live", "winners"] {
         invocation.key(key(name));
     }
-    invocation.arg(attempts.len());
+    invocation
+        .arg(attempts.len())
+        .arg(if again { "1" } else { "0" });
     for a in attempts {
         invocation.arg(a);
     }
@@ -52,6 +56,13 @@ async fn call(
             )
         })
         .collect()
+}
+
+async fn call(
+    conn: &mut redis::aio::MultiplexedConnection,
+    attempts: &[Vec<String>],
+) -> Vec<(i64, String)> {
+    call_sent(conn, attempts, false).await
 }
 
 async fn with_stock(redis: &RedisServer, units: i64) -> redis::aio::MultiplexedConnection {
@@ -98,7 +109,7 @@ async fn an_attempt_sent_twice_is_decided_once() {
     let redis = RedisServer::start();
     let mut conn = with_stock(&redis, 5).await;
     let first = call(&mut conn, &[attempt("u1", 1, ("", ""), "o1")]).await;
-    let again = call(&mut conn, &[attempt("u1", 1, ("", ""), "o1")]).await;
+    let again = call_sent(&mut conn, &[attempt("u1", 1, ("", ""), "o1")], true).await;
     assert_eq!(first, again);
     assert_eq!(first[0].0, 1);
 
@@ -106,6 +117,13 @@ async fn an_attempt_sent_twice_is_decided_once() {
     let held: i64 = conn.hget(key("held"), "u1").await.unwrap();
     let winners: usize = conn.xlen(key("winners")).await.unwrap();
     assert_eq!((left, held, winners), (4, 1, 1));
+    // The winner's entry names the order; its text is kept once, in the orders hash.
+    let entries: redis::streams::StreamRangeReply = conn.xrange_all(key("winners")).await.unwrap();
+    let entry = &entries.ids[0];
+    assert_eq!(entry.get::<String>("id").as_deref(), Some("o1"));
+    assert!(!entry.map.contains_key("order"), "{:?}", entry.map);
+    let text: String = conn.hget(key("orders"), "o1").await.unwrap();
+    assert_eq!(text, first[0].1);
 }
 
 #[tokio::test]
