@@ -2,7 +2,8 @@
 //! its round's stream; this task reads the streams in a consumer group,
 //! inserts the orders in batches (idempotent on the order id) through the
 //! store's group-commit writer, and acknowledges entries only after that
-//! commit. Acknowledged entries are deleted; an un-acked one never is.
+//! commit. Acknowledged entries are trimmed away (`lua/ack.lua`); an
+//! un-acked one never is.
 //!
 //! After a restart the consumer first re-reads its own pending entries; the
 //! pending entries of a consumer that died are claimed (`XAUTOCLAIM`) once
@@ -73,6 +74,7 @@ impl RedisOrderWriter {
             last_claim: Instant::now(),
             fence,
             release: redis::Script::new(include_str!("../../lua/release.lua")),
+            ack: redis::Script::new(include_str!("../../lua/ack.lua")),
         };
         let task = tokio::spawn(run(consumer, stopped));
         Ok(Self {
@@ -123,6 +125,8 @@ struct Consumer {
     /// In step with the reconciler on master changes (see `pass`).
     fence: Arc<MasterFence>,
     release: redis::Script,
+    /// Acknowledges stored entries and trims the stream (`lua/ack.lua`).
+    ack: redis::Script,
 }
 
 async fn run(mut consumer: Consumer, mut stopped: watch::Receiver<bool>) {
@@ -379,8 +383,13 @@ impl Consumer {
             );
         }
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let _: i64 = self.conn.xack(&keys.winners, WRITERS_GROUP, &ids).await?;
-        let _: i64 = self.conn.xdel(&keys.winners, &ids).await?;
+        let _trimmed: i64 = self
+            .ack
+            .key(&keys.winners)
+            .arg(WRITERS_GROUP)
+            .arg(&ids)
+            .invoke_async(&mut self.conn)
+            .await?;
         Ok(ids.len())
     }
 
