@@ -32,13 +32,46 @@
 --   -6 round not set up, or fenced while it is reconciled (run reconcile.lua,
 --                         then call again)
 --
--- Redis does not roll back a script that fails half-way, so within each
--- attempt every read and check comes before the first write.
+-- Redis does not roll back a script that fails half-way, so every read and
+-- check comes first and every write at the end. Reads and writes are few
+-- per call rather than per attempt (each call from Lua into Redis, and each
+-- write it propagates to the AOF, costs more than the work it does): the
+-- round's stock and each shopper's holding are read once and kept here,
+-- and each hash is written once with every field the call changed.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local resent = ARGV[2] == '1'
+
+-- What this call has read or decided so far, by field.
+local lefts, helds = {}, {}
+local keys_now, orders_now = {}, {}
+-- The writes, in order: field, value, field, value, ...
+local stock_w, held_w, live_w, orders_w, keys_w = {}, {}, {}, {}, {}
+local won = {}
+
+local function held_by(user)
+  local held = helds[user]
+  if held == nil then
+    held = tonumber(redis.call('HGET', KEYS[2], user) or '0')
+    helds[user] = held
+  end
+  return held
+end
+
+local function key_entry(field)
+  local entry = keys_now[field]
+  if entry == nil then
+    entry = redis.call('HGET', KEYS[3], field) or false
+    keys_now[field] = entry
+  end
+  return entry
+end
+
+local function order_text(id)
+  return orders_now[id] or redis.call('HGET', KEYS[4], id)
+end
 
 local function decide(opens_at, closes_at, sku, units_arg, limit, user, key, fingerprint, order_id, order)
   if resent then
@@ -51,36 +84,50 @@ local function decide(opens_at, closes_at, sku, units_arg, limit, user, key, fin
   local key_field = false
   if key ~= '' then
     key_field = user .. '\n' .. key
-    local earlier = redis.call('HGET', KEYS[3], key_field)
+    local earlier = key_entry(key_field)
     if earlier then
       local cut = string.find(earlier, '\n', 1, true)
       if string.sub(earlier, 1, cut - 1) ~= fingerprint then return -5, '' end
-      local order = redis.call('HGET', KEYS[4], string.sub(earlier, cut + 1))
-      if order then
+      local text = order_text(string.sub(earlier, cut + 1))
+      if text then
         -- Written again (unchanged), so that the caller's WAIT for replicas
         -- (replica_acks) covers the win it replays, not only its own writes.
-        redis.call('HSET', KEYS[3], key_field, earlier)
-        return 2, order
+        keys_w[#keys_w + 1] = key_field
+        keys_w[#keys_w + 1] = earlier
+        return 2, text
       end
       -- Its order was voided (reconcile.lua): the key decides anew.
     end
   end
 
-  local left = redis.call('HGET', KEYS[1], sku)
+  local left = lefts[sku]
+  if left == nil then
+    left = redis.call('HGET', KEYS[1], sku)
+    if left then left = tonumber(left) end
+    lefts[sku] = left
+  end
   if not left then return -6, '' end
   local units = tonumber(units_arg)
-  local held = tonumber(redis.call('HGET', KEYS[2], user) or '0')
+  local held = held_by(user)
   if held + units > tonumber(limit) then return -4, limit end
-  if tonumber(left) < units then return -3, '' end
+  if left < units then return -3, '' end
 
-  redis.call('HINCRBY', KEYS[1], sku, -units)
-  redis.call('HINCRBY', KEYS[2], user, units)
-  redis.call('HSET', KEYS[5], order_id, sku .. '\n' .. units_arg .. '\n' .. user)
-  redis.call('HSET', KEYS[4], order_id, order)
+  lefts[sku] = left - units
+  helds[user] = held + units
+  stock_w[sku] = true
+  held_w[user] = true
+  live_w[#live_w + 1] = order_id
+  live_w[#live_w + 1] = sku .. '\n' .. units_arg .. '\n' .. user
+  orders_w[#orders_w + 1] = order_id
+  orders_w[#orders_w + 1] = order
+  orders_now[order_id] = order
   if key_field then
-    redis.call('HSET', KEYS[3], key_field, fingerprint .. '\n' .. order_id)
+    local entry = fingerprint .. '\n' .. order_id
+    keys_now[key_field] = entry
+    keys_w[#keys_w + 1] = key_field
+    keys_w[#keys_w + 1] = entry
   end
-  redis.call('XADD', KEYS[6], '*', 'id', order_id, 'key', key, 'fingerprint', fingerprint)
+  won[#won + 1] = {order_id, key, fingerprint}
   return 1, order
 end
 
@@ -90,5 +137,29 @@ for i = 0, tonumber(ARGV[1]) - 1 do
   local code, detail = decide(unpack(ARGV, a + 1, a + 10))
   answers[#answers + 1] = code
   answers[#answers + 1] = detail
+end
+
+-- The writes: each hash once, then the winners' entries.
+local function hset(key, pairs_)
+  if #pairs_ > 0 then redis.call('HSET', key, unpack(pairs_)) end
+end
+local stock_pairs, held_pairs = {}, {}
+for sku in pairs(stock_w) do
+  stock_pairs[#stock_pairs + 1] = sku
+  -- As integer text: a number would go as Redis formats doubles, which
+  -- HINCRBY (release.lua, restock.lua) may not read back.
+  stock_pairs[#stock_pairs + 1] = string.format('%d', lefts[sku])
+end
+for user in pairs(held_w) do
+  held_pairs[#held_pairs + 1] = user
+  held_pairs[#held_pairs + 1] = string.format('%d', helds[user])
+end
+hset(KEYS[1], stock_pairs)
+hset(KEYS[2], held_pairs)
+hset(KEYS[5], live_w)
+hset(KEYS[4], orders_w)
+hset(KEYS[3], keys_w)
+for _, w in ipairs(won) do
+  redis.call('XADD', KEYS[6], '*', 'id', w[1], 'key', w[2], 'fingerprint', w[3])
 end
 return answers
