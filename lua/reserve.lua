@@ -22,7 +22,7 @@
 --   fingerprint, order id, order JSON
 --
 -- Returns {code, detail} per attempt, flattened: {code1, detail1, code2, ...}
---    1 won                 detail: the order JSON
+--    1 won                 detail: "" (the caller has the order it sent)
 --    2 idempotent replay   detail: the earlier order's JSON
 --   -1 not open yet        detail: opens_at
 --   -2 closed
@@ -75,8 +75,7 @@ end
 
 local function decide(opens_at, closes_at, sku, units_arg, limit, user, key, fingerprint, order_id, order)
   if resent then
-    local sent_before = redis.call('HGET', KEYS[4], order_id)
-    if sent_before then return 1, sent_before end
+    if redis.call('HEXISTS', KEYS[4], order_id) == 1 then return 1, '' end
   end
   if now < tonumber(opens_at) then return -1, opens_at end
   if now >= tonumber(closes_at) then return -2, '' end
@@ -128,7 +127,7 @@ local function decide(opens_at, closes_at, sku, units_arg, limit, user, key, fin
     keys_w[#keys_w + 1] = entry
   end
   won[#won + 1] = {order_id, key, fingerprint}
-  return 1, order
+  return 1, ''
 end
 
 local answers = {}
