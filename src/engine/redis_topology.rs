@@ -280,6 +280,16 @@ fn parse_replication(address: &str, info: &str) -> Vec<NodeState> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_sentinel_url_without_its_master_name_is_refused_with_the_form() {
+        let refused = Redis::open("redis+sentinel://127.0.0.1:26379").await;
+        let message = refused.err().expect("refused").to_string();
+        assert!(
+            message.contains("redis+sentinel://H1:P1,H2:P2/MASTER_NAME"),
+            "{message}"
+        );
+    }
+
     #[test]
     fn cluster_nodes_are_read_with_their_role_and_state() {
         let text = "\
