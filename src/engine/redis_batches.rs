@@ -277,7 +277,12 @@ async fn send(
     build: impl Fn(Script, Sent) -> Cmd,
     reconciler: &Arc<Reconciler>,
 ) -> Result<Vec<redis::Value>, EngineError> {
-    match send_loading(conn, &build, Sent::First, reconciler).await {
+    // A client that resends by itself may have run the call already.
+    let first = match conn.resends_by_itself() {
+        true => Sent::Again,
+        false => Sent::First,
+    };
+    match send_loading(conn, &build, first, reconciler).await {
         Err(SendError::Redis(e)) if e.is_unrecoverable_error() && !e.is_timeout() => {
             send_loading(conn, &build, Sent::Again, reconciler).await
         }

@@ -142,6 +142,13 @@ pub enum RedisConn {
 }
 
 impl RedisConn {
+    /// True when the client may send a command again by itself (the
+    /// cluster client does, after a connection drops in a failover): a
+    /// script call may then have run before without our knowing.
+    pub fn resends_by_itself(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
     /// Masters Sentinel has named since start (0 for the other topologies):
     /// a change means the rounds must be reconciled on the new master, even
     /// one that served before and kept its `run_id` (a flip back).

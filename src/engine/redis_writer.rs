@@ -130,8 +130,17 @@ struct Consumer {
 }
 
 async fn run(mut consumer: Consumer, mut stopped: watch::Receiver<bool>) {
+    let mut rechecked = false;
     loop {
         let stopping = *stopped.borrow();
+        if stopping && !rechecked && consumer.conn.resends_by_itself() {
+            // Before stopping, our own pending entries once more: a read
+            // the cluster client retried by itself after a failover can
+            // have left entries delivered to us that we never saw (they
+            // would otherwise wait for XAUTOCLAIM).
+            consumer.caught_up.clear();
+            rechecked = true;
+        }
         let moved = match consumer.pass().await {
             Ok(moved) => moved,
             Err(e) => {
