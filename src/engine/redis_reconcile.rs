@@ -73,8 +73,7 @@ pub struct Reconciler {
     rounds: DashMap<RoundId, Arc<Mutex<()>>>,
     /// One identity check at a time in this instance; held while every
     /// round is reconciled, so a second check waits and then finds it done.
-    /// Holds the Sentinel master changes the last full check saw.
-    checking: Mutex<u64>,
+    checking: Mutex<()>,
     /// Keeps this instance's order writer in step with master changes.
     fence: Arc<MasterFence>,
 }
@@ -109,7 +108,7 @@ impl Reconciler {
             catalog,
             store,
             rounds: DashMap::new(),
-            checking: Mutex::new(0),
+            checking: Mutex::new(()),
             fence: Arc::default(),
         });
         // Whatever happened to Redis while this instance was down is found
@@ -159,10 +158,10 @@ impl Reconciler {
     /// order writer (the listing may sit on another master, which may have
     /// lost it).
     async fn check_identity_now(&self) -> Result<(), EngineError> {
-        let mut changes_seen = self.checking.lock().await;
+        let _one_at_a_time = self.checking.lock().await;
         // A new master under Sentinel: every live round is taken again.
         let changes = self.conn.master_changes();
-        let new_master = changes != *changes_seen;
+        let new_master = changes != self.fence.settled.load(Ordering::Acquire);
         let _no_pass_in_flight = match new_master {
             true => Some(self.fence.passes.write().await),
             false => None,
@@ -195,7 +194,6 @@ impl Reconciler {
             let mut conn = self.conn.clone();
             let _: i64 = conn.sadd(ROUNDS, &live).await.map_err(unavailable)?;
         }
-        *changes_seen = changes;
         self.fence.settled.store(changes, Ordering::Release);
         Ok(())
     }
