@@ -98,6 +98,10 @@ pub struct App {
     pub queue_rates: crate::waiting_room::auto_rate::AutoRates,
     /// What `GET /api/v1/drops` serves, rendered again only when it changed.
     pub drop_views: crate::http::views::RenderedViews,
+    /// Reserve outcomes and latencies per drop, for the operator page.
+    pub reserve_tally: crate::reserve_tally::ReserveTally,
+    /// Each queued drop's figures as its last admission step left them.
+    pub queue_figures: crate::waiting_room::QueueFigures,
 }
 
 impl App {
@@ -170,6 +174,8 @@ impl App {
             queues,
             queue_rates: Default::default(),
             drop_views: Default::default(),
+            reserve_tally: Default::default(),
+            queue_figures: Default::default(),
             secrets: config.auth,
             settings: config.server,
             admission: Admission::new(config.limits),

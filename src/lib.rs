@@ -25,7 +25,8 @@
 //! - [`after_sale`], [`shipping`]: refunds, returns, invoices, the carrier's
 //!   notices; ship dates and return windows.
 //! - [`events`], [`webhooks`]: order events and their delivery to webhooks.
-//! - [`telemetry`], [`upkeep`]: metrics; periodic pruning and drop loading.
+//! - [`telemetry`], [`reserve_tally`], [`upkeep`]: metrics; reserve outcomes
+//!   per drop for the operator page; periodic pruning and drop loading.
 //! - [`app`]: the shared state, put together from the configuration.
 
 pub mod address;
@@ -52,6 +53,7 @@ pub mod presale;
 pub mod pricing;
 pub mod promotions;
 pub mod reserve;
+pub mod reserve_tally;
 pub mod schedule;
 pub mod shipping;
 pub mod sold_out;

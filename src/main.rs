@@ -153,8 +153,10 @@ fn print_demo_help(app: &App, addr: std::net::SocketAddr) {
         .expect("the demo has its drop");
     let round = drop.round_at(jiff::Timestamp::now());
     println!(
-        "\nDemo catalog (no --config given): drop {:?} opens at {} (in about 30 s).\n\
-         Mint a token and reserve:\n\n  \
+        "\nDemo catalog (no --config given): drop {:?} opens at {} (in about 30 s).\n\n  \
+         Shop:       http://{addr}/         (sign in with any name, buy at the opening, pay in the demo gateway)\n  \
+         Operators:  http://{addr}/ops      (admin token: the demo's, shown on the page)\n\n\
+         Or with curl:\n\n  \
          TOKEN=$(cargo run --release -- token --user alice)\n  \
          curl -s -X POST http://{addr}/api/v1/drops/{}/reserve \\\n    \
          -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\\n    \

@@ -13,7 +13,7 @@ use crate::app::App;
 use crate::SeededHasher;
 
 /// Latency buckets in seconds: fine below 10 ms, where a healthy reserve lives.
-const LATENCY_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 const BATCH_BUCKETS: &[f64] = &[

@@ -198,7 +198,13 @@ struct LogisticsBody {
 /// `POST /api/v1/logistics/notify`, signed with `logistics_secret`.
 pub async fn logistics_notify(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let body = signed_body(req, app, &app.secrets.logistics_secret).await?;
-    let notice: LogisticsBody = parse(&body)?;
+    apply_logistics(app, &body).await
+}
+
+/// Applies a carrier's notice whose signature holds (or that the demo's
+/// stand-in carrier sent).
+pub(super) async fn apply_logistics(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    let notice: LogisticsBody = parse(body)?;
     let id = OrderId::parse(&notice.order_id).map_err(|_| no_order())?;
     let tracking_number = notice.tracking_number.trim();
     if tracking_number.is_empty()
@@ -232,7 +238,13 @@ struct RefundNotice {
 /// the gateway has paid a refund (or a return's) back.
 pub async fn refund_notify(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let body = signed_body(req, app, &app.secrets.payment_secret).await?;
-    let notice: RefundNotice = parse(&body)?;
+    apply_refund(app, &body).await
+}
+
+/// Applies a gateway's refund confirmation whose signature holds (or that
+/// the demo's stand-in gateway sent).
+pub(super) async fn apply_refund(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    let notice: RefundNotice = parse(body)?;
     let id = OrderId::parse(&notice.order_id).map_err(|_| no_order())?;
     let refund_id = notice.refund_id.trim();
     check_reference("refund_id", refund_id)?;

@@ -10,10 +10,12 @@ use hyper::{Method, Request, StatusCode};
 
 use super::admin_orders::{self, Reviewed};
 use super::client_ip::client_ip;
+use super::demo::StandIn;
 use super::error::ApiError;
 use super::json::{error, HttpResponse};
 use super::{
-    addresses, admin, after_sale, checkout, coupons, ops, payments, promotions, queue, shopper,
+    addresses, admin, after_sale, checkout, coupons, demo, live, ops, pages, payments, promotions,
+    queue, shopper, storefront,
 };
 use crate::app::App;
 use crate::telemetry;
@@ -61,12 +63,27 @@ enum Route<'a> {
     AdminRefund(&'a str),
     AdminReturn(&'a str),
     Events,
+    Live,
+    Store,
+    Page(&'static str),
+    Asset(&'a str),
+    Demo(StandIn),
     Unknown,
 }
 
 impl Route<'_> {
     fn of<'a>(method: &Method, segments: &[&'a str]) -> Route<'a> {
         match (method, segments) {
+            (&Method::GET, [""]) => Route::Page("/"),
+            (&Method::GET, ["ops"]) => Route::Page("/ops"),
+            (&Method::GET, ["assets", file]) => Route::Asset(file),
+            (&Method::GET, ["demo", "gateway"]) => Route::Demo(StandIn::GatewayPage),
+            (&Method::POST, ["demo", "v1", "sign-in"]) => Route::Demo(StandIn::SignIn),
+            (&Method::POST, ["demo", "v1", "payments"]) => Route::Demo(StandIn::Pay),
+            (&Method::POST, ["demo", "v1", "refunds"]) => Route::Demo(StandIn::Refund),
+            (&Method::POST, ["demo", "v1", "logistics"]) => Route::Demo(StandIn::Ship),
+            (&Method::GET, ["api", "v1", "store"]) => Route::Store,
+            (&Method::GET, ["admin", "v1", "live"]) => Route::Live,
             (&Method::GET, ["healthz"]) => Route::Healthz,
             (&Method::GET, ["readyz"]) => Route::Readyz,
             (&Method::GET, ["metrics"]) => Route::Metrics,
@@ -170,6 +187,10 @@ impl Route<'_> {
             Route::AdminRefund(_) => "admin_review_refund",
             Route::AdminReturn(_) => "admin_review_return",
             Route::Events => "admin_events",
+            Route::Live => "admin_live",
+            Route::Store => "store",
+            Route::Page(_) | Route::Asset(_) => "page",
+            Route::Demo(_) => "demo",
             Route::Unknown => "unknown",
         }
     }
@@ -199,6 +220,8 @@ impl Route<'_> {
                 | Route::RequestRefund(_)
                 | Route::RequestReturn(_)
                 | Route::RequestInvoice(_)
+                | Route::Store
+                | Route::Demo(StandIn::SignIn)
                 | Route::Unknown
         )
     }
@@ -216,6 +239,10 @@ pub async fn handle(app: &App, peer: IpAddr, req: Request<Incoming>) -> HttpResp
     let path = uri.path();
     let route = route(req.method(), path);
     let endpoint = route.name();
+    let reserved_on = match route {
+        Route::Reserve(drop) => Some(drop),
+        _ => None,
+    };
     let result = match admit(app, &route, peer, &req) {
         Ok(()) => dispatch(app, route, path, req).await,
         Err(e) => Err(e),
@@ -224,7 +251,12 @@ pub async fn handle(app: &App, peer: IpAddr, req: Request<Incoming>) -> HttpResp
         Ok(response) => success(endpoint, response.status()),
         Err(e) => e.outcome(),
     };
-    telemetry::request(endpoint, outcome, started.elapsed());
+    let took = started.elapsed();
+    telemetry::request(endpoint, outcome, took);
+    if let Some(drop) = reserved_on {
+        let known = || app.live_catalog().get(drop).is_some();
+        app.reserve_tally.record(drop, outcome, took, known);
+    }
     result.unwrap_or_else(|e| error(&e))
 }
 
@@ -313,6 +345,11 @@ async fn dispatch(
         Route::AdminRefund(order) => admin_orders::review(app, order, req, Reviewed::Refund).await,
         Route::AdminReturn(order) => admin_orders::review(app, order, req, Reviewed::Return).await,
         Route::Events => admin_orders::events(app, &req).await,
+        Route::Live => live::live(app, &req).await,
+        Route::Store => Ok(storefront::store(app)),
+        Route::Page(page) => pages::serve(page, &req),
+        Route::Asset(file) => pages::serve_asset(file, &req),
+        Route::Demo(stand_in) => demo::serve(app, stand_in, req).await,
         Route::Unknown => Err(ApiError::NotFound(format!("no endpoint {path}"))),
     }
 }

@@ -124,6 +124,9 @@ pub struct QueueStats {
     pub sold_out: bool,
 }
 
+/// Each queued drop's latest figures, by drop id (the operator page's).
+pub type QueueFigures = dashmap::DashMap<String, QueueStats, crate::SeededHasher>;
+
 /// One shopper's entry, as a backend knows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -274,7 +277,7 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 queue.admit_rate = app.queue_rates.step(&drop.id, strained(&app), ceiling);
             }
             match app.queues.admit(&queue, now).await {
-                Ok(stats) => publish(&queue, &stats),
+                Ok(stats) => publish(&app, &queue, stats),
                 Err(e) => {
                     tracing::warn!(drop = %queue.drop.id, error = %e, "queue admission step failed; will retry")
                 }
@@ -290,14 +293,16 @@ fn strained(app: &App) -> bool {
         || app.writer_lag() > auto_rate::STRAINED_LAG
 }
 
-fn publish(queue: &RoundQueue, stats: &QueueStats) {
+fn publish(app: &App, queue: &RoundQueue, stats: QueueStats) {
     let drop = queue.drop.id.to_string();
     metrics::gauge!("dropgate_queue_joined", "drop" => drop.clone()).set(stats.joined as f64);
     metrics::gauge!("dropgate_queue_admitted", "drop" => drop.clone()).set(stats.admitted as f64);
     metrics::gauge!("dropgate_queue_held_units", "drop" => drop.clone()).set(stats.held as f64);
     metrics::gauge!("dropgate_queue_admit_rate", "drop" => drop.clone())
         .set(f64::from(stats.admit_rate));
-    metrics::gauge!("dropgate_queue_measured_rate", "drop" => drop).set(stats.measured_rate);
+    metrics::gauge!("dropgate_queue_measured_rate", "drop" => drop.clone())
+        .set(stats.measured_rate);
+    app.queue_figures.insert(drop, stats);
 }
 
 /// Smooths the measured admission rate: one sample a second at least,

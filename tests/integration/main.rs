@@ -12,6 +12,7 @@ mod fuzz;
 mod lifecycle;
 mod metrics;
 mod model;
+mod pages;
 mod process;
 mod promotions;
 mod queue;

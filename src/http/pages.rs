@@ -1,0 +1,133 @@
+//! The shopper page (`/`), the operator page (`/ops`) and their scripts and
+//! styles, embedded in the binary at build time from `pages/`: plain HTML,
+//! CSS and JavaScript, no build step. Each answer carries an ETag, so a
+//! browser that already has a file revalidates it with a 304 and no body:
+//! the crowd reloading the page at the opening second costs headers only.
+
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, ETAG, IF_NONE_MATCH};
+use hyper::{Request, StatusCode};
+
+use super::error::ApiError;
+use super::json::{respond, HttpResponse};
+
+/// A file served as it is, by its path.
+struct Page {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+const PAGES: &[Page] = &[
+    Page {
+        path: "/",
+        content_type: "text/html; charset=utf-8",
+        body: include_str!("../../pages/shop.html"),
+    },
+    Page {
+        path: "/ops",
+        content_type: "text/html; charset=utf-8",
+        body: include_str!("../../pages/ops.html"),
+    },
+    Page {
+        path: "/demo/gateway",
+        content_type: "text/html; charset=utf-8",
+        body: include_str!("../../pages/gateway.html"),
+    },
+    Page {
+        path: "/assets/common.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../pages/common.js"),
+    },
+    Page {
+        path: "/assets/shop.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../pages/shop.js"),
+    },
+    Page {
+        path: "/assets/ops.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../pages/ops.js"),
+    },
+    Page {
+        path: "/assets/gateway.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../pages/gateway.js"),
+    },
+    Page {
+        path: "/assets/style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../../pages/style.css"),
+    },
+];
+
+/// The ETag of each page, in the order of [`PAGES`]: a hash of its bytes,
+/// the same in every instance built from the same files.
+fn etags() -> &'static [HeaderValue] {
+    static ETAGS: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    ETAGS.get_or_init(|| {
+        let hasher = BuildHasherDefault::<DefaultHasher>::default();
+        PAGES
+            .iter()
+            .map(|page| {
+                let tag = format!("\"{:016x}\"", hasher.hash_one(page.body));
+                HeaderValue::from_str(&tag).expect("a hex tag is a header value")
+            })
+            .collect()
+    })
+}
+
+/// `GET /assets/{file}`.
+pub fn serve_asset(file: &str, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    match PAGES
+        .iter()
+        .find(|p| p.path.strip_prefix("/assets/") == Some(file))
+    {
+        Some(page) => serve(page.path, req),
+        None => Err(ApiError::NotFound(format!("no asset {file:?}"))),
+    }
+}
+
+/// The page at `path`: 200 with its body, or 304 when the browser's copy
+/// is current. Browsers revalidate every time (`no-cache`), so a new
+/// release is seen at the next load.
+pub fn serve(path: &str, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let index = PAGES
+        .iter()
+        .position(|p| p.path == path)
+        .ok_or_else(|| ApiError::NotFound(format!("no page {path}")))?;
+    let page = &PAGES[index];
+    let etag = &etags()[index];
+    let current = req
+        .headers()
+        .get(IF_NONE_MATCH)
+        .is_some_and(|given| given.as_bytes() == etag.as_bytes());
+    let (status, body) = if current {
+        (StatusCode::NOT_MODIFIED, Bytes::new())
+    } else {
+        (StatusCode::OK, Bytes::from_static(page.body.as_bytes()))
+    };
+    let mut response = respond(status, page.content_type, body);
+    let headers = response.headers_mut();
+    headers.insert(ETAG, etag.clone());
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_page_has_its_own_tag() {
+        let tags = etags();
+        assert_eq!(tags.len(), PAGES.len());
+        for (i, a) in tags.iter().enumerate() {
+            assert!(tags[i + 1..].iter().all(|b| a != b), "{:?}", PAGES[i].path);
+        }
+    }
+}
