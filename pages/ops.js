@@ -67,7 +67,10 @@ DG.addWords({
   deliver: ["签收（演示承运商）", "Deliver (demo carrier)"],
   gateway_refund: ["退款到账（演示网关）", "Refund paid (demo gateway)"],
   no_results: ["没有订单", "No orders"],
-  more: ["更多", "More"],
+  st_upcoming: ["未开始", "upcoming"],
+  st_open: ["销售中", "open"],
+  st_sold_out: ["已售罄", "sold out"],
+  st_closed: ["已结束", "closed"],
 });
 
 const DROP_OUTCOMES = ["won", "sold_out", "limit_exceeded", "rate_limited", "overloaded", "unavailable", "other"];
@@ -141,7 +144,7 @@ function renderLive(snapshot, before, seconds) {
     ops.blocks.set(drop.id, b);
     const prior = before?.drops.find((d) => d.id === drop.id);
     b.title.textContent = `${drop.product} (${drop.id})`;
-    b.badge.textContent = drop.round.state;
+    b.badge.textContent = t(`st_${drop.round.state}`);
     b.badge.dataset.state = drop.round.state;
     b.note.textContent = `${t("round", { id: drop.round.id })} · ${t("opens", { at: when(drop.round.opens_at) })}`;
     b.skus.replaceChildren(

@@ -7,8 +7,10 @@ A shopper waits for the countdown, joins the waiting room, is admitted,
 wins, adds an address, checks out and pays in the demo gateway; a second
 shopper sees the drop sold out; an operator watches the sale live, lowers a
 limit and sees 429s appear; the server is restarted under the open page,
-which keeps working. What was sold is checked from the SQLite file, not from
-the pages. The screenshots in the README are taken here (SCREENSHOTS=DIR
+which keeps working (a refund is asked, approved on the operator page and
+paid back by the demo gateway). Then the newcomer's path: `dropgate serve`
+with no config, the demo phone bought at its opening and paid. What was
+sold is checked from the SQLite files, not from the pages. The screenshots in the README are taken here (SCREENSHOTS=DIR
 keeps them; default: the temp dir).
 
     python3 tests/browser/test_pages.py     # needs: pip install playwright; apt-get install chromium
@@ -276,12 +278,93 @@ def test(server, browser, shots):
     alice.locator("dialog button[type=submit]").click()
     expect(alice.locator('#order-list [data-status="refund_requested"]')).to_have_count(1)
     expect(alice.locator(f"{card} .badge")).to_have_attribute("data-state", "sold_out")
+
+    # --- the operator reviews the refund; the demo gateway pays it back ---------------
+    ops.reload()
+    ops.click("#pending-refunds")
+    row = ops.locator('#order-results tr[data-status="refund_requested"]')
+    expect(row).to_have_count(1)
+    row.locator("button.approve").click()
+    ops.locator("dialog input[name=note]").fill("同意")
+    ops.locator("dialog button[type=submit]").click()
+    ops.click("#orders-form button[type=submit]")
+    refunding = ops.locator('#order-results tr[data-status="refunding"]')
+    expect(refunding).to_have_count(1)
+    refunding.locator("button", has_text="退款到账").click()
+    expect(ops.locator('#order-results tr[data-status="refunded"]')).to_have_count(1)
+    alice.click("#orders-refresh")
+    expect(alice.locator('#order-list [data-status="refunded"]')).to_have_count(1)
     shots and alice.screenshot(path=str(shots / "shop.png"), full_page=True)
 
-    # What was sold, from the store: one unit, to alice, never twice.
+    # What was sold, from the store: one unit, to alice, never twice; refunded
+    # before shipping while the round is open, so the unit is on sale again.
     orders = server.orders()
-    assert orders == [("alice", SKU, 1, "refund_requested")], orders
+    assert orders == [("alice", SKU, 1, "refunded")], orders
+    expect(bob.locator(f"{card} .badge")).to_have_attribute("data-state", "open", timeout=TIMEOUT_MS)
     assert not errors, errors
+
+
+def test_demo(browser, work):
+    """What a newcomer does: `dropgate serve` with no config (the demo
+    catalog, its drop opening about 30 s after start), the printed address
+    in a browser, the demo phone bought at its opening and paid, the sale
+    on the operator page."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(work / "demo.log", "wb")
+    demo = subprocess.Popen([str(ROOT / "target/debug/dropgate"), "serve", "--listen", f"127.0.0.1:{port}",
+                             "--data-dir", str(work / "demo-data")], stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        printed = ""
+        for line in demo.stdout:
+            printed += line
+            if "/ops" in line:
+                break
+        assert f"{base}/ " in printed, printed
+        card = '[data-drop="demo-phone"]'
+        page = browser.new_context(locale="zh-CN").new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        sign_in(page, base, "newcomer")
+        expect(page.locator(f"{card} .buy")).to_be_disabled()
+        expect(page.locator('[data-drop="mi-15-ultra"] .deposit')).to_contain_text("¥500.00")
+        page.wait_for_function(f"!document.querySelector('{card} .buy').disabled", timeout=45_000)
+        page.click(f"{card} .buy")
+        expect(page.locator(f"{card} .message")).to_have_attribute("data-kind", "won")
+        checkout = page.locator("#checkout")
+        checkout.locator(".add-address").click()
+        dialog = page.locator("dialog")
+        dialog.locator("input[name=name]").fill("李雷")
+        dialog.locator("input[name=phone]").fill("13900139000")
+        dialog.locator("select[name=region]").select_option("北京市")
+        dialog.locator("input[name=detail]").fill("海淀区中关村大街 1 号")
+        dialog.locator("button[type=submit]").click()
+        expect(checkout.locator(".ships-to")).to_contain_text("李雷")
+        checkout.locator("input[name=method][value=huabei]").check()
+        checkout.locator("select.installments").select_option("12")
+        checkout.locator(".pay").click()
+        page.wait_for_url("**/demo/gateway?**")
+        expect(page.locator("#gw-method")).to_contain_text("12")
+        page.click("#gw-pay")
+        page.wait_for_url(f"{base}/#orders", timeout=TIMEOUT_MS)
+        expect(page.locator('#order-list [data-status="paid"]')).to_have_count(1)
+
+        ops = browser.new_context(locale="zh-CN").new_page()
+        ops.goto(f"{base}/ops")
+        expect(ops.locator("#sign-in-note")).to_contain_text(SECRETS["admin_token"])
+        ops.fill("#admin-token", SECRETS["admin_token"])
+        ops.click("#token-form button[type=submit]")
+        live = ops.locator('#live-drops [data-drop="demo-phone"]')
+        expect(live.locator('.totals [data-outcome="won"]')).to_have_text("1")
+        expect(live.locator('[data-sku="demo-8-256-black"] .remaining')).to_have_text("99 / 100")
+        assert not errors, errors
+        db = sqlite3.connect(work / "demo-data" / "orders.db")
+        rows = db.execute("SELECT user_id, sku, status, payment_method, installments FROM orders").fetchall()
+        db.close()
+        assert rows == [("newcomer", "demo-8-256-black", "paid", "huabei", 12)], rows
+    finally:
+        demo.terminate()
+        demo.wait(timeout=30)
 
 
 def main():
@@ -300,6 +383,7 @@ def main():
                       "--disable-background-networking", "--disable-component-update", "--disable-sync"])
             try:
                 test(server, browser, shots)
+                test_demo(browser, work)
             finally:
                 browser.close()
         ok = True
