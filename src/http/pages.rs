@@ -22,47 +22,29 @@ struct Page {
     body: &'static str,
 }
 
+/// A page of `pages/` served at `path`.
+macro_rules! page {
+    ($path:literal, $content_type:expr, $file:literal) => {
+        Page {
+            path: $path,
+            content_type: $content_type,
+            body: include_str!(concat!("../../pages/", $file)),
+        }
+    };
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+const SCRIPT: &str = "text/javascript; charset=utf-8";
+
 const PAGES: &[Page] = &[
-    Page {
-        path: "/",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../../pages/shop.html"),
-    },
-    Page {
-        path: "/ops",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../../pages/ops.html"),
-    },
-    Page {
-        path: "/demo/gateway",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../../pages/gateway.html"),
-    },
-    Page {
-        path: "/assets/common.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../pages/common.js"),
-    },
-    Page {
-        path: "/assets/shop.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../pages/shop.js"),
-    },
-    Page {
-        path: "/assets/ops.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../pages/ops.js"),
-    },
-    Page {
-        path: "/assets/gateway.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../pages/gateway.js"),
-    },
-    Page {
-        path: "/assets/style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../../pages/style.css"),
-    },
+    page!("/", HTML, "shop.html"),
+    page!("/ops", HTML, "ops.html"),
+    page!("/demo/gateway", HTML, "gateway.html"),
+    page!("/assets/common.js", SCRIPT, "common.js"),
+    page!("/assets/shop.js", SCRIPT, "shop.js"),
+    page!("/assets/ops.js", SCRIPT, "ops.js"),
+    page!("/assets/gateway.js", SCRIPT, "gateway.js"),
+    page!("/assets/style.css", "text/css; charset=utf-8", "style.css"),
 ];
 
 /// The ETag of each page, in the order of [`PAGES`]: a hash of its bytes,

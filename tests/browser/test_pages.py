@@ -165,6 +165,30 @@ def sign_in(page, base, name):
     expect(page.locator("#who")).to_contain_text(name)
 
 
+def add_address(page, name, phone, region, detail):
+    """Adds an address in the checkout's dialog; it goes on the order."""
+    checkout = page.locator("#checkout")
+    checkout.locator(".add-address").click()
+    dialog = page.locator("dialog")
+    dialog.locator("input[name=name]").fill(name)
+    dialog.locator("input[name=phone]").fill(phone)
+    dialog.locator("select[name=region]").select_option(region)
+    dialog.locator("input[name=detail]").fill(detail)
+    dialog.locator("button[type=submit]").click()
+    expect(checkout.locator(".ships-to")).to_contain_text(name)
+
+
+def pay_in_gateway(page, base, shows):
+    """Presses pay at checkout, then pay in the demo gateway, which says
+    `shows`; back in the shop the order is paid."""
+    page.locator("#checkout .pay").click()
+    page.wait_for_url("**/demo/gateway?**")
+    expect(page.locator(".facts")).to_contain_text(shows)
+    page.click("#gw-pay")
+    page.wait_for_url(f"{base}/#orders", timeout=TIMEOUT_MS)
+    expect(page.locator('#order-list [data-status="paid"]')).to_have_count(1)
+
+
 def test(server, browser, shots):
     card = f'[data-drop="{DROP}"]'
     buy = f"{card} .buy"
@@ -194,22 +218,10 @@ def test(server, browser, shots):
     expect(checkout.locator(".pay-by")).to_contain_text("剩余支付时间")
     expect(checkout.locator(".discount")).to_contain_text("100.00")
     expect(checkout.locator(".methods")).to_contain_text("订单金额不超过 ¥3000.00 可用")
-    checkout.locator(".add-address").click()
-    dialog = alice.locator("dialog")
-    dialog.locator("input[name=name]").fill("王小明")
-    dialog.locator("input[name=phone]").fill("13800138000")
-    dialog.locator("select[name=region]").select_option("广西壮族自治区")
-    dialog.locator("input[name=detail]").fill("南宁市青秀区民族大道 100 号")
-    dialog.locator("button[type=submit]").click()
-    expect(checkout.locator(".ships-to")).to_contain_text("王小明")
+    add_address(alice, "王小明", "13800138000", "广西壮族自治区", "南宁市青秀区民族大道 100 号")
     checkout.locator("input[name=method][value=alipay]").check()
     shots and alice.screenshot(path=str(shots / "shop-checkout.png"), full_page=True)
-    checkout.locator(".pay").click()
-    alice.wait_for_url("**/demo/gateway?**")
-    expect(alice.locator("#gw-amount")).to_have_text("¥1899.00")
-    alice.click("#gw-pay")
-    alice.wait_for_url(f"{server.base}/#orders", timeout=TIMEOUT_MS)
-    expect(alice.locator('#order-list [data-status="paid"]')).to_have_count(1)
+    pay_in_gateway(alice, server.base, "¥1899.00")
     assert server.orders() == [("alice", SKU, 1, "paid")], server.orders()
 
     # --- bob: sold out, in words -------------------------------------------------
@@ -331,23 +343,11 @@ def test_demo(browser, work):
         page.wait_for_function(f"!document.querySelector('{card} .buy').disabled", timeout=45_000)
         page.click(f"{card} .buy")
         expect(page.locator(f"{card} .message")).to_have_attribute("data-kind", "won")
+        add_address(page, "李雷", "13900139000", "北京市", "海淀区中关村大街 1 号")
         checkout = page.locator("#checkout")
-        checkout.locator(".add-address").click()
-        dialog = page.locator("dialog")
-        dialog.locator("input[name=name]").fill("李雷")
-        dialog.locator("input[name=phone]").fill("13900139000")
-        dialog.locator("select[name=region]").select_option("北京市")
-        dialog.locator("input[name=detail]").fill("海淀区中关村大街 1 号")
-        dialog.locator("button[type=submit]").click()
-        expect(checkout.locator(".ships-to")).to_contain_text("李雷")
         checkout.locator("input[name=method][value=huabei]").check()
         checkout.locator("select.installments").select_option("12")
-        checkout.locator(".pay").click()
-        page.wait_for_url("**/demo/gateway?**")
-        expect(page.locator("#gw-method")).to_contain_text("12")
-        page.click("#gw-pay")
-        page.wait_for_url(f"{base}/#orders", timeout=TIMEOUT_MS)
-        expect(page.locator('#order-list [data-status="paid"]')).to_have_count(1)
+        pay_in_gateway(page, base, "huabei · 12 期免息")
 
         ops = browser.new_context(locale="zh-CN").new_page()
         ops.goto(f"{base}/ops")

@@ -252,14 +252,8 @@ async fn the_demo_stand_ins_take_an_order_from_sign_in_to_refund() {
     assert_eq!(s.http.get("/demo/gateway", None).await.status, 200);
 
     let path = format!("/api/v1/drops/{DROP}/reserve");
-    let won = s
-        .http
-        .post(
-            &path,
-            Some(&token),
-            &json!({"sku": SKU, "quantity": 1}).to_string(),
-        )
-        .await;
+    let one = json!({"sku": SKU, "quantity": 1}).to_string();
+    let won = s.http.post(&path, Some(&token), &one).await;
     assert_eq!(won.status, 201, "{:?}", won.body);
     assert_eq!(won.body["user_id"], "alice");
     let id = won.body["id"].as_str().unwrap().to_owned();
@@ -332,14 +326,7 @@ async fn the_demo_stand_ins_take_an_order_from_sign_in_to_refund() {
     assert_eq!(refunded.body["status"], "refunded", "{:?}", refunded.body);
 
     // The carrier: a second order, paid, shipped and delivered.
-    let second = s
-        .http
-        .post(
-            &path,
-            Some(&token),
-            &json!({"sku": SKU, "quantity": 1}).to_string(),
-        )
-        .await;
+    let second = s.http.post(&path, Some(&token), &one).await;
     let second_id = second.body["id"].as_str().unwrap().to_owned();
     s.http
         .post(
