@@ -825,11 +825,17 @@ function renderOrders() {
   }));
 }
 
-/** The orders again every 10 s (jittered) while signed in: statuses change by the gateway, the carrier, the operator. */
+const ENDED = ["cancelled", "expired", "forfeited", "refunded", "returned", "exchanged", "completed"];
+
+/**
+ * The orders again every 10 s (jittered) while the tab is shown and an
+ * order can still move (by the gateway, the carrier, the operator, the
+ * clock): a page left open on ended orders reads nothing from the store.
+ */
 async function ordersLoop() {
   for (;;) {
     await sleep(10000 * (0.75 + Math.random() * 0.5));
-    await loadOrders();
+    if (!document.hidden && shop.orders.some((o) => !ENDED.includes(o.status))) await loadOrders();
   }
 }
 

@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 DROP = "page-phone"
 SKU = "pp-8-256-black"
+CASE = "page-case"  # a drop without a waiting room
+CASE_SKU = "pc-blue"
 # The demo's public secrets: with them the server runs the demo sign-in and
 # the stand-in gateway and carrier (and refuses to listen off loopback).
 SECRETS = {
@@ -105,6 +107,20 @@ id = "{SKU}"
 name = "8GB+256GB Black"
 price = "1999.00"
 stock = 1
+
+[[drops]]
+id = "{CASE}"
+product = "Page Case"
+per_user_limit = 1
+pay_within = "15m"
+opens_at = "{iso(self.opens_at)}"
+closes_at = "{iso(self.opens_at + timedelta(hours=2))}"
+
+[[drops.skus]]
+id = "{CASE_SKU}"
+name = "Blue"
+price = "99.00"
+stock = 5
 
 [[promotions]]
 id = "page-festival"
@@ -272,6 +288,25 @@ def test(server, browser, shots):
         worker.join()
     assert 429 in answers, answers
     shots and ops.screenshot(path=str(shots / "ops.png"), full_page=True)
+
+    # carol's page meets the lowered limit: the 429 is retried after
+    # Retry-After (with jitter) under the same key, and buys once.
+    carol = browser.new_context(locale="zh-CN").new_page()
+    carol.on("pageerror", lambda e: errors.append(str(e)))
+    sign_in(carol, server.base, "carol")
+    case = f'[data-drop="{CASE}"]'
+    expect(carol.locator(f"{case} .buy")).to_be_enabled()
+    status, body = server.call("POST", "/demo/v1/sign-in", {"name": "carol"})
+    assert status == 201, body
+    # Empties carol's bucket (one token a second): the page's press is refused.
+    while server.call("GET", "/api/v1/orders", token=body["token"])[0] != 429:
+        pass
+    carol.click(f"{case} .buy")
+    message = carol.locator(f"{case} .message")
+    expect(message).to_have_attribute("data-kind", "busy")
+    expect(message).to_have_attribute("data-kind", "won", timeout=TIMEOUT_MS)
+    carols = [o for o in server.orders() if o[0] == "carol"]
+    assert carols == [("carol", CASE_SKU, 1, "pending_payment")], carols
     ops.fill("#limits-form input[name=per_user_rps]", "50")
     ops.fill("#limits-form input[name=per_user_burst]", "100")
     ops.click("#limits-form button")
@@ -310,7 +345,7 @@ def test(server, browser, shots):
 
     # What was sold, from the store: one unit, to alice, never twice; refunded
     # before shipping while the round is open, so the unit is on sale again.
-    orders = server.orders()
+    orders = [o for o in server.orders() if o[1] == SKU]
     assert orders == [("alice", SKU, 1, "refunded")], orders
     expect(bob.locator(f"{card} .badge")).to_have_attribute("data-state", "open", timeout=TIMEOUT_MS)
     assert not errors, errors
@@ -340,7 +375,11 @@ def test_demo(browser, work):
         sign_in(page, base, "newcomer")
         expect(page.locator(f"{card} .buy")).to_be_disabled()
         expect(page.locator('[data-drop="mi-15-ultra"] .deposit')).to_contain_text("¥500.00")
-        page.wait_for_function(f"!document.querySelector('{card} .buy').disabled", timeout=45_000)
+        # The button opens with the round on the server's clock: not before, and promptly.
+        opens_ms = page.evaluate("Date.parse(shop.drops.get('demo-phone').drop.round.opens_at)")
+        page.wait_for_function(f"!document.querySelector('{card} .buy').disabled", timeout=45_000, polling=50)
+        enabled_ms = page.evaluate("DG.clock.now()")
+        assert opens_ms <= enabled_ms < opens_ms + 1500, (opens_ms, enabled_ms)
         page.click(f"{card} .buy")
         expect(page.locator(f"{card} .message")).to_have_attribute("data-kind", "won")
         add_address(page, "李雷", "13900139000", "北京市", "海淀区中关村大街 1 号")

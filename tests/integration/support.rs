@@ -1096,27 +1096,59 @@ impl PostgresServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&initdb.stderr)
         );
+        // A free port can be taken by another test's server before
+        // postgres binds it: then postgres exits, and it starts again on
+        // another port.
         let port = free_port();
         let child = Self::spawn(dir.path(), port);
-        let server = Self {
+        let mut server = Self {
             child,
             port,
             _dir: dir,
         };
-        server.wait_until_ready();
-        server
+        for _ in 0..3 {
+            match server.wait_until_ready() {
+                Ok(()) => return server,
+                Err(Exited) => {
+                    server.port = free_port();
+                    server.child = Self::spawn(server._dir.path(), server.port);
+                }
+                Err(NotReady) => break,
+            }
+        }
+        panic!(
+            "PostgreSQL on port {} never became ready; its log:\n{}",
+            server.port,
+            server.log()
+        );
     }
 
     fn spawn(dir: &Path, port: u16) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("postgres.log"))
+            .expect("the postgres log opens");
         postgres_command("postgres")
             .arg("-D")
             .arg(dir.join("data"))
             .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
             .arg(dir)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("postgres starts")
+    }
+
+    /// The server's log (its last 4 kB).
+    fn log(&self) -> String {
+        let text =
+            std::fs::read_to_string(self._dir.path().join("postgres.log")).unwrap_or_default();
+        let mut start = text.len().saturating_sub(4096);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        text[start..].to_owned()
     }
 
     /// Stops the server as `pg_ctl stop -m fast` does (SIGINT to the
@@ -1140,7 +1172,13 @@ impl PostgresServer {
 
     pub fn start_again(&mut self) {
         self.child = Self::spawn(self._dir.path(), self.port);
-        self.wait_until_ready();
+        if let Err(e) = self.wait_until_ready() {
+            panic!(
+                "PostgreSQL on port {} did not come back ({e:?}); its log:\n{}",
+                self.port,
+                self.log()
+            );
+        }
     }
 
     /// Sends `signal` (e.g. `-STOP`, `-CONT`) to the postmaster and every
@@ -1175,21 +1213,36 @@ impl PostgresServer {
         Database::Postgres(self.url())
     }
 
-    fn wait_until_ready(&self) {
-        for _ in 0..400 {
+    /// Waits up to 30 s for the server to take connections.
+    fn wait_until_ready(&mut self) -> Result<(), NotStarted> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
             let ready = std::process::Command::new(postgres_bin_dir().join("pg_isready"))
                 .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
             if ready {
-                return;
+                return Ok(());
+            }
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return Err(Exited);
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
-        panic!("PostgreSQL on port {} never became ready", self.port);
+        Err(NotReady)
     }
 }
+
+/// Why a PostgreSQL the tests started does not answer.
+#[derive(Debug)]
+enum NotStarted {
+    /// The postmaster exited (its port taken, say).
+    Exited,
+    /// Still starting after the wait.
+    NotReady,
+}
+use NotStarted::{Exited, NotReady};
 
 impl Drop for PostgresServer {
     fn drop(&mut self) {
