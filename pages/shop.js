@@ -265,7 +265,7 @@ function dropCard(drop) {
     terms: false,
     busy: false,
     queue: null, // the shopper's entry, as GET/POST …/queue answered
-    queueCheckedAt: 0,
+    queueNextAt: 0, // when to look the entry up again
     els: {},
   };
   const e = card.els;
@@ -412,6 +412,7 @@ async function joinQueue(card) {
   } catch {
     // The banner says the server is away; the shopper presses again.
   } finally {
+    card.queueNextAt = 0;
     card.els.queueJoin.disabled = false;
     updateCard(card);
   }
@@ -426,9 +427,8 @@ async function pollQueue(card) {
   const entry = card.queue;
   const settled = entry && (entry.state === "sold_out" || (entry.state === "admitted" && Date.parse(entry.expires_at) > now));
   // Waiting: every 1–2 s (jittered, so a crowd does not poll in step); otherwise every 15 s.
-  const every = entry && !settled ? 1000 + Math.random() * 1000 : 15000;
-  if (now - card.queueCheckedAt < every) return;
-  card.queueCheckedAt = now;
+  if (now < card.queueNextAt) return;
+  card.queueNextAt = now + (entry && !settled ? 1000 + Math.random() * 1000 : 15000);
   try {
     const answer = await api("GET", `/api/v1/drops/${drop.id}/queue`, { token: session.token });
     if (answer.status === 200) card.queue = answer.body;
@@ -587,7 +587,8 @@ function orderById(id) {
 async function editOrder(order, change) {
   const answer = await api("PATCH", `/api/v1/orders/${order.id}`, { token: session.token, body: change });
   if (answer.status === 200) {
-    Object.assign(order, answer.body);
+    // By id: the list may have been fetched again while the request ran.
+    shop.orders = shop.orders.map((o) => (o.id === answer.body.id ? answer.body : o));
     shop.message = null;
   } else {
     shop.message = errorWords(answer.body);

