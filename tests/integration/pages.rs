@@ -4,6 +4,7 @@
 //! demo secrets. The pages themselves are driven in Chromium by
 //! `tests/browser/test_pages.py`.
 
+use dropgate::EngineChoice;
 use hyper::Method;
 use jiff::Timestamp;
 use serde_json::{json, Value};
@@ -153,6 +154,16 @@ percent = 10
 
 #[tokio::test]
 async fn the_live_view_counts_each_drops_outcomes_and_latencies() {
+    live_view_counts(&EngineChoice::Embedded).await;
+}
+
+#[tokio::test]
+async fn the_live_view_counts_each_drops_outcomes_and_latencies_in_redis_mode() {
+    let redis = RedisServer::start();
+    live_view_counts(&redis.engine()).await;
+}
+
+async fn live_view_counts(engine: &EngineChoice) {
     let now = Timestamp::now();
     let limits = OPEN_LIMITS
         .replace("per_user_rps = 10000000", "per_user_rps = 1")
@@ -160,7 +171,7 @@ async fn the_live_view_counts_each_drops_outcomes_and_latencies() {
     let config = config_head_with_limits(&limits, "")
         + &window_drop(DROP, SKU, 1, 1, now - hours(1), now + hours(1))
         + &window_drop("other", "o-1", 9, 1, now - hours(1), now + hours(1));
-    let s = TestServer::start_with_clock(&config, now).await;
+    let s = TestServer::start_with_engine(&config, now, engine).await;
     assert_eq!(s.http.get("/admin/v1/live", None).await.status, 401);
 
     assert_eq!(s.http.reserve(DROP, SKU, 1, "alice").await.status, 201);
