@@ -37,11 +37,8 @@ const DG = (() => {
   }
 
   // --- the connection: a banner while the server does not answer ---------
-  let offlineSince = null;
   function connection(up) {
     const banner = document.getElementById("offline");
-    if (up) offlineSince = null;
-    else offlineSince ??= Date.now();
     if (banner) banner.hidden = up;
   }
 
@@ -222,5 +219,5 @@ const DG = (() => {
     offline: ["与服务器的连接中断，正在重试…", "Lost the connection to the server; retrying…"],
   });
 
-  return { addWords, t, setLang, onLangChange, get lang() { return lang; }, api, clock, money, span, when, randomKey, sleep, el, fill, askForm, connection };
+  return { addWords, t, setLang, onLangChange, get lang() { return lang; }, api, clock, money, span, when, randomKey, sleep, el, fill, askForm };
 })();

@@ -44,7 +44,6 @@ DG.addWords({
   per_second: ["每秒", "per s"],
   total: ["累计", "total"],
   o_won: ["成交", "won"],
-  o_replayed: ["重放", "replayed"],
   o_sold_out: ["售罄", "sold out"],
   o_limit_exceeded: ["超限购", "limit"],
   o_rate_limited: ["限流", "rate limited"],
@@ -134,9 +133,8 @@ async function setAdmitRate(event, dropId, block) {
 }
 
 function renderLive(snapshot, before, seconds) {
-  const server = snapshot;
   document.getElementById("server-figures").textContent = t("writer", {
-    lag: server.order_writer_lag, dead: server.dead_letters, inflight: server.in_flight, conns: server.open_connections,
+    lag: snapshot.order_writer_lag, dead: snapshot.dead_letters, inflight: snapshot.in_flight, conns: snapshot.open_connections,
   });
   ops.drops = snapshot.drops;
   for (const drop of snapshot.drops) {

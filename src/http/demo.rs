@@ -81,16 +81,16 @@ pub async fn serve(
     if !allowed {
         return Err(not_here());
     }
-    if let StandIn::GatewayPage = stand_in {
-        return pages::serve("/demo/gateway", &req);
-    }
-    let body = read_body(req, &app.settings).await?;
     match stand_in {
-        StandIn::SignIn => sign_in(app, &body),
-        StandIn::Pay => payments::apply(app, &body).await,
-        StandIn::Refund => after_sale::apply_refund(app, &body).await,
-        StandIn::Ship => after_sale::apply_logistics(app, &body).await,
-        StandIn::GatewayPage => unreachable!("served above"),
+        StandIn::GatewayPage => pages::serve("/demo/gateway", &req),
+        StandIn::SignIn => sign_in(app, &read_body(req, &app.settings).await?),
+        StandIn::Pay => payments::apply(app, &read_body(req, &app.settings).await?).await,
+        StandIn::Refund => {
+            after_sale::apply_refund(app, &read_body(req, &app.settings).await?).await
+        }
+        StandIn::Ship => {
+            after_sale::apply_logistics(app, &read_body(req, &app.settings).await?).await
+        }
     }
 }
 

@@ -31,19 +31,14 @@ pub async fn live(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, Ap
                 shown["stock"] = json!(sku.stock);
             }
         }
-        let queue = RoundQueue::current(app, drop, now).filter(|q| q.is_active(now));
-        view["queue_figures"] = match queue {
-            Some(_) => app
-                .queue_figures
-                .get(drop.id.as_str())
-                .map_or(Value::Null, |stats| {
-                    let waiting = stats.joined.saturating_sub(stats.admitted);
-                    let mut figures = json!(*stats);
-                    figures["waiting"] = json!(waiting);
-                    figures
-                }),
-            None => Value::Null,
-        };
+        // A queue's figures while it runs (the map keeps a past round's).
+        let running = RoundQueue::current(app, drop, now).is_some_and(|q| q.is_active(now));
+        let figures = app.queue_figures.get(drop.id.as_str()).filter(|_| running);
+        view["queue_figures"] = figures.map_or(Value::Null, |stats| {
+            let mut figures = json!(*stats);
+            figures["waiting"] = json!(stats.joined.saturating_sub(stats.admitted));
+            figures
+        });
         view["reserve"] = json!(app.reserve_tally.view(drop.id.as_str()));
         drops.push(view);
     }

@@ -65,23 +65,26 @@ fn etags() -> &'static [HeaderValue] {
 
 /// `GET /assets/{file}`.
 pub fn serve_asset(file: &str, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    match PAGES
+    let index = PAGES
         .iter()
-        .find(|p| p.path.strip_prefix("/assets/") == Some(file))
-    {
-        Some(page) => serve(page.path, req),
-        None => Err(ApiError::NotFound(format!("no asset {file:?}"))),
-    }
+        .position(|p| p.path.strip_prefix("/assets/") == Some(file))
+        .ok_or_else(|| ApiError::NotFound(format!("no asset {file:?}")))?;
+    Ok(answer(index, req))
 }
 
-/// The page at `path`: 200 with its body, or 304 when the browser's copy
-/// is current. Browsers revalidate every time (`no-cache`), so a new
-/// release is seen at the next load.
+/// The page at `path`.
 pub fn serve(path: &str, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let index = PAGES
         .iter()
         .position(|p| p.path == path)
         .ok_or_else(|| ApiError::NotFound(format!("no page {path}")))?;
+    Ok(answer(index, req))
+}
+
+/// `PAGES[index]`: 200 with its body, or 304 when the browser's copy is
+/// current. Browsers revalidate every time (`no-cache`), so a new release
+/// is seen at the next load.
+fn answer(index: usize, req: &Request<Incoming>) -> HttpResponse {
     let page = &PAGES[index];
     let etag = &etags()[index];
     let current = req
@@ -97,7 +100,7 @@ pub fn serve(path: &str, req: &Request<Incoming>) -> Result<HttpResponse, ApiErr
     let headers = response.headers_mut();
     headers.insert(ETAG, etag.clone());
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(response)
+    response
 }
 
 #[cfg(test)]
