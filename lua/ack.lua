@@ -4,34 +4,51 @@
 -- small entries) once per id.
 --
 -- KEYS[1] winners  STREAM of won order ids      dg:{<round>}:winners
--- ARGV[1] the consumer group; ARGV[2..] the entry ids acknowledged
+-- KEYS[2] unstored STRING wins in the stream not yet acknowledged
+--                                                dg:{<round>}:unstored
+-- ARGV[1] the consumer group; then pairs: an entry id acknowledged and the
+-- wins it counted in KEYS[2] (0 for an entry of an earlier version, which
+-- wrote one entry per win and kept no count)
 --
--- Entries are delivered in id order, so every entry at or below the highest
--- id acknowledged here has been delivered: it is acknowledged, or pending
--- in some consumer (the group's oldest pending id says where that starts).
--- Returns the entries trimmed.
+-- Entries are delivered in id order: every entry up to the group's last
+-- delivered id has been delivered, so it is acknowledged or pending in some
+-- consumer. The stream is trimmed up to the oldest still pending, or, with
+-- none pending, past the last delivered: whatever order the acknowledgements
+-- came in (a claimed entry acknowledged after later ones), an acknowledged
+-- entry does not outlive the next call.
+-- Each entry is acknowledged on its own: only an entry still pending in the
+-- group takes its wins off the count (another writer may have acknowledged
+-- it first, after claiming it). Returns the entries trimmed.
 
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
 end
 
-local function before(a_ms, a_seq, b_ms, b_seq)
-  return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
+local stored = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    stored = stored + tonumber(ARGV[i + 1])
+  end
+end
+-- Never below zero (a count lost with Redis's state, say).
+if stored > 0 and redis.call('DECRBY', KEYS[2], stored) < 0 then
+  redis.call('SET', KEYS[2], 0)
 end
 
-redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
-local top_ms, top_seq = parse(ARGV[2])
-for i = 3, #ARGV do
-  local ms, seq = parse(ARGV[i])
-  if before(top_ms, top_seq, ms, seq) then top_ms, top_seq = ms, seq end
-end
--- Keep from the entry after the highest acknowledged, or from the oldest
--- still pending if that is earlier.
-local keep_ms, keep_seq = top_ms, top_seq + 1
+local keep
 local oldest = redis.call('XPENDING', KEYS[1], ARGV[1])[2]
 if oldest then
-  local ms, seq = parse(oldest)
-  if before(ms, seq, keep_ms, keep_seq) then keep_ms, keep_seq = ms, seq end
+  keep = oldest
+else
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local fields = {}
+    for j = 1, #group, 2 do fields[group[j]] = group[j + 1] end
+    if fields['name'] == ARGV[1] then
+      local ms, seq = parse(fields['last-delivered-id'])
+      keep = string.format('%d-%d', ms, seq + 1)
+    end
+  end
 end
-return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', keep_ms, keep_seq))
+if not keep then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', keep)

@@ -11,9 +11,18 @@
 --                                                             dg:{<round>}:keys
 -- KEYS[4] orders   HASH  order id -> order JSON               dg:{<round>}:orders
 -- KEYS[5] live     HASH  order id -> sku "\n" units "\n" user dg:{<round>}:live
--- KEYS[6] winners  STREAM of won order ids (with the key and fingerprint)
---                  for the order writer, which reads their JSON from
---                  KEYS[4]: the order text is kept once  dg:{<round>}:winners
+-- KEYS[6] winners  STREAM for the order writer: one entry per call that
+--                  won anything, naming its wins in three lists, one line
+--                  each ('ids', 'keys', 'fingerprints'; order ids, keys and
+--                  SKU ids hold no line breaks); the writer reads the
+--                  orders' JSON from KEYS[4]: the text is kept once.
+--                  One entry per call rather than per win: each entry costs
+--                  Redis its own XADD, and its own XCLAIM in the AOF when
+--                  the writer reads it in the consumer group.
+--                                                    dg:{<round>}:winners
+-- KEYS[7] unstored STRING wins in KEYS[6] not yet acknowledged by the
+--                  order writer (lua/ack.lua takes them off): the writer's
+--                  lag, counted in wins   dg:{<round>}:unstored
 --
 -- ARGV[1] n, the number of attempts; ARGV[2] "1" if this call may have run
 -- before (sent again), else "0"; then 10 arguments per attempt:
@@ -49,7 +58,8 @@ local lefts, helds = {}, {}
 local keys_now, orders_now = {}, {}
 -- The writes, in order: field, value, field, value, ...
 local stock_w, held_w, live_w, orders_w, keys_w = {}, {}, {}, {}, {}
-local won = {}
+-- The wins, for the writer's entry: order ids, keys, fingerprints.
+local won_ids, won_keys, won_fingerprints = {}, {}, {}
 
 local function held_by(user)
   local held = helds[user]
@@ -126,7 +136,9 @@ local function decide(opens_at, closes_at, sku, units_arg, limit, user, key, fin
     keys_w[#keys_w + 1] = key_field
     keys_w[#keys_w + 1] = entry
   end
-  won[#won + 1] = {order_id, key, fingerprint}
+  won_ids[#won_ids + 1] = order_id
+  won_keys[#won_keys + 1] = key
+  won_fingerprints[#won_fingerprints + 1] = fingerprint
   return 1, ''
 end
 
@@ -138,7 +150,7 @@ for i = 0, tonumber(ARGV[1]) - 1 do
   answers[#answers + 1] = detail
 end
 
--- The writes: each hash once, then the winners' entries.
+-- The writes: each hash once, then the winners' entry.
 local function hset(key, pairs_)
   if #pairs_ > 0 then redis.call('HSET', key, unpack(pairs_)) end
 end
@@ -158,7 +170,9 @@ hset(KEYS[2], held_pairs)
 hset(KEYS[5], live_w)
 hset(KEYS[4], orders_w)
 hset(KEYS[3], keys_w)
-for _, w in ipairs(won) do
-  redis.call('XADD', KEYS[6], '*', 'id', w[1], 'key', w[2], 'fingerprint', w[3])
+if #won_ids > 0 then
+  redis.call('XADD', KEYS[6], '*', 'ids', table.concat(won_ids, '\n'),
+    'keys', table.concat(won_keys, '\n'), 'fingerprints', table.concat(won_fingerprints, '\n'))
+  redis.call('INCRBY', KEYS[7], #won_ids)
 end
 return answers

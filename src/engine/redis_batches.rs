@@ -201,13 +201,14 @@ fn script_call(script: (&str, &str), sent: Sent, keys: &RoundKeys, attempts: &[P
     let mut call = Cmd::new();
     call.arg(script.0)
         .arg(script.1)
-        .arg(6)
+        .arg(7)
         .arg(&keys.stock)
         .arg(&keys.held)
         .arg(&keys.keys)
         .arg(&keys.orders)
         .arg(&keys.live)
         .arg(&keys.winners)
+        .arg(&keys.unstored)
         .arg(attempts.len())
         .arg(match sent {
             Sent::First => 0,

@@ -16,6 +16,9 @@ pub struct RoundKeys {
     pub orders: String,
     pub live: String,
     pub winners: String,
+    /// Wins in `winners` not yet acknowledged by the order writer (one
+    /// entry holds every win of a script call): the writer's lag in wins.
+    pub unstored: String,
     /// Ids of orders whose units came back (`release.lua`), so a
     /// reconciliation running at the same time does not put them back.
     pub ended: String,
@@ -43,7 +46,7 @@ pub struct RoundKeys {
 impl RoundKeys {
     /// Every key of the round but the dead letters (which are kept until an
     /// operator has dealt with them): what retiring the round removes.
-    pub fn retired(&self) -> [&str; 14] {
+    pub fn retired(&self) -> [&str; 15] {
         [
             &self.stock,
             &self.held,
@@ -51,6 +54,7 @@ impl RoundKeys {
             &self.orders,
             &self.live,
             &self.winners,
+            &self.unstored,
             &self.ended,
             &self.restocks,
             &self.queue_entries,
@@ -71,6 +75,7 @@ impl RoundKeys {
             orders: key("orders"),
             live: key("live"),
             winners: key("winners"),
+            unstored: key("unstored"),
             ended: key("ended"),
             restocks: key("restocks"),
             dead: key("dead"),
@@ -98,6 +103,7 @@ mod tests {
             &keys.orders,
             &keys.live,
             &keys.winners,
+            &keys.unstored,
             &keys.ended,
             &keys.restocks,
             &keys.dead,

@@ -85,7 +85,7 @@ impl RedisOrderWriter {
         })
     }
 
-    /// Winner entries the writer could not store and kept aside in the
+    /// Wins the writer could not store and kept aside in the
     /// rounds' dead-letter streams, as last measured: each is a 201 that is
     /// not in the order store and needs an operator.
     pub fn dead_letters(&self) -> u64 {
@@ -231,7 +231,7 @@ impl Consumer {
         Ok(moved)
     }
 
-    /// Winners not yet stored, and entries kept aside as dead letters.
+    /// Wins not yet stored, and wins kept aside as dead letters.
     async fn measure(&mut self, rounds: &[String]) -> Result<(), PassError> {
         if rounds.is_empty() {
             self.lag.store(0, Ordering::Relaxed);
@@ -242,12 +242,15 @@ impl Consumer {
         let (mut lag, mut dead) = (0, 0);
         for round in rounds {
             let keys = RoundKeys::new(round);
-            let (waiting, kept): (u64, u64) = redis::pipe()
-                .xlen(keys.winners)
-                .xlen(keys.dead)
+            // Wins counted by the reserve script; an entry holds one at
+            // least, and entries of earlier versions are counted only there.
+            let (counted, entries, kept): (Option<i64>, u64, u64) = redis::pipe()
+                .get(&keys.unstored)
+                .xlen(&keys.winners)
+                .xlen(&keys.dead)
                 .query_async(&mut self.conn)
                 .await?;
-            lag += waiting;
+            lag += entries.max(counted.unwrap_or(0).max(0) as u64);
             dead += kept;
         }
         self.lag.store(lag, Ordering::Relaxed);
@@ -309,9 +312,9 @@ impl Consumer {
         Ok(reply.claimed)
     }
 
-    /// Commits the entries' orders, then acknowledges and deletes them. An
-    /// entry that cannot be stored (unreadable, say after an upgrade that
-    /// changed the order's JSON, or colliding with another stored order) is
+    /// Commits the entries' orders, then acknowledges and trims them. A win
+    /// that cannot be stored (unreadable, say after an upgrade that changed
+    /// the order's JSON, voided, or colliding with another stored order) is
     /// first copied to the round's dead-letter stream: nothing is deleted
     /// that was neither stored nor kept.
     async fn write(
@@ -322,24 +325,24 @@ impl Consumer {
         if entries.is_empty() {
             return Ok(0);
         }
-        let texts = self.order_texts(keys, &entries).await?;
-        let mut orders = Vec::with_capacity(entries.len());
-        // Entries whose order text is gone from the orders hash (voided,
-        // or lost), by order id; and entries that cannot be read at all.
+        let (mut wins, unreadable) = wins_of(&entries);
+        self.read_texts(keys, &mut wins).await?;
+        let mut orders = Vec::with_capacity(wins.len());
+        // Wins whose order text is gone from the orders hash (voided, or
+        // lost), and wins whose text cannot be read.
         let mut textless = Vec::new();
-        let mut dead: Vec<(&StreamId, &str)> = Vec::new();
-        for (entry, text) in entries.iter().zip(&texts) {
-            match (text, entry.get::<String>("id")) {
-                (Some(text), _) => match decode(entry, text) {
-                    Some(keyed) => orders.push((entry, keyed)),
-                    None => dead.push((entry, "unreadable")),
+        let mut dead: Vec<(&Win, &str)> = Vec::new();
+        for win in &wins {
+            match &win.text {
+                Some(text) => match decode(win, text) {
+                    Some(keyed) => orders.push((win, keyed)),
+                    None => dead.push((win, "unreadable")),
                 },
-                (None, Some(id)) => textless.push((entry, id)),
-                (None, None) => dead.push((entry, "unreadable")),
+                None => textless.push(win),
             }
         }
         let mut ids: Vec<&str> = orders.iter().map(|(_, (o, _))| o.id.as_str()).collect();
-        ids.extend(textless.iter().map(|(_, id)| id.as_str()));
+        ids.extend(textless.iter().filter_map(|win| win.order_id.as_deref()));
         if !ids.is_empty() {
             let voided: Vec<bool> = self.conn.smismember(&keys.voided, &ids).await?;
             let (decoded, gone) = voided.split_at(orders.len());
@@ -350,16 +353,11 @@ impl Consumer {
             orders = stored;
             const VOIDED: &str =
                 "voided: its unit was sold by another Redis server during a failover";
-            dead.extend(void.into_iter().map(|(entry, _)| (entry, VOIDED)));
-            dead.extend(
-                textless
-                    .iter()
-                    .zip(gone)
-                    .map(|((entry, _), voided)| match voided {
-                        true => (*entry, VOIDED),
-                        false => (*entry, "unreadable: its order text is gone"),
-                    }),
-            );
+            dead.extend(void.into_iter().map(|(win, _)| (win, VOIDED)));
+            dead.extend(textless.iter().zip(gone).map(|(win, voided)| match voided {
+                true => (*win, VOIDED),
+                false => (*win, "unreadable: its order text is gone"),
+            }));
         }
         let refused = self
             .store
@@ -369,7 +367,7 @@ impl Consumer {
             orders
                 .iter()
                 .filter(|(_, (order, _))| refused.contains(&order.id))
-                .map(|(entry, _)| (*entry, "collides with a stored order")),
+                .map(|(win, _)| (*win, "collides with a stored order")),
         );
         // A refused order is not in the store (another order holds its
         // idempotency key: the same shopper's retry, decided anew by a
@@ -378,90 +376,177 @@ impl Consumer {
         for (_, (order, _)) in orders.iter().filter(|(_, (o, _))| refused.contains(&o.id)) {
             release_units(&mut self.conn, &self.release, order).await?;
         }
-        for (entry, reason) in &dead {
-            let text = entries
-                .iter()
-                .position(|e| e.id == entry.id)
-                .and_then(|at| texts[at].as_deref());
-            self.keep_aside(&keys.dead, entry, text, reason).await?;
+        for (win, reason) in &dead {
+            self.keep_aside(&keys.dead, &win.dead_letter(reason))
+                .await?;
+            tracing::error!(
+                entry = %win.entry,
+                stream = %keys.winners,
+                reason,
+                "winner not stored: kept in the dead-letter stream"
+            );
+        }
+        for entry in &unreadable {
+            self.keep_aside(&keys.dead, &raw_dead_letter(entry)).await?;
             tracing::error!(
                 entry = %entry.id,
                 stream = %keys.winners,
-                reason,
-                "winner entry not stored: kept in the dead-letter stream"
+                "winner entry unreadable: kept in the dead-letter stream"
             );
         }
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let _trimmed: i64 = self
-            .ack
-            .key(&keys.winners)
-            .arg(WRITERS_GROUP)
-            .arg(&ids)
-            .invoke_async(&mut self.conn)
-            .await?;
-        Ok(ids.len())
-    }
-
-    /// The order text of each entry: its own `order` field (entries written
-    /// before the text moved to the orders hash), or the orders hash's, by
-    /// the entry's order `id` (one call for the batch).
-    async fn order_texts(
-        &mut self,
-        keys: &RoundKeys,
-        entries: &[StreamId],
-    ) -> Result<Vec<Option<String>>, PassError> {
-        let ids: Vec<String> = entries.iter().filter_map(|e| e.get("id")).collect();
-        let mut found = match ids.is_empty() {
-            true => Vec::new(),
-            false => {
-                redis::cmd("HMGET")
-                    .arg(&keys.orders)
-                    .arg(&ids)
-                    .query_async::<Vec<Option<String>>>(&mut self.conn)
-                    .await?
-            }
+        let mut ack = self.ack.key(&keys.winners);
+        ack.key(&keys.unstored).arg(WRITERS_GROUP);
+        for entry in &entries {
+            ack.arg(&entry.id).arg(counted_wins(entry));
         }
-        .into_iter();
-        Ok(entries
-            .iter()
-            .map(|e| match e.get::<String>("id") {
-                Some(_) => found.next().flatten(),
-                None => e.get("order"),
-            })
-            .collect())
+        let _trimmed: i64 = ack.invoke_async(&mut self.conn).await?;
+        Ok(wins.len() + unreadable.len())
     }
 
-    /// Copies an entry, field by field, to the dead-letter stream, with its
-    /// order text when the entry names it by id.
+    /// The order text of each win named by its order id, from the orders
+    /// hash (one call for the batch).
+    async fn read_texts(&mut self, keys: &RoundKeys, wins: &mut [Win]) -> Result<(), PassError> {
+        let ids: Vec<&str> = wins
+            .iter()
+            .filter(|win| win.text.is_none())
+            .filter_map(|win| win.order_id.as_deref())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let found: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&keys.orders)
+            .arg(&ids)
+            .query_async(&mut self.conn)
+            .await?;
+        let named = wins
+            .iter_mut()
+            .filter(|win| win.text.is_none() && win.order_id.is_some());
+        for (win, text) in named.zip(found) {
+            win.text = text;
+        }
+        Ok(())
+    }
+
     async fn keep_aside(
         &mut self,
         dead: &str,
-        entry: &StreamId,
-        text: Option<&str>,
-        reason: &str,
+        fields: &[(String, Vec<u8>)],
     ) -> Result<(), PassError> {
-        let mut fields: Vec<(String, Vec<u8>)> = entry
-            .map
-            .keys()
-            .filter_map(|field| Some((field.clone(), entry.get::<Vec<u8>>(field)?)))
-            .collect();
-        if let (Some(text), false) = (text, entry.map.contains_key("order")) {
-            fields.push(("order".into(), text.as_bytes().to_vec()));
-        }
-        fields.push(("reason".into(), reason.as_bytes().to_vec()));
-        fields.push(("entry".into(), entry.id.as_bytes().to_vec()));
-        let _: String = self.conn.xadd(dead, "*", &fields).await?;
+        let _: String = self.conn.xadd(dead, "*", fields).await?;
         Ok(())
     }
 }
 
-fn decode(entry: &StreamId, text: &str) -> Option<(Order, Option<(IdempotencyKey, String)>)> {
+/// One win as a stream entry names it. Entries of this version carry every
+/// win of one script call, in three line lists (`ids`, `keys`,
+/// `fingerprints`); earlier versions wrote an entry per win with its order
+/// id (`id`) or its text (`order`).
+struct Win {
+    /// The stream entry's id.
+    entry: String,
+    order_id: Option<String>,
+    key: String,
+    fingerprint: String,
+    text: Option<String>,
+}
+
+impl Win {
+    /// What the dead-letter stream keeps of a win: the entry's fields for
+    /// it, its order text when known, why, and the entry it came from.
+    fn dead_letter(&self, reason: &str) -> Vec<(String, Vec<u8>)> {
+        let mut fields = Vec::with_capacity(6);
+        if let Some(id) = &self.order_id {
+            fields.push(("id".to_owned(), id.clone().into_bytes()));
+        }
+        fields.push(("key".to_owned(), self.key.clone().into_bytes()));
+        fields.push((
+            "fingerprint".to_owned(),
+            self.fingerprint.clone().into_bytes(),
+        ));
+        if let Some(text) = &self.text {
+            fields.push(("order".to_owned(), text.clone().into_bytes()));
+        }
+        fields.push(("reason".to_owned(), reason.as_bytes().to_vec()));
+        fields.push(("entry".to_owned(), self.entry.clone().into_bytes()));
+        fields
+    }
+}
+
+/// The wins the entries name, in order, and the entries that name none
+/// readably (kept aside whole).
+fn wins_of(entries: &[StreamId]) -> (Vec<Win>, Vec<&StreamId>) {
+    let mut wins = Vec::with_capacity(entries.len());
+    let mut unreadable = Vec::new();
+    for entry in entries {
+        let field = |name: &str| entry.get::<String>(name);
+        if let Some(ids) = field("ids") {
+            let keys = field("keys").unwrap_or_default();
+            let fingerprints = field("fingerprints").unwrap_or_default();
+            let (ids, keys, fingerprints): (Vec<_>, Vec<_>, Vec<_>) = (
+                ids.split('\n').collect(),
+                keys.split('\n').collect(),
+                fingerprints.split('\n').collect(),
+            );
+            if ids.len() != keys.len() || ids.len() != fingerprints.len() {
+                unreadable.push(entry);
+                continue;
+            }
+            for ((id, key), fingerprint) in ids.into_iter().zip(keys).zip(fingerprints) {
+                wins.push(Win {
+                    entry: entry.id.clone(),
+                    order_id: Some(id.to_owned()),
+                    key: key.to_owned(),
+                    fingerprint: fingerprint.to_owned(),
+                    text: None,
+                });
+            }
+            continue;
+        }
+        let (order_id, text) = (field("id"), field("order"));
+        if order_id.is_none() && text.is_none() {
+            unreadable.push(entry);
+            continue;
+        }
+        wins.push(Win {
+            entry: entry.id.clone(),
+            order_id,
+            key: field("key").unwrap_or_default(),
+            fingerprint: field("fingerprint").unwrap_or_default(),
+            text,
+        });
+    }
+    (wins, unreadable)
+}
+
+/// The wins an entry added to the round's `unstored` count: those of its
+/// `ids` list (entries of earlier versions added none).
+fn counted_wins(entry: &StreamId) -> usize {
+    entry
+        .get::<String>("ids")
+        .map_or(0, |ids| ids.split('\n').count())
+}
+
+/// An entry no win could be read from, field by field, with why.
+fn raw_dead_letter(entry: &StreamId) -> Vec<(String, Vec<u8>)> {
+    let mut fields: Vec<(String, Vec<u8>)> = entry
+        .map
+        .keys()
+        .filter_map(|field| Some((field.clone(), entry.get::<Vec<u8>>(field)?)))
+        .collect();
+    fields.push(("reason".into(), b"unreadable".to_vec()));
+    fields.push(("entry".into(), entry.id.as_bytes().to_vec()));
+    fields
+}
+
+fn decode(win: &Win, text: &str) -> Option<(Order, Option<(IdempotencyKey, String)>)> {
     let order: Order = serde_json::from_str(text).ok()?;
-    let key: String = entry.get("key").unwrap_or_default();
-    let fingerprint: String = entry.get("fingerprint").unwrap_or_default();
-    let idempotency = match key.is_empty() {
+    let idempotency = match win.key.is_empty() {
         true => None,
-        false => Some((IdempotencyKey::parse(&key).ok()?, fingerprint)),
+        false => Some((
+            IdempotencyKey::parse(&win.key).ok()?,
+            win.fingerprint.clone(),
+        )),
     };
     Some((order, idempotency))
 }

@@ -239,23 +239,40 @@ async fn a_dead_writers_unacknowledged_winners_are_claimed_by_a_live_one() {
     assert_eq!(won.status, 201);
     first.stop().await;
 
-    // A winner that a writer read and then died without acknowledging.
-    let mut ghost = won.body.clone();
-    ghost["id"] = serde_json::json!(dropgate::domain::OrderId::generate().to_string());
-    ghost["user_id"] = serde_json::json!("ghost");
-    let ghost_id = ghost["id"].as_str().unwrap().to_owned();
-    let stream = format!("dg:{{{}}}:winners", won.body["round_id"].as_str().unwrap());
+    // A script call's entry that a writer read and then died without
+    // acknowledging: two wins whose orders are in the round's orders hash,
+    // and one whose text is gone (kept aside, never stored).
+    let round = won.body["round_id"].as_str().unwrap().to_owned();
+    let stream = format!("dg:{{{round}}}:winners");
     let mut conn = redis_conn(&redis).await;
+    let mut ghost_ids = Vec::new();
+    for user in ["ghost1", "ghost2"] {
+        let mut ghost = won.body.clone();
+        ghost["id"] = serde_json::json!(dropgate::domain::OrderId::generate().to_string());
+        ghost["user_id"] = serde_json::json!(user);
+        let id = ghost["id"].as_str().unwrap().to_owned();
+        let _: () = conn
+            .hset(format!("dg:{{{round}}}:orders"), &id, ghost.to_string())
+            .await
+            .unwrap();
+        ghost_ids.push(id);
+    }
+    let gone_id = dropgate::domain::OrderId::generate().to_string();
+    let ids = format!("{}\n{}\n{gone_id}", ghost_ids[0], ghost_ids[1]);
     let _: String = conn
         .xadd(
             &stream,
             "*",
             &[
-                ("order", ghost.to_string().as_str()),
-                ("key", ""),
-                ("fingerprint", ""),
+                ("ids", ids.as_str()),
+                ("keys", "\n\n"),
+                ("fingerprints", "\n\n"),
             ],
         )
+        .await
+        .unwrap();
+    let _: i64 = conn
+        .incr(format!("dg:{{{round}}}:unstored"), 3)
         .await
         .unwrap();
     let options = redis::streams::StreamReadOptions::default()
@@ -272,11 +289,12 @@ async fn a_dead_writers_unacknowledged_winners_are_claimed_by_a_live_one() {
     );
 
     let second = TestServer::start_on(&config, &first.db_path, now, &redis.engine()).await;
-    // Until it is claimed, the stranded winner shows as the writer's lag.
+    // Until it is claimed, the stranded entry's three wins show as the
+    // writer's lag.
     let mut seen = false;
     for _ in 0..30 {
         let lag = second.http.get("/readyz", None).await.body["order_writer_lag"].clone();
-        if lag == serde_json::json!(1) {
+        if lag == serde_json::json!(3) {
             seen = true;
             break;
         }
@@ -287,7 +305,10 @@ async fn a_dead_writers_unacknowledged_winners_are_claimed_by_a_live_one() {
         "readiness never showed the winner not yet stored as lag"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !order_ids(&second.db()).contains(&ghost_id) {
+    while !ghost_ids
+        .iter()
+        .all(|id| order_ids(&second.db()).contains(id))
+    {
         assert!(
             Instant::now() < deadline,
             "the live writer never claimed the dead one's winner"
@@ -299,6 +320,21 @@ async fn a_dead_writers_unacknowledged_winners_are_claimed_by_a_live_one() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let lag = second.http.get("/readyz", None).await.body["order_writer_lag"].clone();
     assert_eq!(lag, serde_json::json!(0));
+    let unstored: Option<i64> = conn.get(format!("dg:{{{round}}}:unstored")).await.unwrap();
+    assert_eq!(unstored, Some(0), "no win left to store");
+    // The win whose text was gone is kept aside on its own, not stored.
+    let dead: redis::streams::StreamRangeReply = conn
+        .xrange_all(format!("dg:{{{round}}}:dead"))
+        .await
+        .unwrap();
+    assert_eq!(dead.ids.len(), 1);
+    assert_eq!(dead.ids[0].get::<String>("id"), Some(gone_id.clone()));
+    assert!(!order_ids(&second.db()).contains(&gone_id));
+    assert_eq!(
+        order_ids(&second.db()).len(),
+        3,
+        "alice's and the two ghosts'"
+    );
 }
 
 /// In Redis mode the order store is off the reserve path: with every

@@ -1,7 +1,8 @@
 //! `lua/reserve.lua` called directly on a real redis-server: several
 //! attempts in one call are decided in order, exactly as separate calls
 //! would be, and an attempt sent twice (a call resent after its connection
-//! dropped) is decided once. Then, over HTTP, concurrent reserves share calls.
+//! dropped) is decided once; `lua/ack.lua` takes an entry's wins off the
+//! writer's count once. Then, over HTTP, concurrent reserves share calls.
 
 use redis::AsyncCommands;
 
@@ -38,7 +39,7 @@ async fn call_sent(
 ) -> Vec<(i64, String)> {
     let script = redis::Script::new(SCRIPT);
     let mut invocation = script.key(key("stock"));
-    for name in ["held", "keys", "orders", "live", "winners"] {
+    for name in ["held", "keys", "orders", "live", "winners", "unstored"] {
         invocation.key(key(name));
     }
     invocation
@@ -100,8 +101,19 @@ async fn a_call_decides_its_attempts_in_order() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let winners: usize = conn.xlen(key("winners")).await.unwrap();
-    assert_eq!((left, held, winners), (0, vec![1, 1, 1], 3));
+    assert_eq!((left, held), (0, vec![1, 1, 1]));
+    // One stream entry names the call's three wins, with their keys and
+    // fingerprints, in order; the writer's count of wins to store is 3.
+    let entries: redis::streams::StreamRangeReply = conn.xrange_all(key("winners")).await.unwrap();
+    assert_eq!(entries.ids.len(), 1);
+    let entry = &entries.ids[0];
+    let field = |name: &str| entry.get::<String>(name).unwrap();
+    assert_eq!(
+        (field("ids"), field("keys"), field("fingerprints")),
+        ("o1\no3\no6".into(), "\nk\n".into(), "\nf\n".into())
+    );
+    let unstored: i64 = conn.get(key("unstored")).await.unwrap();
+    assert_eq!(unstored, 3);
 }
 
 #[tokio::test]
@@ -115,15 +127,75 @@ async fn an_attempt_sent_twice_is_decided_once() {
 
     let left: i64 = conn.hget(key("stock"), "sku").await.unwrap();
     let held: i64 = conn.hget(key("held"), "u1").await.unwrap();
-    let winners: usize = conn.xlen(key("winners")).await.unwrap();
-    assert_eq!((left, held, winners), (4, 1, 1));
+    let unstored: i64 = conn.get(key("unstored")).await.unwrap();
+    assert_eq!((left, held, unstored), (4, 1, 1));
     // The winner's entry names the order; its text is kept once, in the orders hash.
     let entries: redis::streams::StreamRangeReply = conn.xrange_all(key("winners")).await.unwrap();
+    assert_eq!(entries.ids.len(), 1);
     let entry = &entries.ids[0];
-    assert_eq!(entry.get::<String>("id").as_deref(), Some("o1"));
+    assert_eq!(entry.get::<String>("ids").as_deref(), Some("o1"));
     assert!(!entry.map.contains_key("order"), "{:?}", entry.map);
     let text: String = conn.hget(key("orders"), "o1").await.unwrap();
     assert_eq!(text, attempt("u1", 1, ("", ""), "o1")[9]);
+}
+
+/// `lua/ack.lua`: an entry's wins come off the writer's count once, however
+/// often the entry is acknowledged (a writer that claimed it from one
+/// presumed dead, and the late one, both acknowledge it).
+#[tokio::test]
+async fn an_entry_acknowledged_twice_is_counted_off_once() {
+    let redis = RedisServer::start();
+    let mut conn = with_stock(&redis, 5).await;
+    let mut won = call(&mut conn, &[attempt("u1", 1, ("", ""), "o1")]).await;
+    won.extend(
+        call(
+            &mut conn,
+            &[
+                attempt("u2", 1, ("", ""), "o2"),
+                attempt("u3", 1, ("", ""), "o3"),
+            ],
+        )
+        .await,
+    );
+    assert!(won.iter().all(|(code, _)| *code == 1), "{won:?}");
+    let _: () = conn
+        .xgroup_create(key("winners"), "order-writers", "0")
+        .await
+        .unwrap();
+    let options = redis::streams::StreamReadOptions::default().group("order-writers", "w1");
+    let read: redis::streams::StreamReadReply = conn
+        .xread_options(&[key("winners")], &[">"], &options)
+        .await
+        .unwrap();
+    let entries: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(entries.len(), 2);
+    let ack = redis::Script::new(include_str!("../../lua/ack.lua"));
+    let acknowledge = |entry: &str, wins: usize| {
+        let mut invocation = ack.key(key("winners"));
+        invocation
+            .key(key("unstored"))
+            .arg("order-writers")
+            .arg(entry)
+            .arg(wins);
+        invocation
+    };
+    let _: i64 = acknowledge(&entries[1], 2)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = acknowledge(&entries[1], 2)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    let unstored: i64 = conn.get(key("unstored")).await.unwrap();
+    assert_eq!(unstored, 1, "the second entry's two wins, taken off once");
+    let _: i64 = acknowledge(&entries[0], 1)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    let unstored: i64 = conn.get(key("unstored")).await.unwrap();
+    let left: usize = conn.xlen(key("winners")).await.unwrap();
+    assert_eq!((unstored, left), (0, 0));
 }
 
 #[tokio::test]
