@@ -32,8 +32,11 @@ use crate::domain::IdempotencyKey;
 use crate::order::Order;
 use crate::store::{OrderStore, StoreError};
 
-/// Entries read (and committed together) per round per pass.
-const BATCH: usize = 1024;
+/// Entries read (and committed together) per round per pass. An entry holds
+/// the wins of one script call (up to 64, 7–20 under load), so a pass
+/// commits about a thousand orders under load and never more than 8,192:
+/// one group commit, short enough not to hold up the store's other writes.
+const BATCH: usize = 128;
 /// How long the writer sleeps when every stream is drained.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
