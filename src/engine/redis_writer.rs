@@ -332,20 +332,21 @@ impl Consumer {
         self.read_texts(keys, &mut wins).await?;
         let mut orders = Vec::with_capacity(wins.len());
         // Wins whose order text is gone from the orders hash (voided, or
-        // lost), and wins whose text cannot be read.
+        // lost), by order id; and wins whose text cannot be read.
         let mut textless = Vec::new();
         let mut dead: Vec<(&Win, &str)> = Vec::new();
         for win in &wins {
-            match &win.text {
-                Some(text) => match decode(win, text) {
+            match (&win.text, &win.order_id) {
+                (Some(text), _) => match decode(win, text) {
                     Some(keyed) => orders.push((win, keyed)),
                     None => dead.push((win, "unreadable")),
                 },
-                None => textless.push(win),
+                (None, Some(id)) => textless.push((win, id.as_str())),
+                (None, None) => dead.push((win, "unreadable")),
             }
         }
         let mut ids: Vec<&str> = orders.iter().map(|(_, (o, _))| o.id.as_str()).collect();
-        ids.extend(textless.iter().filter_map(|win| win.order_id.as_deref()));
+        ids.extend(textless.iter().map(|(_, id)| *id));
         if !ids.is_empty() {
             let voided: Vec<bool> = self.conn.smismember(&keys.voided, &ids).await?;
             let (decoded, gone) = voided.split_at(orders.len());
@@ -357,10 +358,15 @@ impl Consumer {
             const VOIDED: &str =
                 "voided: its unit was sold by another Redis server during a failover";
             dead.extend(void.into_iter().map(|(win, _)| (win, VOIDED)));
-            dead.extend(textless.iter().zip(gone).map(|(win, voided)| match voided {
-                true => (*win, VOIDED),
-                false => (*win, "unreadable: its order text is gone"),
-            }));
+            dead.extend(
+                textless
+                    .iter()
+                    .zip(gone)
+                    .map(|((win, _), voided)| match voided {
+                        true => (*win, VOIDED),
+                        false => (*win, "unreadable: its order text is gone"),
+                    }),
+            );
         }
         let refused = self
             .store
